@@ -1,0 +1,13 @@
+"""StyleNAT: style-based generation with Hydra neighborhood attention."""
+
+__version__ = "0.1.0"
+
+
+def load_generator(path, device="cpu"):
+    """Load an inference snapshot (native or converted official) as a ready-to-sample generator."""
+    from stylenat.snapshot import load_generator as _load
+
+    return _load(path, device=device)
+
+
+__all__ = ["load_generator", "__version__"]

@@ -1,0 +1,511 @@
+"""Image data sets for training and metrics: a folder, a StyleGAN2-ADA zip, a reference-layout LMDB.
+
+All three decode with the same code path (``transforms``), so the same images give identical tensors.
+``dataset[i]`` is a float32 tensor (3, R, R) in the chosen normalisation (``normalize=None``: uint8).
+
+Formats
+  * folder: every ``.png .jpg .jpeg .webp`` file below the directory (recursive, case-insensitive suffix,
+    hidden files and directories skipped), ordered by relative POSIX path; other files are ignored.
+  * zip: the StyleGAN2-ADA ``dataset_tool`` layout (images at any path inside, ordered by member name;
+    ``dataset.json`` labels and our ``manifest.json`` are not images and are not returned).
+  * LMDB: rosinality / StyleNAT reference layout, keys ``f"{R}-{i:05d}"`` -> encoded image bytes and
+    ``b"length"`` -> ascii count.
+  Zip and LMDB handles are opened lazily in the process that reads (each DataLoader worker), and
+  re-opened after a fork, because neither is fork-safe.
+
+Unreadable images (deterministic policy)
+  * folder: every candidate file is checked once at construction with ``PIL.Image.open(...).verify()``
+    (reads each file once; pass ``verify=False`` for a header-only check). Files that fail are skipped
+    with a ``DatasetWarning`` naming the file, so the index is fixed before any sample is drawn and is
+    the same in every rank and worker. A file that passes the check but fails to decode later (e.g. a
+    truncated JPEG: Pillow cannot verify JPEG) raises ``DatasetError`` naming it; nothing is ever
+    silently substituted.
+  * zip / LMDB are prepared formats: not verified up front; a bad member raises ``DatasetError`` naming it.
+
+Sizes
+  * folder: non-square images are center-cropped to their short side, then resized to R with LANCZOS;
+    images smaller than R are upscaled the same way, with one ``DatasetWarning`` at construction.
+  * zip / LMDB must hold R x R images already (checked on the first image at construction and on every
+    load); another size is a ``DatasetError`` naming both, e.g. prepare a new zip with ``prepare_dataset``.
+
+x-flip (StyleGAN2-ADA style, no RNG): with ``xflip=True`` the data set has 2N items and item i >= N is
+the mirror image of item i - N. A shuffling sampler then draws random flips deterministically, which is
+what keeps resumed runs bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import operator
+import os
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from stylenat.data.errors import DatasetError, DatasetWarning
+from stylenat.data.transforms import check_normalize, fit_square, pil_to_uint8_tensor, to_rgb8
+from stylenat.data.transforms import normalize as normalize_images
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+MANIFEST_NAME = "manifest.json"
+
+# What Pillow raises on a broken or unidentifiable file (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def is_image_name(name: str) -> bool:
+    """True for an image suffix in a path with no hidden component (``.x``, ``__MACOSX``)."""
+    parts = name.replace("\\", "/").split("/")
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts if p):
+        return False
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def check_resolution(resolution) -> int:
+    """Validate the requested resolution (a positive int)."""
+    try:
+        r = operator.index(resolution)
+    except TypeError:
+        raise DatasetError(f"resolution must be a positive integer, got {resolution!r}") from None
+    if isinstance(resolution, bool) or r < 1:
+        raise DatasetError(f"resolution must be a positive integer, got {resolution!r}")
+    return r
+
+
+def _check_max_images(max_images) -> int | None:
+    if max_images is None:
+        return None
+    n = operator.index(max_images)
+    if n < 1:
+        raise DatasetError(f"max_images must be a positive integer or None, got {max_images!r}")
+    return n
+
+
+def _hash_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Shared behaviour: raw index -> decoded RGB image, x-flip doubling, normalisation."""
+
+    format = "abstract"
+
+    def __init__(self, path, resolution: int, normalize: str | None = "imagenet", xflip: bool = False):
+        self.path = Path(path)
+        self.resolution = check_resolution(resolution)
+        self.normalize = check_normalize(normalize)
+        self.xflip = bool(xflip)
+
+    # -- subclass interface -------------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        """Number of distinct stored images (len() is twice that with x-flip)."""
+        raise NotImplementedError
+
+    def image_name(self, raw_index: int) -> str:
+        """A human-readable name of a stored image (relative path, member name or key)."""
+        raise NotImplementedError
+
+    def _load_raw(self, raw_index: int) -> Image.Image:
+        """Decode stored image ``raw_index`` to 8-bit RGB at the data set resolution."""
+        raise NotImplementedError
+
+    def _fingerprint_payload(self) -> dict:
+        raise NotImplementedError
+
+    # -- public ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.num_images * (2 if self.xflip else 1)
+
+    def _resolve(self, index: int) -> tuple[int, bool]:
+        n = len(self)
+        index = operator.index(index)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for a data set of {n} items")
+        return index % self.num_images, index >= self.num_images
+
+    def load_uint8(self, index: int) -> torch.Tensor:
+        """Item ``index`` as a uint8 tensor (3, R, R), mirrored for the x-flip half."""
+        raw, flip = self._resolve(index)
+        x = pil_to_uint8_tensor(self._load_raw(raw))
+        return x.flip(-1) if flip else x
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return normalize_images(self.load_uint8(index), self.normalize)
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable sha256 hex of the content identity, resolution and x-flip (not the normalisation,
+        which is invertible), cheap enough to key cached reference statistics."""
+        payload = {"format": self.format, "resolution": self.resolution, "xflip": self.xflip}
+        payload.update(self._fingerprint_payload())
+        return _hash_json(payload)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(path={str(self.path)!r}, images={self.num_images}, "
+            f"resolution={self.resolution}, normalize={self.normalize!r}, xflip={self.xflip})"
+        )
+
+
+def _scan_folder(root: Path) -> list[str]:
+    """Sorted relative POSIX paths of image files below ``root`` (symlinks followed, cycles cut)."""
+    found = []
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(dirpath).relative_to(root)
+        for f in filenames:
+            rel = (rel_dir / f).as_posix()
+            if is_image_name(rel):
+                found.append(rel)
+    return sorted(found)
+
+
+def index_image_folder(root, resolution: int, max_images: int | None = None, verify: bool = True):
+    """Check the candidate images of a folder once; return ``(names, sizes, file_bytes)`` of the good
+    ones, warning (``DatasetWarning``) about each skipped file and, once, about images smaller than
+    ``resolution``. Shared by ``ImageFolderDataset`` and ``prepare_dataset`` so both pick the same files."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset path {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"dataset path {root} is not a directory")
+    names, sizes, nbytes = [], [], []
+    small = []
+    for rel in _scan_folder(root):
+        if max_images is not None and len(names) >= max_images:
+            break
+        path = root / rel
+        try:
+            with Image.open(path) as im:
+                size = im.size
+                if verify:
+                    im.verify()
+            file_size = path.stat().st_size
+        except DECODE_ERRORS as e:
+            warnings.warn(f"skipping unreadable image {path}: {e}", DatasetWarning, stacklevel=3)
+            continue
+        names.append(rel)
+        sizes.append(size)
+        nbytes.append(file_size)
+        if min(size) < resolution:
+            small.append((rel, size))
+    if not names:
+        raise DatasetError(f"no images found under {root}")
+    if small:
+        rel, (w, h) = small[0]
+        warnings.warn(
+            f"{len(small)} of {len(names)} images under {root} are smaller than {resolution}x{resolution} "
+            f"(e.g. {rel} is {w}x{h}); they are upscaled with LANCZOS",
+            DatasetWarning,
+            stacklevel=3,
+        )
+    return names, sizes, nbytes
+
+
+class ImageFolderDataset(ImageDataset):
+    """Images below a directory, center-cropped and LANCZOS-resized to the resolution on load."""
+
+    format = "folder"
+
+    def __init__(
+        self,
+        path,
+        resolution: int,
+        normalize: str | None = "imagenet",
+        xflip: bool = False,
+        max_images: int | None = None,
+        verify: bool = True,
+    ):
+        super().__init__(path, resolution, normalize, xflip)
+        self.names, self.sizes, self._nbytes = index_image_folder(
+            self.path, self.resolution, _check_max_images(max_images), verify
+        )
+
+    @property
+    def num_images(self) -> int:
+        return len(self.names)
+
+    def image_name(self, raw_index: int) -> str:
+        return self.names[raw_index]
+
+    def _load_raw(self, raw_index: int) -> Image.Image:
+        path = self.path / self.names[raw_index]
+        try:
+            with Image.open(path) as im:
+                im.load()
+                img = to_rgb8(im)
+        except DECODE_ERRORS as e:
+            raise DatasetError(f"cannot decode image {path}: {e}") from e
+        return fit_square(img, self.resolution)
+
+    def _fingerprint_payload(self) -> dict:
+        return {"files": [[n, s] for n, s in zip(self.names, self._nbytes)]}
+
+
+class _EncodedImageDataset(ImageDataset):
+    """Formats that store encoded R x R images (zip, LMDB): decode, check the size, convert."""
+
+    def _read_bytes(self, raw_index: int) -> bytes:
+        raise NotImplementedError
+
+    def _decode(self, raw_index: int, check_only: bool = False) -> Image.Image | None:
+        name = self.image_name(raw_index)
+        try:
+            with Image.open(io.BytesIO(self._read_bytes(raw_index))) as im:
+                if im.size != (self.resolution, self.resolution):
+                    w, h = im.size
+                    raise DatasetError(
+                        f"{self.path} holds {w}x{h} images (e.g. {name}) but resolution "
+                        f"{self.resolution} was requested; prepare a {self.resolution}x{self.resolution} "
+                        f"copy with scripts/prepare_dataset.py"
+                    )
+                if check_only:
+                    return None
+                im.load()
+                return to_rgb8(im)
+        except DECODE_ERRORS as e:
+            raise DatasetError(f"cannot decode image {name} in {self.path}: {e}") from e
+
+    def _load_raw(self, raw_index: int) -> Image.Image:
+        return self._decode(raw_index)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handle"], state["_handle_pid"] = None, None
+        return state
+
+
+class ZipDataset(_EncodedImageDataset):
+    """A StyleGAN2-ADA ``dataset_tool`` zip of R x R images (opened lazily per process)."""
+
+    format = "zip"
+
+    def __init__(
+        self,
+        path,
+        resolution: int,
+        normalize: str | None = "imagenet",
+        xflip: bool = False,
+        max_images: int | None = None,
+    ):
+        super().__init__(path, resolution, normalize, xflip)
+        self._handle, self._handle_pid = None, None
+        if not self.path.exists():
+            raise DatasetError(f"dataset path {self.path} does not exist")
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                infos = sorted(
+                    (i for i in zf.infolist() if not i.is_dir() and is_image_name(i.filename)),
+                    key=lambda i: i.filename,
+                )
+                self.manifest = self._read_manifest(zf)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DatasetError(f"{self.path} is not a readable zip archive: {e}") from e
+        max_images = _check_max_images(max_images)
+        if max_images is not None:
+            infos = infos[:max_images]
+        if not infos:
+            raise DatasetError(f"no images found under {self.path}")
+        self.names = [i.filename for i in infos]
+        self._crc = [[i.filename, i.file_size, i.CRC] for i in infos]
+        stored = self.manifest.get("resolution") if self.manifest else None
+        if stored is not None and stored != self.resolution:
+            raise DatasetError(
+                f"{self.path} holds {stored}x{stored} images (manifest) but resolution {self.resolution} "
+                f"was requested; prepare a {self.resolution}x{self.resolution} copy with scripts/prepare_dataset.py"
+            )
+        self._decode(0, check_only=True)
+        self.close()
+
+    def _read_manifest(self, zf: zipfile.ZipFile) -> dict | None:
+        if MANIFEST_NAME not in zf.namelist():
+            return None
+        try:
+            manifest = json.loads(zf.read(MANIFEST_NAME))
+        except ValueError as e:
+            raise DatasetError(f"{self.path}: {MANIFEST_NAME} is not valid JSON: {e}") from e
+        return manifest if isinstance(manifest, dict) else None
+
+    def _zip(self) -> zipfile.ZipFile:
+        if self._handle is None or self._handle_pid != os.getpid():
+            self._handle, self._handle_pid = zipfile.ZipFile(self.path), os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        """Close this process's zip handle (it re-opens on the next read)."""
+        if self._handle is not None and self._handle_pid == os.getpid():
+            self._handle.close()
+        self._handle, self._handle_pid = None, None
+
+    @property
+    def num_images(self) -> int:
+        return len(self.names)
+
+    def image_name(self, raw_index: int) -> str:
+        return self.names[raw_index]
+
+    def _read_bytes(self, raw_index: int) -> bytes:
+        return self._zip().read(self.names[raw_index])
+
+    def _fingerprint_payload(self) -> dict:
+        full = (
+            self.manifest is not None
+            and "sha256" in self.manifest
+            and self.manifest.get("count") == len(self.names)
+        )
+        if full:
+            return {"content_sha256": self.manifest["sha256"]}
+        return {"members": self._crc}
+
+
+def lmdb_key(resolution: int, index: int) -> bytes:
+    """Key of image ``index`` at ``resolution`` in the reference LMDB layout."""
+    return f"{resolution}-{str(index).zfill(5)}".encode()
+
+
+class LMDBDataset(_EncodedImageDataset):
+    """A rosinality / StyleNAT reference LMDB (opened lazily per process, readonly, lock=False)."""
+
+    format = "lmdb"
+
+    def __init__(
+        self,
+        path,
+        resolution: int,
+        normalize: str | None = "imagenet",
+        xflip: bool = False,
+        max_images: int | None = None,
+    ):
+        super().__init__(path, resolution, normalize, xflip)
+        self._handle, self._handle_pid = None, None
+        if not self.path.exists():
+            raise DatasetError(f"dataset path {self.path} does not exist")
+        if not (self.path / "data.mdb").is_file():
+            raise DatasetError(f"{self.path} is not an LMDB directory (no data.mdb inside)")
+        with self._env().begin(buffers=True) as txn:
+            raw = txn.get(b"length")
+            if raw is None:
+                raise DatasetError(f"{self.path} has no b'length' key: not an LMDB in the reference layout")
+            try:
+                n = int(bytes(raw).decode("ascii"))
+            except ValueError:
+                raise DatasetError(
+                    f"{self.path}: b'length' holds {bytes(raw)[:32]!r}, not an ascii count"
+                ) from None
+            max_images = _check_max_images(max_images)
+            if max_images is not None:
+                n = min(n, max_images)
+            if n <= 0:
+                raise DatasetError(f"no images found under {self.path}")
+            if txn.get(lmdb_key(self.resolution, 0)) is None:
+                found = self._stored_resolutions(txn)
+                raise DatasetError(
+                    f"{self.path} has no images at resolution {self.resolution} (key "
+                    f"{lmdb_key(self.resolution, 0)!r} missing; stored resolutions: {found or 'none'})"
+                )
+            self._value_sizes = [len(txn.get(lmdb_key(self.resolution, i)) or b"") for i in range(n)]
+        self._n = n
+        self._decode(0, check_only=True)
+        self.close()
+
+    @staticmethod
+    def _stored_resolutions(txn) -> list[int]:
+        """Distinct ``R`` of ``R-xxxxx`` keys, jumping over each prefix instead of reading every key."""
+        found = []
+        cur = txn.cursor()
+        ok = cur.first()
+        while ok:
+            key = bytes(cur.key())
+            prefix, sep, _ = key.partition(b"-")
+            if sep and prefix.isdigit():
+                found.append(int(prefix))
+            ok = cur.set_range(prefix + b"." if sep else key + b"\x00")
+        return sorted(found)
+
+    def _env(self):
+        if self._handle is None or self._handle_pid != os.getpid():
+            try:
+                import lmdb
+            except ImportError:
+                raise DatasetError(
+                    "reading LMDB data sets needs the lmdb package: pip install 'stylenat[lmdb]'"
+                ) from None
+            self._handle = lmdb.open(
+                str(self.path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64
+            )
+            self._handle_pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        """Close this process's LMDB environment (it re-opens on the next read)."""
+        if self._handle is not None and self._handle_pid == os.getpid():
+            self._handle.close()
+        self._handle, self._handle_pid = None, None
+
+    @property
+    def num_images(self) -> int:
+        return self._n
+
+    def image_name(self, raw_index: int) -> str:
+        return lmdb_key(self.resolution, raw_index).decode()
+
+    def _read_bytes(self, raw_index: int) -> bytes:
+        with self._env().begin(write=False) as txn:
+            data = txn.get(lmdb_key(self.resolution, raw_index))
+        if data is None:
+            raise DatasetError(
+                f"{self.path} has no key {lmdb_key(self.resolution, raw_index)!r} (length says {self._n})"
+            )
+        return data
+
+    def _fingerprint_payload(self) -> dict:
+        return {"count": self._n, "value_sizes": self._value_sizes}
+
+
+def build_dataset(
+    path,
+    resolution: int,
+    normalize: str | None = "imagenet",
+    xflip: bool = False,
+    max_images: int | None = None,
+) -> ImageDataset:
+    """Open ``path`` as an LMDB (directory with data.mdb), a zip (.zip file) or an image folder."""
+    check_normalize(normalize)
+    check_resolution(resolution)
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(f"dataset path {p} does not exist")
+    if p.is_file() and p.name == "data.mdb":
+        p = p.parent
+    if p.is_dir():
+        cls = LMDBDataset if (p / "data.mdb").is_file() else ImageFolderDataset
+    elif p.suffix.lower() == ".zip" or zipfile.is_zipfile(p):
+        cls = ZipDataset
+    else:
+        raise DatasetError(
+            f"unsupported dataset path {p}: expected an image folder, a .zip archive or an LMDB directory"
+        )
+    return cls(p, resolution, normalize=normalize, xflip=xflip, max_images=max_images)
+
+
+def dataset_fingerprint(dataset) -> str:
+    """Stable sha256 hex identifying a data set's content and resolution (see ``ImageDataset.fingerprint``)."""
+    fp = getattr(dataset, "fingerprint", None)
+    if not isinstance(fp, str):
+        raise DatasetError(f"cannot fingerprint {type(dataset).__name__}: expected a stylenat ImageDataset")
+    return fp

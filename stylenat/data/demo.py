@@ -1,0 +1,94 @@
+"""The demo data set: 100 LFW faces as 32x32 RGB PNGs, built offline from scikit-image's bundled
+``lfw_subset.npy`` (no network, no pooch), for the demo run and the tests.
+
+Cache: ``<root>/demo32`` with root = ``cache_dir`` argument, else ``$STYLENAT_CACHE``, else
+``~/.cache/stylenat``. The folder is written under a temporary name and renamed into place, so
+concurrent builders (xdist workers) never see a half-written folder; the loser discards its copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stylenat.data.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+DEMO_RESOLUTION = 32
+DEMO_COUNT = 100
+DEMO_DIRNAME = "demo32"
+_MARKER = "manifest.json"
+
+
+def cache_root(cache_dir=None) -> Path:
+    """The stylenat cache root: the argument, else ``$STYLENAT_CACHE``, else ``~/.cache/stylenat``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("STYLENAT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "stylenat"
+
+
+def _demo_images() -> list[Image.Image]:
+    try:
+        from skimage.data import lfw_subset
+    except ImportError:
+        raise DatasetError("the demo data set needs scikit-image: pip install scikit-image") from None
+    faces = np.asarray(lfw_subset()[:DEMO_COUNT])
+    if faces.dtype != np.uint8:  # float64 in [0, 1] in the scikit-image releases we know
+        faces = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
+    out = []
+    for face in faces:
+        img = Image.fromarray(face, mode="L").resize(
+            (DEMO_RESOLUTION, DEMO_RESOLUTION), Image.Resampling.LANCZOS
+        )
+        out.append(img.convert("RGB"))
+    return out
+
+
+def _write(folder: Path) -> None:
+    digest = hashlib.sha256()
+    for i, img in enumerate(_demo_images()):
+        path = folder / f"img{i:05d}.png"
+        img.save(path, format="png")
+        digest.update(path.read_bytes())
+    manifest = {
+        "count": DEMO_COUNT,
+        "resolution": DEMO_RESOLUTION,
+        "source": "skimage.data.lfw_subset()[:100]",
+        "sha256": digest.hexdigest(),
+    }
+    (folder / _MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def demo_dataset_path(cache_dir=None) -> Path:
+    """Path of the demo image folder (100 RGB 32x32 PNGs), building it on first use."""
+    final = cache_root(cache_dir) / DEMO_DIRNAME
+    if (final / _MARKER).is_file():
+        return final
+    if final.exists():
+        raise DatasetError(
+            f"{final} exists but is not a complete demo data set (no {_MARKER}); delete it to rebuild"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIRNAME}-", dir=final.parent))
+    try:
+        _write(tmp)
+        try:
+            os.rename(tmp, final)
+            log.info("built the demo data set at %s", final)
+        except OSError:
+            if not (final / _MARKER).is_file():  # not a concurrent builder winning the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,113 @@
+"""Folder -> zip in the StyleGAN2-ADA ``dataset_tool`` layout, with a content manifest.
+
+Images are taken in the folder data set's order with its unreadable-file policy (skipped with a
+warning), converted to 8-bit RGB, center-cropped to a square and resized with the chosen filter (the
+same code the folder data set runs, so with LANCZOS the zip reads back identical tensors). They are
+stored as ``00000/img00000000.png`` (1000 per directory), PNG compress level 0 in an uncompressed zip
+by default as dataset_tool does (fastest to decode while training), with fixed timestamps so the same
+input and Pillow give the same bytes. ``manifest.json`` goes inside the zip and beside it
+(``DST.manifest.json``): count, resolution, filter, and sha256 over the stored PNG bytes in order.
+The zip is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import operator
+import os
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from stylenat.data.datasets import DECODE_ERRORS, MANIFEST_NAME, check_resolution, index_image_folder
+from stylenat.data.errors import DatasetError
+from stylenat.data.transforms import FILTERS, fit_square, resample_filter, to_rgb8
+
+MANIFEST_FORMAT = "stylenat-zip/1"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def archive_name(index: int) -> str:
+    """dataset_tool's member name for image ``index``."""
+    s = f"{index:08d}"
+    return f"{s[:5]}/img{s}.png"
+
+
+def manifest_path(dst) -> Path:
+    """Where the copy of the manifest beside a zip goes: ``x.zip`` -> ``x.manifest.json``."""
+    dst = Path(dst)
+    return dst.with_name(dst.stem + ".manifest.json")
+
+
+def prepare_dataset(
+    src,
+    dst,
+    resolution: int,
+    filter: str = "lanczos",
+    max_images: int | None = None,
+    overwrite: bool = False,
+    compress_level: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Write the images of folder ``src`` to zip ``dst`` at ``resolution``; return the manifest."""
+    resolution = check_resolution(resolution)
+    resample = resample_filter(filter)
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    if max_images is not None and operator.index(max_images) < 1:
+        raise DatasetError(f"max_images must be a positive integer, got {max_images!r}")
+    if not 0 <= operator.index(compress_level) <= 9:
+        raise DatasetError(f"compress_level must be within 0..9, got {compress_level!r}")
+    if not src.exists():
+        raise DatasetError(f"source folder {src} does not exist")
+    if not src.is_dir():
+        raise DatasetError(f"source {src} is not a folder of images")
+    if dst.suffix.lower() != ".zip":
+        raise DatasetError(f"destination {dst} must end in .zip")
+    if dst.exists() and not overwrite:
+        raise DatasetError(
+            f"destination {dst} already exists (pass --overwrite / overwrite=True to replace it)"
+        )
+    if not dst.parent.is_dir():
+        raise DatasetError(f"destination folder {dst.parent} does not exist")
+    names, _, _ = index_image_folder(src, resolution, max_images)
+
+    digest = hashlib.sha256()
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for i, rel in enumerate(
+                tqdm(names, desc=f"prepare {dst.name}", unit="img", disable=not progress)
+            ):
+                try:
+                    with Image.open(src / rel) as im:
+                        im.load()
+                        img = fit_square(to_rgb8(im), resolution, resample)
+                except DECODE_ERRORS as e:
+                    raise DatasetError(f"cannot decode image {src / rel}: {e}") from e
+                buf = io.BytesIO()
+                img.save(buf, format="png", compress_level=compress_level, optimize=False)
+                data = buf.getvalue()
+                digest.update(data)
+                zf.writestr(zipfile.ZipInfo(archive_name(i), date_time=_ZIP_DATE), data)
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "count": len(names),
+                "resolution": resolution,
+                "filter": filter,
+                "sha256": digest.hexdigest(),
+            }
+            text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+            zf.writestr(zipfile.ZipInfo(MANIFEST_NAME, date_time=_ZIP_DATE), text)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    manifest_path(dst).write_text(text)
+    return manifest
+
+
+__all__ = ["FILTERS", "MANIFEST_FORMAT", "archive_name", "manifest_path", "prepare_dataset"]

@@ -1,0 +1,1 @@
+"""Networks: layers, attention, generator, discriminators."""

@@ -1,0 +1,287 @@
+"""The StyleNAT generator, top to bottom: mapping -> 4x4 constant -> stages of transformer blocks -> RGB.
+
+Tokens stay channels-last ([B, H, W, C]) from the constant input to the last ToRGB; only the bilinear
+upsample and the RGB skip path switch to NCHW.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB
+from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
+from stylenat.ops.upfirdn import make_kernel, upfirdn2d
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OUTPUT_NORMALIZATIONS = ("imagenet", "minus_one_one")
+NA_BACKENDS = ("auto", "torch", "natten")
+
+
+def paper_channels(resolution, channel_multiplier=2):
+    """Channels per stage (4x4 first): 512 up to 32x32, then 256*cm, 128*cm, ... (the reference table)."""
+    table = [512, 512, 512, 512] + [c * channel_multiplier for c in (256, 128, 64, 32, 16)]
+    return table[: int(math.log2(resolution)) - 1]
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything needed to rebuild a generator; stored in every snapshot."""
+
+    resolution: int = 256
+    z_dim: int = 512
+    w_dim: int = 512
+    n_mlp: int = 8
+    lr_mlp: float = 0.01
+    channel_multiplier: int = 2
+    channels: list | None = None  # per stage from 4x4; None = paper_channels(resolution, channel_multiplier)
+    min_heads: int = 4
+    head_channels: int = 32  # heads = max(C // head_channels, min_heads)
+    mlp_ratio: float = 4.0
+    kernels: list = field(default_factory=lambda: [[3]] + [[7]] * 8)  # per stage; the 4x4 entry is unused
+    dilations: list = field(default_factory=lambda: [[1], [1], [1, 2], [1, 4], [1, 8], [1, 16], [1, 32], [1, 64], [1, 128]])
+    use_rpb: bool = True
+    output_normalization: str = "imagenet"  # pixel space of synthesis(): what D sees in training
+    na_backend: str = "auto"
+    checkpoint_blocks: bool = False  # activation checkpointing per block (memory for the 1024 model)
+
+    @classmethod
+    def from_dict(cls, cfg):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown generator config key(s) {unknown}; known keys: {sorted(known)}")
+        values = dict(cfg)
+        for key in ("kernels", "dilations"):
+            if values.get(key) is not None:
+                values[key] = [[s] if isinstance(s, int) else list(s) for s in values[key]]
+        if values.get("channels") is not None:
+            values["channels"] = list(values["channels"])
+        return cls(**values)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @property
+    def num_stages(self):
+        return int(math.log2(self.resolution)) - 1
+
+    def stage_channels(self):
+        return list(self.channels) if self.channels is not None else paper_channels(self.resolution, self.channel_multiplier)
+
+    def validate(self):
+        r = self.resolution
+        if not isinstance(r, int) or r < 8 or r & (r - 1):
+            raise ValueError(f"resolution must be a power of two >= 8, got {r!r}")
+        n = self.num_stages
+        if len(self.stage_channels()) != n:
+            raise ValueError(f"channels needs {n} entries for resolution {r}, got {self.stage_channels()}")
+        if len(self.kernels) < n or len(self.dilations) < n:
+            raise ValueError(
+                f"kernels/dilations need {n} stages for resolution {r}, got {len(self.kernels)}/{len(self.dilations)}"
+            )
+        if self.output_normalization not in OUTPUT_NORMALIZATIONS:
+            raise ValueError(
+                f"output_normalization {self.output_normalization!r} is not one of {OUTPUT_NORMALIZATIONS}"
+            )
+        if self.na_backend not in NA_BACKENDS:
+            raise ValueError(f"unknown na_backend {self.na_backend!r}; expected one of {NA_BACKENDS}")
+        for s in range(1, n):
+            size = 4 * 2**s
+            for k in self.kernels[s]:
+                if k % 2 == 0:
+                    raise ValueError(f"stage {size}x{size}: kernel_size {k} must be odd")
+            for k in self.kernels[s]:
+                for d in self.dilations[s]:
+                    if k * d > size:
+                        raise ValueError(
+                            f"stage {size}x{size}: kernel_size {k} * dilation {d} = {k * d} exceeds the feature map"
+                        )
+        return self
+
+
+class MappingNetwork(nn.Module):
+    """z -> w: PixelNorm then n_mlp equalized layers at lr_mul 0.01."""
+
+    def __init__(self, z_dim, w_dim, n_mlp, lr_mlp):
+        super().__init__()
+        self.norm = PixelNorm()
+        dims = [z_dim] + [w_dim] * n_mlp
+        self.layers = nn.Sequential(
+            *[EqualLinear(i, o, lr_mul=lr_mlp, activation="fused_lrelu") for i, o in zip(dims[:-1], dims[1:])]
+        )
+
+    def forward(self, z):
+        return self.layers(self.norm(z))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x += Attn(AdaIN(x, w)); x += MLP(AdaIN(x, w))."""
+
+    def __init__(self, dim, w_dim, attn, mlp_ratio):
+        super().__init__()
+        self.norm1 = AdaptiveInstanceNorm(dim, w_dim)
+        self.attn = attn
+        self.norm2 = AdaptiveInstanceNorm(dim, w_dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x, w):
+        x = x + self.attn(self.norm1(x, w))
+        return x + self.mlp(self.norm2(x, w))
+
+
+class BilinearUpsample(nn.Module):
+    """x2 bilinear, LayerNorm, channel projection, plus a learned-scale sinusoidal positional encoding."""
+
+    def __init__(self, in_dim, out_dim, out_size):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, out_dim, bias=False)
+        self.alpha = nn.Parameter(torch.zeros(1))
+        self.register_buffer("pos", sinusoidal_grid_2d(out_size, out_size, out_dim), persistent=False)
+
+    def forward(self, x):
+        x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        x = self.proj(self.norm(x.permute(0, 2, 3, 1)))
+        return x + self.alpha * self.pos.to(x.dtype)
+
+
+class ToRGB(nn.Module):
+    """1x1 conv to RGB (no modulation); the running image is FIR-upsampled and added (StyleGAN2 skips).
+
+    The separate `bias` duplicates the conv's own bias; the reference has both, and keeping both keeps its
+    parameter count (48,921,000 at 256) and its optimisation dynamics.
+    """
+
+    def __init__(self, dim, upsample_skip):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, 3, kernel_size=1)
+        self.bias = nn.Parameter(torch.zeros(3))
+        self.upsample_skip = upsample_skip
+        if upsample_skip:
+            self.register_buffer("blur", make_kernel([1, 3, 3, 1]) * 4, persistent=False)
+
+    def forward(self, x, skip):
+        rgb = F.linear(x, self.conv.weight.flatten(1), self.conv.bias + self.bias).permute(0, 3, 1, 2)
+        if skip is None:
+            return rgb
+        if self.upsample_skip:
+            skip = upfirdn2d(skip, self.blur, up=2, pad=(2, 1))
+        return rgb + skip
+
+
+class Stage(nn.Module):
+    """Two transformer blocks at one resolution, then (except in the last stage) the upsample."""
+
+    def __init__(self, cfg, size, dim, next_dim, kernels, dilations):
+        super().__init__()
+        heads = max(dim // cfg.head_channels, cfg.min_heads)
+        if dim % heads:
+            raise ValueError(f"stage {size}x{size}: {dim} channels are not divisible by {heads} heads")
+
+        def make_attn():
+            if size == 4:
+                return MultiHeadSelfAttentionRPB(dim, heads, size)
+            return HydraNeighborhoodAttention(dim, heads, kernels, dilations, cfg.use_rpb, cfg.na_backend)
+
+        self.size = size
+        self.blocks = nn.ModuleList(TransformerBlock(dim, cfg.w_dim, make_attn(), cfg.mlp_ratio) for _ in range(2))
+        self.upsample = BilinearUpsample(dim, next_dim, 2 * size) if next_dim is not None else None
+        self.checkpoint_blocks = cfg.checkpoint_blocks
+
+    def forward(self, x, w0, w1):
+        for block, w in zip(self.blocks, (w0, w1)):
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, w, use_reentrant=False)
+            else:
+                x = block(x, w)
+        return self.upsample(x) if self.upsample is not None else x
+
+
+class Generator(nn.Module):
+    """StyleNAT generator. `G(z)` returns images in [-1, 1]; `synthesis(ws)` returns the training pixel space."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.z_dim, self.w_dim, self.resolution = cfg.z_dim, cfg.w_dim, cfg.resolution
+        channels = cfg.stage_channels()
+        n = cfg.num_stages
+        self.n_latent = 2 * n
+        self.mapping_net = MappingNetwork(cfg.z_dim, cfg.w_dim, cfg.n_mlp, cfg.lr_mlp)
+        self.const = nn.Parameter(torch.randn(1, 4, 4, channels[0]))
+        self.stages = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        for s in range(n):
+            last = s == n - 1
+            next_dim = None if last else channels[s + 1]
+            self.stages.append(Stage(cfg, 4 * 2**s, channels[s], next_dim, cfg.kernels[s], cfg.dilations[s]))
+            self.to_rgbs.append(ToRGB(channels[s] if last else next_dim, upsample_skip=not last))
+        self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.register_buffer("out_mean", mean, persistent=False)
+        self.register_buffer("out_std", std, persistent=False)
+        self.apply(_init_weights)
+
+    @property
+    def model_config(self):
+        return self.cfg.to_dict()
+
+    def mapping(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False, w_avg_beta=0.995):
+        """z [B, z_dim] -> per-layer ws [B, n_latent, w_dim], with optional truncation toward w_avg."""
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"expected z of shape [batch, {self.z_dim}], got {list(z.shape)}")
+        w = self.mapping_net(z)
+        if update_w_avg:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, w_avg_beta))
+        ws = w.unsqueeze(1).repeat(1, self.n_latent, 1)
+        if truncation_psi != 1:
+            cutoff = self.n_latent if truncation_cutoff is None else truncation_cutoff
+            avg = self.w_avg.to(ws.dtype)
+            ws[:, :cutoff] = avg.lerp(ws[:, :cutoff], truncation_psi)
+        return ws
+
+    def synthesis(self, ws):
+        """ws [B, n_latent, w_dim] (or [B, w_dim]) -> images NCHW in `output_normalization` space."""
+        if ws.ndim == 2:
+            ws = ws.unsqueeze(1).expand(-1, self.n_latent, -1)
+        if ws.ndim != 3 or ws.shape[1:] != (self.n_latent, self.w_dim):
+            raise ValueError(f"expected ws of shape [batch, {self.n_latent}, {self.w_dim}], got {list(ws.shape)}")
+        x = self.const.expand(ws.shape[0], -1, -1, -1).to(ws.dtype)
+        rgb = None
+        for s, (stage, to_rgb) in enumerate(zip(self.stages, self.to_rgbs)):
+            x = stage(x, ws[:, 2 * s], ws[:, 2 * s + 1])
+            rgb = to_rgb(x, rgb)
+        return rgb
+
+    def to_minus_one_one(self, img):
+        """Map synthesis output to the public [-1, 1] convention."""
+        if self.cfg.output_normalization == "imagenet":
+            return (img * self.out_std.to(img.dtype) + self.out_mean.to(img.dtype)) * 2 - 1
+        return img
+
+    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None):
+        ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.to_minus_one_one(self.synthesis(ws))
+
+
+def _init_weights(m):
+    """The reference init: trunc-normal Linear, unit LayerNorm, tiny-gain xavier Conv; equalized layers keep theirs."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.xavier_normal_(m.weight, gain=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
