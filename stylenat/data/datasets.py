@@ -48,44 +48,20 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from stylenat.data.errors import DatasetError, DatasetWarning
-from stylenat.data.transforms import check_normalize, fit_square, pil_to_uint8_tensor, to_rgb8
+from stylenat.data.errors import DatasetError
+from stylenat.data.images import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    MANIFEST_NAME,
+    check_max_images,
+    check_resolution,
+    index_image_folder,
+    is_image_name,
+    load_image_file,
+    to_rgb8,
+)
+from stylenat.data.transforms import check_normalize, pil_to_uint8_tensor
 from stylenat.data.transforms import normalize as normalize_images
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-MANIFEST_NAME = "manifest.json"
-
-# What Pillow raises on a broken or unidentifiable file (UnidentifiedImageError is an OSError).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
-
-
-def is_image_name(name: str) -> bool:
-    """True for an image suffix in a path with no hidden component (``.x``, ``__MACOSX``)."""
-    parts = name.replace("\\", "/").split("/")
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts if p):
-        return False
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def check_resolution(resolution) -> int:
-    """Validate the requested resolution (a positive int)."""
-    try:
-        r = operator.index(resolution)
-    except TypeError:
-        raise DatasetError(f"resolution must be a positive integer, got {resolution!r}") from None
-    if isinstance(resolution, bool) or r < 1:
-        raise DatasetError(f"resolution must be a positive integer, got {resolution!r}")
-    return r
-
-
-def _check_max_images(max_images) -> int | None:
-    if max_images is None:
-        return None
-    n = operator.index(max_images)
-    if n < 1:
-        raise DatasetError(f"max_images must be a positive integer or None, got {max_images!r}")
-    return n
-
 
 def _hash_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -156,67 +132,6 @@ class ImageDataset(torch.utils.data.Dataset):
         )
 
 
-def _scan_folder(root: Path) -> list[str]:
-    """Sorted relative POSIX paths of image files below ``root`` (symlinks followed, cycles cut)."""
-    found = []
-    seen = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(root)
-        for f in filenames:
-            rel = (rel_dir / f).as_posix()
-            if is_image_name(rel):
-                found.append(rel)
-    return sorted(found)
-
-
-def index_image_folder(root, resolution: int, max_images: int | None = None, verify: bool = True):
-    """Check the candidate images of a folder once; return ``(names, sizes, file_bytes)`` of the good
-    ones, warning (``DatasetWarning``) about each skipped file and, once, about images smaller than
-    ``resolution``. Shared by ``ImageFolderDataset`` and ``prepare_dataset`` so both pick the same files."""
-    root = Path(root)
-    if not root.exists():
-        raise DatasetError(f"dataset path {root} does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"dataset path {root} is not a directory")
-    names, sizes, nbytes = [], [], []
-    small = []
-    for rel in _scan_folder(root):
-        if max_images is not None and len(names) >= max_images:
-            break
-        path = root / rel
-        try:
-            with Image.open(path) as im:
-                size = im.size
-                if verify:
-                    im.verify()
-            file_size = path.stat().st_size
-        except DECODE_ERRORS as e:
-            warnings.warn(f"skipping unreadable image {path}: {e}", DatasetWarning, stacklevel=3)
-            continue
-        names.append(rel)
-        sizes.append(size)
-        nbytes.append(file_size)
-        if min(size) < resolution:
-            small.append((rel, size))
-    if not names:
-        raise DatasetError(f"no images found under {root}")
-    if small:
-        rel, (w, h) = small[0]
-        warnings.warn(
-            f"{len(small)} of {len(names)} images under {root} are smaller than {resolution}x{resolution} "
-            f"(e.g. {rel} is {w}x{h}); they are upscaled with LANCZOS",
-            DatasetWarning,
-            stacklevel=3,
-        )
-    return names, sizes, nbytes
-
-
 class ImageFolderDataset(ImageDataset):
     """Images below a directory, center-cropped and LANCZOS-resized to the resolution on load."""
 
@@ -233,7 +148,7 @@ class ImageFolderDataset(ImageDataset):
     ):
         super().__init__(path, resolution, normalize, xflip)
         self.names, self.sizes, self._nbytes = index_image_folder(
-            self.path, self.resolution, _check_max_images(max_images), verify
+            self.path, self.resolution, check_max_images(max_images), verify
         )
 
     @property
@@ -244,14 +159,7 @@ class ImageFolderDataset(ImageDataset):
         return self.names[raw_index]
 
     def _load_raw(self, raw_index: int) -> Image.Image:
-        path = self.path / self.names[raw_index]
-        try:
-            with Image.open(path) as im:
-                im.load()
-                img = to_rgb8(im)
-        except DECODE_ERRORS as e:
-            raise DatasetError(f"cannot decode image {path}: {e}") from e
-        return fit_square(img, self.resolution)
+        return load_image_file(self.path / self.names[raw_index], self.resolution)
 
     def _fingerprint_payload(self) -> dict:
         return {"files": [[n, s] for n, s in zip(self.names, self._nbytes)]}
@@ -316,7 +224,7 @@ class ZipDataset(_EncodedImageDataset):
                 self.manifest = self._read_manifest(zf)
         except (zipfile.BadZipFile, OSError) as e:
             raise DatasetError(f"{self.path} is not a readable zip archive: {e}") from e
-        max_images = _check_max_images(max_images)
+        max_images = check_max_images(max_images)
         if max_images is not None:
             infos = infos[:max_images]
         if not infos:
@@ -407,7 +315,7 @@ class LMDBDataset(_EncodedImageDataset):
                 raise DatasetError(
                     f"{self.path}: b'length' holds {bytes(raw)[:32]!r}, not an ascii count"
                 ) from None
-            max_images = _check_max_images(max_images)
+            max_images = check_max_images(max_images)
             if max_images is not None:
                 n = min(n, max_images)
             if n <= 0:

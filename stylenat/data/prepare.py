@@ -23,9 +23,15 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from stylenat.data.datasets import DECODE_ERRORS, MANIFEST_NAME, check_resolution, index_image_folder
 from stylenat.data.errors import DatasetError
-from stylenat.data.transforms import FILTERS, fit_square, resample_filter, to_rgb8
+from stylenat.data.images import (
+    MANIFEST_NAME,
+    check_max_images,
+    check_resolution,
+    index_image_folder,
+    load_image_file,
+    resample_filter,
+)
 
 MANIFEST_FORMAT = "stylenat-zip/1"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -82,12 +88,7 @@ def prepare_dataset(
             for i, rel in enumerate(
                 tqdm(names, desc=f"prepare {dst.name}", unit="img", disable=not progress)
             ):
-                try:
-                    with Image.open(src / rel) as im:
-                        im.load()
-                        img = fit_square(to_rgb8(im), resolution, resample)
-                except DECODE_ERRORS as e:
-                    raise DatasetError(f"cannot decode image {src / rel}: {e}") from e
+                img = load_image_file(src / rel, resolution, resample)
                 buf = io.BytesIO()
                 img.save(buf, format="png", compress_level=compress_level, optimize=False)
                 data = buf.getvalue()

@@ -150,10 +150,14 @@ class ConvLayer(nn.Sequential):
         conv_bias = bias and not activate
         if sn:
             conv = spectral_norm(
-                nn.Conv2d(in_channel, out_channel, kernel_size, stride=stride, padding=padding, bias=conv_bias)
+                nn.Conv2d(
+                    in_channel, out_channel, kernel_size, stride=stride, padding=padding, bias=conv_bias
+                )
             )
         else:
-            conv = EqualConv2d(in_channel, out_channel, kernel_size, stride=stride, padding=padding, bias=conv_bias)
+            conv = EqualConv2d(
+                in_channel, out_channel, kernel_size, stride=stride, padding=padding, bias=conv_bias
+            )
         layers.append(conv)
         if activate:
             layers.append(FusedLeakyReLU(out_channel) if bias else ScaledLeakyReLU(0.2))
@@ -196,7 +200,9 @@ class FromRGB(nn.Module):
     Returns ``(wavelet_input_at_this_level, features)``.
     """
 
-    def __init__(self, out_channel: int, downsample: bool = True, blur_kernel=DEFAULT_BLUR_KERNEL, sn: bool = False):
+    def __init__(
+        self, out_channel: int, downsample: bool = True, blur_kernel=DEFAULT_BLUR_KERNEL, sn: bool = False
+    ):
         super().__init__()
         if downsample:
             self.iwt = InverseHaarTransform(3)
@@ -249,7 +255,9 @@ class WaveletDiscriminator(nn.Module):
         in_channel = ch[resolution]
         for i in range(log_size, 2, -1):
             out_channel = ch[2 ** (i - 1)]
-            self.from_rgbs.append(FromRGB(in_channel, downsample=i != log_size, blur_kernel=blur_kernel, sn=sn))
+            self.from_rgbs.append(
+                FromRGB(in_channel, downsample=i != log_size, blur_kernel=blur_kernel, sn=sn)
+            )
             self.convs.append(ConvBlock(in_channel, out_channel, blur_kernel, sn=sn))
             in_channel = out_channel
         self.from_rgbs.append(FromRGB(ch[4], blur_kernel=blur_kernel, sn=sn))
@@ -283,7 +291,14 @@ class ResBlock(nn.Module):
         self.conv1 = ConvLayer(in_channel, in_channel, 3, blur_kernel=blur_kernel, sn=sn)
         self.conv2 = ConvLayer(in_channel, out_channel, 3, downsample=True, blur_kernel=blur_kernel, sn=sn)
         self.skip = ConvLayer(
-            in_channel, out_channel, 1, downsample=True, blur_kernel=blur_kernel, activate=False, bias=False, sn=sn
+            in_channel,
+            out_channel,
+            1,
+            downsample=True,
+            blur_kernel=blur_kernel,
+            activate=False,
+            bias=False,
+            sn=sn,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

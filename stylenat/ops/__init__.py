@@ -3,3 +3,16 @@
 from stylenat.ops.na import na2d
 from stylenat.ops.upfirdn import Blur, Downsample, downsample2d, make_kernel, upfirdn2d, upsample2d
 from stylenat.ops.wavelet import HaarTransform, InverseHaarTransform, haar_filters
+
+__all__ = [
+    "Blur",
+    "Downsample",
+    "HaarTransform",
+    "InverseHaarTransform",
+    "downsample2d",
+    "haar_filters",
+    "make_kernel",
+    "na2d",
+    "upfirdn2d",
+    "upsample2d",
+]

@@ -1,0 +1,184 @@
+"""PIL-only image handling shared by every data set format and by ``prepare_dataset`` (no torch, so
+the prepare script starts fast). One code path for "decode -> RGB 8-bit -> square -> resolution" is
+what makes a folder, the zip prepared from it and an LMDB of the same images give identical tensors.
+
+Conversion policy (``to_rgb8``):
+  * 8-bit RGB passes through; L, 1, CMYK, YCbCr, LA, P (palette) become RGB via Pillow.
+  * 16-bit / 32-bit integer grayscale (modes I;16*, I) is scaled to 8 bits (round(v / 257)); Pillow's
+    own ``convert`` would clip everything above 255 to white. (16-bit RGB PNGs already open as 8-bit.)
+  * Alpha is discarded, not composited (as StyleGAN2-ADA's dataset_tool does).
+  * EXIF orientation is not applied (as dataset_tool and the reference code).
+
+Geometry policy (``fit_square``): a non-square image is center-cropped to its short side, then a
+square of another size is resized to the resolution with the chosen filter (LANCZOS by default).
+Smaller images are upscaled the same way; ``index_image_folder`` warns about them once.
+
+Unreadable files (``index_image_folder``): every candidate is opened and ``verify()``-ed once, in sorted
+order; failures are skipped with a ``DatasetWarning`` naming the file. The resulting index is fixed
+before any sample is drawn, identical in every rank and worker, and shared by the folder data set and
+``prepare_dataset`` (so both hold the same images in the same order).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stylenat.data.errors import DatasetError, DatasetWarning
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+MANIFEST_NAME = "manifest.json"
+FILTERS = {"lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
+
+# What Pillow raises on a broken or unidentifiable file (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def check_resolution(resolution) -> int:
+    """Validate a requested resolution (a positive int)."""
+    try:
+        r = operator.index(resolution)
+    except TypeError:
+        raise DatasetError(f"resolution must be a positive integer, got {resolution!r}") from None
+    if isinstance(resolution, bool) or r < 1:
+        raise DatasetError(f"resolution must be a positive integer, got {resolution!r}")
+    return r
+
+
+def check_max_images(max_images) -> int | None:
+    """Validate an optional image limit (None or a positive int)."""
+    if max_images is None:
+        return None
+    try:
+        n = operator.index(max_images)
+    except TypeError:
+        n = 0
+    if isinstance(max_images, bool) or n < 1:
+        raise DatasetError(f"max_images must be a positive integer or None, got {max_images!r}")
+    return n
+
+
+def resample_filter(name: str) -> Image.Resampling:
+    """Map a filter name ('lanczos' | 'box') to Pillow's constant."""
+    try:
+        return FILTERS[name]
+    except (KeyError, TypeError):
+        raise DatasetError(f"unknown resize filter {name!r}: expected one of {', '.join(FILTERS)}") from None
+
+
+def is_image_name(name: str) -> bool:
+    """True for an image suffix in a path with no hidden component (``.x``, ``__MACOSX``)."""
+    parts = name.replace("\\", "/").split("/")
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts if p):
+        return False
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Return ``img`` as 8-bit RGB following the module's conversion policy."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("P", "PA"):
+        # Through RGBA so palette transparency does not trigger Pillow's warning; alpha is then dropped.
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def fit_square(
+    img: Image.Image, resolution: int, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> Image.Image:
+    """Center-crop to a square, then resize to ``resolution`` (no-op when already that size)."""
+    w, h = img.size
+    if w != h:
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), resample=resample)
+    return img
+
+
+def load_image_file(path, resolution: int, resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+    """Decode an image file to 8-bit RGB at ``resolution``; a decode failure names the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            img = to_rgb8(im)
+    except DECODE_ERRORS as e:
+        raise DatasetError(f"cannot decode image {path}: {e}") from e
+    return fit_square(img, resolution, resample)
+
+
+def scan_folder(root: Path) -> list[str]:
+    """Sorted relative POSIX paths of image files below ``root`` (symlinks followed, cycles cut)."""
+    found = []
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(dirpath).relative_to(root)
+        found.extend(rel for rel in ((rel_dir / f).as_posix() for f in filenames) if is_image_name(rel))
+    return sorted(found)
+
+
+def index_image_folder(root, resolution: int, max_images: int | None = None, verify: bool = True):
+    """The usable images of a folder as ``(names, sizes, file_bytes)`` (see the module docstring).
+
+    ``verify=False`` only reads headers (much cheaper on a huge folder, but a truncated file then
+    fails at load time with a ``DatasetError`` instead of being skipped)."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset path {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"dataset path {root} is not a directory")
+    max_images = check_max_images(max_images)
+    names, sizes, nbytes = [], [], []
+    small = []
+    for rel in scan_folder(root):
+        if max_images is not None and len(names) >= max_images:
+            break
+        path = root / rel
+        try:
+            with Image.open(path) as im:
+                size = im.size
+                if verify:
+                    im.verify()
+            file_size = path.stat().st_size
+        except DECODE_ERRORS as e:
+            warnings.warn(f"skipping unreadable image {path}: {e}", DatasetWarning, stacklevel=2)
+            continue
+        names.append(rel)
+        sizes.append(size)
+        nbytes.append(file_size)
+        if min(size) < resolution:
+            small.append((rel, size))
+    if not names:
+        raise DatasetError(f"no images found under {root}")
+    if small:
+        rel, (w, h) = small[0]
+        warnings.warn(
+            f"{len(small)} of {len(names)} images under {root} are smaller than {resolution}x{resolution} "
+            f"(e.g. {rel} is {w}x{h}); they are upscaled",
+            DatasetWarning,
+            stacklevel=2,
+        )
+    return names, sizes, nbytes

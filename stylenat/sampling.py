@@ -1,0 +1,141 @@
+"""Turning a generator into pictures: seeds, grids, per-seed PNGs, style mixing and interpolation figures."""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def parse_seeds(spec):
+    """'0-3,7' / [0, 1] / 5 -> [0, 1, 2, 3, 7]; a one-line ValueError for anything else."""
+    if isinstance(spec, int):
+        return [spec]
+    if isinstance(spec, (list, tuple)) or hasattr(spec, "__iter__") and not isinstance(spec, str):
+        out = []
+        for item in spec:
+            out.extend(parse_seeds(item))
+        return out
+    seeds = []
+    for part in str(spec).replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad seeds {spec!r}: use a list like [0,1,5] or ranges like '0-15,20'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"bad seed range {part!r}: the end is before the start")
+        seeds.extend(range(lo, hi + 1))
+    return seeds
+
+
+def seed_latents(seeds, z_dim, device="cpu"):
+    """One z per seed, the StyleGAN way (numpy RandomState(seed).randn), so seeds mean the same on every device."""
+    z = np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])
+    return torch.from_numpy(z).float().to(device)
+
+
+def to_uint8(images):
+    """[-1, 1] NCHW float -> NHWC uint8 numpy, rounding like StyleGAN."""
+    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(images_uint8, cols=None):
+    """Tile NHWC uint8 images into one HWC array, row-major."""
+    n, h, w, c = images_uint8.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    for i, img in enumerate(images_uint8):
+        r, col = divmod(i, cols)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
+    return grid
+
+
+def save_image(array, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@torch.no_grad()
+def generate_images(G, seeds, truncation_psi=1.0, truncation_cutoff=None, batch_size=16, device="cpu"):
+    """Images in [-1, 1] for the given seeds, batch by batch (deterministic per seed, whatever the batch)."""
+    out = []
+    for i in range(0, len(seeds), batch_size):
+        z = seed_latents(seeds[i : i + batch_size], G.z_dim, device)
+        out.append(G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def style_mixing_figure(G, row_seeds, col_seeds, crossover, truncation_psi=1.0, device="cpu"):
+    """StyleGAN's figure: column seeds give layers < crossover (coarse), row seeds give the rest."""
+    if not 0 < crossover < G.n_latent:
+        raise ValueError(f"style mixing crossover {crossover} must be between 1 and {G.n_latent - 1}")
+    all_seeds = list(dict.fromkeys(row_seeds + col_seeds))
+    ws = G.mapping(seed_latents(all_seeds, G.z_dim, device), truncation_psi=truncation_psi)
+    w_of = dict(zip(all_seeds, ws))
+    img = lambda w: to_uint8(G.to_minus_one_one(G.synthesis(w.unsqueeze(0))).float())[0]  # noqa: E731
+    size = G.resolution
+    canvas = np.full(((len(row_seeds) + 1) * size, (len(col_seeds) + 1) * size, 3), 255, dtype=np.uint8)
+    for j, cs in enumerate(col_seeds):
+        canvas[0:size, (j + 1) * size : (j + 2) * size] = img(w_of[cs])
+    for i, rs in enumerate(row_seeds):
+        canvas[(i + 1) * size : (i + 2) * size, 0:size] = img(w_of[rs])
+        for j, cs in enumerate(col_seeds):
+            mixed = w_of[rs].clone()
+            mixed[:crossover] = w_of[cs][:crossover]
+            canvas[(i + 1) * size : (i + 2) * size, (j + 1) * size : (j + 2) * size] = img(mixed)
+    return canvas
+
+
+@torch.no_grad()
+def interpolation_frames(G, seeds, steps=8, truncation_psi=1.0, device="cpu"):
+    """Linear interpolation in W between consecutive seeds; returns NHWC uint8 frames."""
+    if len(seeds) < 2:
+        raise ValueError(f"interpolation needs at least two seeds, got {seeds}")
+    ws = G.mapping(seed_latents(seeds, G.z_dim, device), truncation_psi=truncation_psi)
+    frames = []
+    for a, b in zip(ws[:-1], ws[1:]):
+        t = torch.linspace(0, 1, steps, device=ws.device)[:, None, None]
+        frames.append(to_uint8(G.to_minus_one_one(G.synthesis(a.lerp(b, t))).float()))
+    return np.concatenate(frames)
+
+
+def resolve_device(name):
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return str(name)
+
+
+def run_generate(cfg):
+    """generate.py's body: per-seed PNGs, a grid, and optional mixing/interpolation figures."""
+    from stylenat.snapshot import load_generator
+
+    device = resolve_device(cfg.device)
+    G = load_generator(cfg.checkpoint, device=device)
+    seeds = parse_seeds(cfg.seeds)
+    outdir = Path(cfg.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    images = to_uint8(generate_images(G, seeds, cfg.truncation_psi, cfg.truncation_cutoff, cfg.batch, device))
+    if cfg.per_seed:
+        for seed, img in zip(seeds, images):
+            save_image(img, outdir / f"seed{seed:04d}.png")
+    if cfg.grid:
+        save_image(make_grid(images, cfg.grid_cols), outdir / "grid.png")
+    if cfg.mixing.enabled:
+        figure = style_mixing_figure(
+            G, parse_seeds(cfg.mixing.row_seeds), parse_seeds(cfg.mixing.col_seeds), cfg.mixing.crossover,
+            cfg.truncation_psi, device,
+        )
+        save_image(figure, outdir / "mixing.png")
+    if cfg.interpolation.enabled:
+        frames = interpolation_frames(G, seeds, cfg.interpolation.steps, cfg.truncation_psi, device)
+        save_image(make_grid(frames, cols=cfg.interpolation.steps), outdir / "interpolation.png")
+        if cfg.interpolation.gif:
+            pil = [Image.fromarray(f) for f in frames]
+            pil[0].save(outdir / "interpolation.gif", save_all=True, append_images=pil[1:], duration=80, loop=0)
+    return outdir
