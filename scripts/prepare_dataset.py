@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import warnings
 
 
@@ -22,9 +21,9 @@ def main(argv=None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = p.parse_args(argv)
 
-    from stylenat.data import DatasetError, prepare_dataset
+    from stylenat.data.errors import DatasetError
+    from stylenat.data.prepare import prepare_dataset
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.simplefilter("always")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:

@@ -1,44 +1,51 @@
 """Data: image data sets (folder, zip, LMDB), normalisation, the demo set, resumable sampling.
 
-Used by training and metrics, never by models. See the module docstrings of ``datasets`` (formats and
-the unreadable-file / resize / x-flip policies) and ``sampler`` (how to resume).
+Used by training and metrics, never by models. Policies (unreadable files, resizing, x-flip) are in
+the docstrings of ``datasets`` and ``images``; resuming is in ``sampler``. Names are imported lazily
+so torch-free tools (``scripts/prepare_dataset.py``) start fast.
 """
 
-from stylenat.data.datasets import (
-    IMAGE_EXTENSIONS,
-    ImageDataset,
-    ImageFolderDataset,
-    LMDBDataset,
-    ZipDataset,
-    build_dataset,
-    dataset_fingerprint,
-    lmdb_key,
-)
-from stylenat.data.demo import demo_dataset_path
-from stylenat.data.errors import DatasetError, DatasetWarning
-from stylenat.data.prepare import prepare_dataset
-from stylenat.data.sampler import BatchStream, InfiniteSampler, build_loader
-from stylenat.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    NORMALIZATIONS,
-    denormalize,
-    normalize,
-    to_uint8,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "DatasetError": "errors",
+    "DatasetWarning": "errors",
+    "IMAGE_EXTENSIONS": "images",
+    "ImageDataset": "datasets",
+    "ImageFolderDataset": "datasets",
+    "ZipDataset": "datasets",
+    "LMDBDataset": "datasets",
+    "build_dataset": "datasets",
+    "dataset_fingerprint": "datasets",
+    "lmdb_key": "datasets",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "NORMALIZATIONS": "transforms",
+    "normalize": "transforms",
+    "denormalize": "transforms",
+    "to_uint8": "transforms",
+    "InfiniteSampler": "sampler",
+    "BatchStream": "sampler",
+    "build_loader": "sampler",
+    "demo_dataset_path": "demo",
+    "prepare_dataset": "prepare",
+}
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "IMAGE_EXTENSIONS",
-    "NORMALIZATIONS",
     "BatchStream",
     "DatasetError",
     "DatasetWarning",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ImageFolderDataset",
     "InfiniteSampler",
     "LMDBDataset",
+    "NORMALIZATIONS",
     "ZipDataset",
     "build_dataset",
     "build_loader",
@@ -50,3 +57,41 @@ __all__ = [
     "prepare_dataset",
     "to_uint8",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from stylenat.data.datasets import (
+        ImageDataset,
+        ImageFolderDataset,
+        LMDBDataset,
+        ZipDataset,
+        build_dataset,
+        dataset_fingerprint,
+        lmdb_key,
+    )
+    from stylenat.data.demo import demo_dataset_path
+    from stylenat.data.errors import DatasetError, DatasetWarning
+    from stylenat.data.images import IMAGE_EXTENSIONS
+    from stylenat.data.prepare import prepare_dataset
+    from stylenat.data.sampler import BatchStream, InfiniteSampler, build_loader
+    from stylenat.data.transforms import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        NORMALIZATIONS,
+        denormalize,
+        normalize,
+        to_uint8,
+    )

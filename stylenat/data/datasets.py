@@ -1,6 +1,6 @@
 """Image data sets for training and metrics: a folder, a StyleGAN2-ADA zip, a reference-layout LMDB.
 
-All three decode with the same code path (``transforms``), so the same images give identical tensors.
+All three decode with the same code path (``images``), so the same images give identical tensors.
 ``dataset[i]`` is a float32 tensor (3, R, R) in the chosen normalisation (``normalize=None``: uint8).
 
 Formats
@@ -40,8 +40,6 @@ import io
 import json
 import operator
 import os
-import struct
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -51,7 +49,6 @@ from PIL import Image
 from stylenat.data.errors import DatasetError
 from stylenat.data.images import (
     DECODE_ERRORS,
-    IMAGE_EXTENSIONS,
     MANIFEST_NAME,
     check_max_images,
     check_resolution,
@@ -62,6 +59,7 @@ from stylenat.data.images import (
 )
 from stylenat.data.transforms import check_normalize, pil_to_uint8_tensor
 from stylenat.data.transforms import normalize as normalize_images
+
 
 def _hash_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -173,29 +171,25 @@ class _EncodedImageDataset(ImageDataset):
 
     def _decode(self, raw_index: int, check_only: bool = False) -> Image.Image | None:
         name = self.image_name(raw_index)
+        img = None
         try:
             with Image.open(io.BytesIO(self._read_bytes(raw_index))) as im:
-                if im.size != (self.resolution, self.resolution):
-                    w, h = im.size
-                    raise DatasetError(
-                        f"{self.path} holds {w}x{h} images (e.g. {name}) but resolution "
-                        f"{self.resolution} was requested; prepare a {self.resolution}x{self.resolution} "
-                        f"copy with scripts/prepare_dataset.py"
-                    )
-                if check_only:
-                    return None
-                im.load()
-                return to_rgb8(im)
-        except DECODE_ERRORS as e:
+                size = im.size
+                if size == (self.resolution, self.resolution) and not check_only:
+                    im.load()
+                    img = to_rgb8(im)
+        except (*DECODE_ERRORS, zipfile.BadZipFile) as e:
             raise DatasetError(f"cannot decode image {name} in {self.path}: {e}") from e
+        if size != (self.resolution, self.resolution):
+            raise DatasetError(
+                f"{self.path} holds {size[0]}x{size[1]} images (e.g. {name}) but resolution "
+                f"{self.resolution} was requested; prepare a {self.resolution}x{self.resolution} "
+                f"copy with scripts/prepare_dataset.py"
+            )
+        return img
 
     def _load_raw(self, raw_index: int) -> Image.Image:
         return self._decode(raw_index)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_handle"], state["_handle_pid"] = None, None
-        return state
 
 
 class ZipDataset(_EncodedImageDataset):
@@ -237,8 +231,10 @@ class ZipDataset(_EncodedImageDataset):
                 f"{self.path} holds {stored}x{stored} images (manifest) but resolution {self.resolution} "
                 f"was requested; prepare a {self.resolution}x{self.resolution} copy with scripts/prepare_dataset.py"
             )
-        self._decode(0, check_only=True)
-        self.close()
+        try:
+            self._decode(0, check_only=True)
+        finally:
+            self.close()
 
     def _read_manifest(self, zf: zipfile.ZipFile) -> dict | None:
         if MANIFEST_NAME not in zf.namelist():
@@ -248,6 +244,11 @@ class ZipDataset(_EncodedImageDataset):
         except ValueError as e:
             raise DatasetError(f"{self.path}: {MANIFEST_NAME} is not valid JSON: {e}") from e
         return manifest if isinstance(manifest, dict) else None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handle"], state["_handle_pid"] = None, None
+        return state
 
     def _zip(self) -> zipfile.ZipFile:
         if self._handle is None or self._handle_pid != os.getpid():
@@ -286,6 +287,29 @@ def lmdb_key(resolution: int, index: int) -> bytes:
     return f"{resolution}-{str(index).zfill(5)}".encode()
 
 
+# One environment per LMDB path and process: py-lmdb refuses to open the same environment twice in a
+# process, so data sets on one path (e.g. training and metrics) share it. After a fork the inherited
+# entry is closed in the child (safe for readonly, lock=False) and the child opens its own.
+_LMDB_ENVS: dict[str, tuple[int, object]] = {}
+
+
+def _shared_lmdb_env(key: str):
+    entry = _LMDB_ENVS.get(key)
+    if entry is not None and entry[0] == os.getpid():
+        return entry[1]
+    try:
+        import lmdb
+    except ImportError:
+        raise DatasetError(
+            "reading LMDB data sets needs the lmdb package: pip install 'stylenat[lmdb]'"
+        ) from None
+    if entry is not None:
+        entry[1].close()
+    env = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False, max_readers=64)
+    _LMDB_ENVS[key] = (os.getpid(), env)
+    return env
+
+
 class LMDBDataset(_EncodedImageDataset):
     """A rosinality / StyleNAT reference LMDB (opened lazily per process, readonly, lock=False)."""
 
@@ -300,36 +324,40 @@ class LMDBDataset(_EncodedImageDataset):
         max_images: int | None = None,
     ):
         super().__init__(path, resolution, normalize, xflip)
-        self._handle, self._handle_pid = None, None
         if not self.path.exists():
             raise DatasetError(f"dataset path {self.path} does not exist")
         if not (self.path / "data.mdb").is_file():
             raise DatasetError(f"{self.path} is not an LMDB directory (no data.mdb inside)")
-        with self._env().begin(buffers=True) as txn:
-            raw = txn.get(b"length")
-            if raw is None:
-                raise DatasetError(f"{self.path} has no b'length' key: not an LMDB in the reference layout")
-            try:
-                n = int(bytes(raw).decode("ascii"))
-            except ValueError:
-                raise DatasetError(
-                    f"{self.path}: b'length' holds {bytes(raw)[:32]!r}, not an ascii count"
-                ) from None
-            max_images = check_max_images(max_images)
-            if max_images is not None:
-                n = min(n, max_images)
-            if n <= 0:
-                raise DatasetError(f"no images found under {self.path}")
-            if txn.get(lmdb_key(self.resolution, 0)) is None:
-                found = self._stored_resolutions(txn)
-                raise DatasetError(
-                    f"{self.path} has no images at resolution {self.resolution} (key "
-                    f"{lmdb_key(self.resolution, 0)!r} missing; stored resolutions: {found or 'none'})"
-                )
-            self._value_sizes = [len(txn.get(lmdb_key(self.resolution, i)) or b"") for i in range(n)]
-        self._n = n
-        self._decode(0, check_only=True)
-        self.close()
+        self._key = os.path.realpath(self.path)
+        try:
+            with self._env().begin(buffers=True) as txn:
+                self._n, self._value_sizes = self._read_index(txn, check_max_images(max_images))
+            self._decode(0, check_only=True)
+        finally:
+            self.close()
+
+    def _read_index(self, txn, max_images: int | None) -> tuple[int, list[int]]:
+        """Image count and stored value sizes (for the fingerprint), with clear layout errors."""
+        raw = txn.get(b"length")
+        if raw is None:
+            raise DatasetError(f"{self.path} has no b'length' key: not an LMDB in the reference layout")
+        try:
+            n = int(bytes(raw).decode("ascii"))
+        except ValueError:
+            raise DatasetError(
+                f"{self.path}: b'length' holds {bytes(raw)[:32]!r}, not an ascii count"
+            ) from None
+        if max_images is not None:
+            n = min(n, max_images)
+        if n <= 0:
+            raise DatasetError(f"no images found under {self.path}")
+        if txn.get(lmdb_key(self.resolution, 0)) is None:
+            found = self._stored_resolutions(txn)
+            raise DatasetError(
+                f"{self.path} has no images at resolution {self.resolution} (key "
+                f"{lmdb_key(self.resolution, 0)!r} missing; stored resolutions: {found or 'none'})"
+            )
+        return n, [len(txn.get(lmdb_key(self.resolution, i)) or b"") for i in range(n)]
 
     @staticmethod
     def _stored_resolutions(txn) -> list[int]:
@@ -346,24 +374,14 @@ class LMDBDataset(_EncodedImageDataset):
         return sorted(found)
 
     def _env(self):
-        if self._handle is None or self._handle_pid != os.getpid():
-            try:
-                import lmdb
-            except ImportError:
-                raise DatasetError(
-                    "reading LMDB data sets needs the lmdb package: pip install 'stylenat[lmdb]'"
-                ) from None
-            self._handle = lmdb.open(
-                str(self.path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64
-            )
-            self._handle_pid = os.getpid()
-        return self._handle
+        return _shared_lmdb_env(self._key)
 
     def close(self) -> None:
-        """Close this process's LMDB environment (it re-opens on the next read)."""
-        if self._handle is not None and self._handle_pid == os.getpid():
-            self._handle.close()
-        self._handle, self._handle_pid = None, None
+        """Close this process's environment for this path (shared by every data set on it; it
+        re-opens on the next read)."""
+        entry = _LMDB_ENVS.pop(self._key, None)
+        if entry is not None:
+            entry[1].close()
 
     @property
     def num_images(self) -> int:

@@ -113,7 +113,9 @@ def fit_square(
     return img
 
 
-def load_image_file(path, resolution: int, resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+def load_image_file(
+    path, resolution: int, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> Image.Image:
     """Decode an image file to 8-bit RGB at ``resolution``; a decode failure names the file."""
     try:
         with Image.open(path) as im:

@@ -15,12 +15,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import operator
 import os
 import zipfile
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from stylenat.data.errors import DatasetError
@@ -63,9 +61,12 @@ def prepare_dataset(
     resolution = check_resolution(resolution)
     resample = resample_filter(filter)
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if max_images is not None and operator.index(max_images) < 1:
-        raise DatasetError(f"max_images must be a positive integer, got {max_images!r}")
-    if not 0 <= operator.index(compress_level) <= 9:
+    max_images = check_max_images(max_images)
+    if (
+        isinstance(compress_level, bool)
+        or not isinstance(compress_level, int)
+        or not 0 <= compress_level <= 9
+    ):
         raise DatasetError(f"compress_level must be within 0..9, got {compress_level!r}")
     if not src.exists():
         raise DatasetError(f"source folder {src} does not exist")
@@ -109,6 +110,3 @@ def prepare_dataset(
             tmp.unlink()
     manifest_path(dst).write_text(text)
     return manifest
-
-
-__all__ = ["FILTERS", "MANIFEST_FORMAT", "archive_name", "manifest_path", "prepare_dataset"]

@@ -1,0 +1,92 @@
+"""Convert an official StyleNAT checkpoint (SHI-Labs/StyleNAT, e.g. FFHQ256_940k_flip.pt) to a stylenat snapshot.
+
+python scripts/convert_checkpoint.py SRC DST [--dilations 1 1 1,2 1,4 ...] [--w-avg-samples N] [--seed S]
+                                    [--training-state] [--overwrite]
+
+The snapshot holds the reference `g_ema` weights under our names, the inferred model config and a w_avg
+(the mean of the mapping of N seeded z's; the reference has none). Load it with
+`stylenat.load_generator(DST)`; `G(z)` returns images in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def parse_dilations(items):
+    """`1 1 1,2 1,4` (one comma group per stage, 4x4 first) or one JSON list `[[1],[1],[1,2]]`."""
+    if items is None:
+        return None
+    text = " ".join(items).strip()
+    try:
+        if text.startswith("["):
+            value = json.loads(text)
+        else:
+            value = [[int(x) for x in group.split(",") if x] for group in text.replace(";", " ").split()]
+        value = [[v] if isinstance(v, int) else [int(x) for x in v] for v in value]
+    except (ValueError, TypeError):
+        raise SystemExit(f"error: cannot parse --dilations {text!r}; write e.g. --dilations 1 1 1,2 1,4") from None
+    if not value or any(not group or min(group) < 1 for group in value):
+        raise SystemExit(f"error: --dilations {text!r} needs a non-empty list of positive integers per stage")
+    return value
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="reference checkpoint (.pt): legacy g/d/g_ema or newer state_dicts layout")
+    p.add_argument("dst", help="output snapshot (.pt)")
+    p.add_argument("--dilations", nargs="+", default=None,
+                   help="per-stage dilations, 4x4 first (default: the paper rule [1],[1],[1,2],[1,4],...)")
+    p.add_argument("--w-avg-samples", type=int, default=10_000, help="z samples for w_avg (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the w_avg samples (default 0)")
+    p.add_argument("--training-state", action="store_true",
+                   help="also convert G, D and G_ema to DST with '.train' before the suffix (weights only: "
+                        "optimizer states and counters are not carried over)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    args = p.parse_args(argv)
+    if args.w_avg_samples < 0:
+        raise SystemExit("error: --w-avg-samples must be >= 0")
+    dilations = parse_dilations(args.dilations)
+    dst = Path(args.dst)
+    train_dst = dst.with_name(f"{dst.stem}.train{dst.suffix or '.pt'}")
+    for out in [dst] + ([train_dst] if args.training_state else []):
+        if out.exists() and not args.overwrite:
+            raise SystemExit(f"error: {out} exists (pass --overwrite to replace it)")
+
+    from stylenat.convert import read_reference_checkpoint, reference_to_snapshot, reference_to_training_weights
+    from stylenat.snapshot import CheckpointError, atomic_save
+
+    try:
+        data = read_reference_checkpoint(args.src)
+        snapshot = reference_to_snapshot(
+            data, source=args.src, dilations=dilations, w_avg_samples=args.w_avg_samples, seed=args.seed
+        )
+        training = None
+        if args.training_state:
+            training = reference_to_training_weights(data, snapshot, source=args.src)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        atomic_save(snapshot, dst)
+        if training is not None:
+            atomic_save(training, train_dst)
+    except OSError as err:
+        raise SystemExit(f"error: cannot write {err.filename or dst}: {err.strerror or err}") from None
+    cfg = snapshot["model_config"]
+    meta = snapshot["meta"]
+    print(
+        f"wrote {dst}: {cfg['resolution']}x{cfg['resolution']} generator from {meta['reference_weights']} "
+        f"({meta['reference_container']} container, {meta['reference_attention_layout']} attention layout), "
+        f"dilations {cfg['dilations']} ({meta['dilations_from']}), w_avg from {meta['w_avg_samples']} samples"
+    )
+    if training is not None:
+        print(f"wrote {train_dst}: G, G_ema and D weights ({training['meta']['discriminator']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,629 @@
+"""The training loop: setup and validation (``prepare_run``), one optimisation step (``Trainer.step``)
+and the periodic work around it (logs, sample grids, snapshots, training states).
+
+One step, per the reference recipe: a D step on ``batch`` reals and as many fakes (logistic loss + bCR),
+every ``r1_every`` steps a lazy R1 step on the same reals, a G step (non-saturating loss), the G_ema
+update. Each process works on ``batch_per_gpu`` images per pass and accumulates micro-batches until the
+step has seen ``batch`` images over all processes.
+
+Reproducibility: every random draw of a step (latents, style-mixing cut-offs, augmentation) comes from a
+CPU ``torch.Generator`` seeded by (seed, step, rank, micro-batch, purpose), and the data stream is a
+function of the global image count. So the state saved after step N (weights, optimizers, counters)
+fully determines step N+1, and N steps + resume + M steps equals N+M steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stylenat.training import checkpoint as ckpt
+from stylenat.training import distributed as dist
+from stylenat.training.augment import diff_augment
+from stylenat.training.ema import ema_beta, make_ema, update_ema
+from stylenat.training.losses import bcr_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from stylenat.training.options import TrainOptions
+from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_handler
+
+log = logging.getLogger(__name__)
+
+LOSS_KEYS = ("d_loss", "g_loss", "bcr", "d_real", "d_fake")
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+
+@dataclass
+class RunSetup:
+    """Everything validated before the first file is written."""
+
+    config: dict
+    opts: TrainOptions
+    env: dist.DistEnv
+    run_dir: Path
+    resume_path: Path | None
+    state: dict | None
+
+
+def resolve_config(cfg) -> dict:
+    """A composed (OmegaConf) or plain config -> a resolved plain dict; missing values -> one-line errors."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "a value"
+        raise ValueError(f"{key} is required: pass {key}=<value> on the command line") from None
+    except InterpolationResolutionError as err:
+        raise ValueError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
+
+
+def _check_config(config: dict) -> None:
+    """Cross-group checks Hydra cannot express."""
+    for key in ("model", "discriminator", "train", "dataset", "logger"):
+        if not isinstance(config.get(key), dict):
+            raise ValueError(f"config group {key!r} is missing (compose configs/config.yaml)")
+    data_res, model_res = config["dataset"].get("resolution"), config["model"].get("resolution")
+    if data_res != model_res:
+        raise ValueError(
+            f"dataset.resolution={data_res} does not match model.resolution={model_res}: "
+            "pick a model of that resolution or set dataset.resolution"
+        )
+
+
+def prepare_run(cfg, env: dist.DistEnv) -> RunSetup:
+    """Validate the config, find and check the state to resume; touches no file."""
+    config = resolve_config(cfg)
+    _check_config(config)
+    opts = TrainOptions.from_dict(config["train"])
+    opts.accumulation_rounds(env.world_size)
+    run_dir = dist.broadcast_object(config.get("run_dir"))  # ${now:...} may differ between ranks
+    if not run_dir:
+        raise ValueError("run_dir is required: pass run_dir=<directory>")
+    config["run_dir"] = str(run_dir)
+    run_dir = Path(run_dir).expanduser()
+    resume_path = ckpt.resolve_resume(config.get("resume"), run_dir)
+    state = None
+    if resume_path is not None:
+        state = ckpt.load_state(resume_path)
+        ckpt.check_compatible(state, config, resume_path)
+    return RunSetup(config, opts, env, run_dir, resume_path, state)
+
+
+def build_training_data(config: dict, opts: TrainOptions, env: dist.DistEnv, start_index: int):
+    """The data set (the demo faces when dataset.path is null) and this rank's resumable batch stream."""
+    from stylenat.data import build_dataset, build_loader, demo_dataset_path
+
+    data_cfg = config["dataset"]
+    path = data_cfg.get("path")
+    if path is None:
+        path = demo_dataset_path()  # concurrency-safe: every rank may build it
+    dataset = build_dataset(
+        path,
+        data_cfg["resolution"],
+        normalize=config["model"].get("output_normalization", "imagenet"),
+        xflip=bool(data_cfg.get("xflip", False)),
+    )
+    if len(dataset) == 0:
+        raise ValueError(f"dataset.path={path} holds no images")
+    stream = build_loader(
+        dataset,
+        opts.per_gpu_batch(env.world_size),
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=int(config.get("seed", 0)),
+        start_index=start_index,
+        num_workers=opts.workers,
+    )
+    return dataset, stream
+
+
+def build_networks(config: dict) -> tuple[nn.Module, nn.Module]:
+    """G and D from their config groups, seeded so every rank starts from the same weights."""
+    from stylenat.models.build import build_discriminator, build_generator
+
+    torch.manual_seed(int(config.get("seed", 0)))
+    G = build_generator(config["model"])
+    D = build_discriminator(config["discriminator"], config["model"]["resolution"])
+    return G, D
+
+
+# ------------------------------------------------------------------------------------ randomness
+
+
+class StepRandom:
+    """Per-step CPU generators: a pure function of (seed, step, rank, micro-batch, purpose)."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank = int(seed), int(rank)
+
+    def __call__(self, step: int, round_index: int, purpose: str) -> torch.Generator:
+        key = f"{self.seed}/{step}/{self.rank}/{round_index}/{purpose}".encode()
+        g = torch.Generator()
+        g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1))
+        return g
+
+
+def grid_latents(seed: int, count: int, z_dim: int) -> torch.Tensor:
+    """Fixed latents of the sample grids (the same after a resume)."""
+    g = torch.Generator().manual_seed(int(seed) + 123_456_789)
+    return torch.randn(count, z_dim, generator=g)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """Holds the networks, optimizers and counters; ``step()`` is one optimisation step, ``fit()`` the run."""
+
+    def __init__(self, setup: RunSetup):
+        self.setup, self.config, self.opts, self.env = setup, setup.config, setup.opts, setup.env
+        self.device = setup.env.device
+        self.run_dir = setup.run_dir
+        opts, world = self.opts, self.env.world_size
+        self.rounds = opts.accumulation_rounds(world)
+        self.batch_gpu = opts.per_gpu_batch(world)
+        self.seed = int(self.config.get("seed", 0))
+        self.random = StepRandom(self.seed, self.env.rank)
+        self.step_index, self.images_seen = 0, 0
+        self._configure_backends()
+
+        self.G, self.D = build_networks(self.config)
+        self.G.to(self.device).train()
+        self.D.to(self.device).train()
+        self.G_ema = make_ema(self.G)
+        self.ema_beta = ema_beta(opts.ema_decay, opts.ema_halflife_kimg, opts.batch)
+        c = opts.lazy_r1_ratio
+        self.base_lr = {"g": opts.generator_lr, "d": opts.d_lr * c}
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.base_lr["g"], betas=tuple(opts.betas), eps=opts.adam_eps)
+        d_betas = (opts.betas[0] ** c, opts.betas[1] ** c)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.base_lr["d"], betas=d_betas, eps=opts.adam_eps)
+        self.wandb_id = None
+        if setup.state is not None:
+            self.load_state_dict(setup.state)
+        else:
+            dist.broadcast_module(self.G)
+            dist.broadcast_module(self.D)
+            self.G_ema.load_state_dict(self.G.state_dict())
+        self.G_fwd, self.D_fwd = self._maybe_compile()
+        self.dataset, self.stream = build_training_data(self.config, opts, self.env, self.images_seen)
+        self._stats = _StatAccumulator(self.device)
+
+    # ------------------------------------------------------------------ backends
+
+    def _configure_backends(self) -> None:
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.opts.tf32
+            torch.backends.cudnn.allow_tf32 = self.opts.tf32
+            torch.backends.cudnn.benchmark = True
+
+    def _maybe_compile(self):
+        """Compiled forward passes when ``train.compile``; R1 (double backward) always uses eager D."""
+        if not self.opts.compile:
+            return self.G.synthesis, self.D
+        return torch.compile(self.G.synthesis), torch.compile(self.D)
+
+    def _autocast(self):
+        if self.opts.amp == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Everything but the RNG states (those are gathered from all ranks by ``save_training_state``)."""
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "lr": self.current_lr(),
+            "counters": {"step": self.step_index, "images_seen": self.images_seen},
+            "sampler": {"position": self.images_seen},
+            "world_size": self.env.world_size,
+            "model_config": self.G.model_config,
+            "config": self.config,
+            "logger": {"wandb_id": self.wandb_id},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore networks, optimizers, counters and (same world size) this rank's RNG."""
+        from stylenat.snapshot import load_state_dict_strict
+
+        source = str(self.setup.resume_path)
+        load_state_dict_strict(self.G, state["G"], f"{source} (G)")
+        load_state_dict_strict(self.D, state["D"], f"{source} (D)")
+        load_state_dict_strict(self.G_ema, state["G_ema"], f"{source} (G_ema)")
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.step_index = int(state["counters"]["step"])
+        self.images_seen = int(state["counters"]["images_seen"])
+        self.wandb_id = (state.get("logger") or {}).get("wandb_id")
+        rng = state.get("rng") or []
+        if len(rng) == self.env.world_size:
+            ckpt.restore_rng(rng[self.env.rank], self.device)
+        else:
+            log.warning("state from %d process(es), now %d: global RNG states not restored", len(rng), self.env.world_size)
+        log.info("resumed from %s at %.3f kimg (step %d)", source, self.images_seen / 1000, self.step_index)
+
+    def current_lr(self) -> dict:
+        f = self.opts.lr_factor(self.images_seen)
+        return {"g": self.base_lr["g"] * f, "d": self.base_lr["d"] * f}
+
+    def _apply_lr(self) -> None:
+        lr = self.current_lr()
+        for opt, key in ((self.opt_G, "g"), (self.opt_D, "d")):
+            for group in opt.param_groups:
+                group["lr"] = lr[key]
+
+    # ------------------------------------------------------------------ one step
+
+    def _next_reals(self) -> torch.Tensor:
+        batch = next(self.stream)
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        return batch.to(self.device, non_blocking=True)
+
+    def _latents(self, step: int, r: int, purpose: str) -> tuple[torch.Tensor, torch.Generator]:
+        g = self.random(step, r, purpose)
+        z = torch.randn(self.batch_gpu, self.G.z_dim, generator=g).to(self.device)
+        return z, g
+
+    def _mapping(self, z: torch.Tensor, g: torch.Generator, update_w_avg: bool) -> torch.Tensor:
+        """z -> per-layer ws, with style mixing (one random cut-off per batch) at ``train.style_mixing``."""
+        ws = self.G.mapping(z, update_w_avg=update_w_avg, w_avg_beta=self.opts.w_avg_beta)
+        if self.opts.style_mixing > 0:
+            cutoff = int(torch.randint(1, ws.shape[1], (), generator=g))
+            mix = float(torch.rand((), generator=g)) < self.opts.style_mixing
+            z2 = torch.randn(z.shape, generator=g).to(z.device)
+            if mix:
+                ws2 = self.G.mapping(z2)
+                ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        return ws
+
+    def _d_main(self, reals: list[torch.Tensor]) -> None:
+        """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks."""
+        opts, step = self.opts, self.step_index
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        for r, real in enumerate(reals):
+            z, g = self._latents(step, r, "d_latent")
+            with torch.no_grad(), self._autocast():
+                fake = self.G_fwd(self._mapping(z, g, update_w_avg=False))
+            with self._autocast():
+                fake_logits = self.D_fwd(fake)
+                real_logits = self.D_fwd(real)
+                loss = d_logistic_loss(real_logits, fake_logits)
+                total = loss
+                if opts.bcr_real > 0 or opts.bcr_fake > 0:
+                    g_aug = self.random(step, r, "bcr_augment")
+                    bcr = opts.bcr_real * bcr_loss(real_logits, self.D_fwd(diff_augment(real, opts.bcr_augment, g_aug)))
+                    bcr = bcr + opts.bcr_fake * bcr_loss(fake_logits, self.D_fwd(diff_augment(fake, opts.bcr_augment, g_aug)))
+                    total = total + bcr
+                    self._stats.add("bcr", bcr)
+            (total / len(reals)).backward()
+            self._stats.add("d_loss", loss)
+            self._stats.add("d_real", real_logits.float().mean())
+            self._stats.add("d_fake", fake_logits.float().mean())
+        self._optimizer_step(self.D, self.opt_D, opts.d_clip_grad)
+
+    def _d_r1(self, reals: list[torch.Tensor]) -> None:
+        """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D is eager here)."""
+        self.D.requires_grad_(True)
+        for real in reals:
+            real = real.detach().requires_grad_(True)
+            penalty = r1_penalty(self.D(real), real)
+            (self.opts.r1_gamma / 2 * penalty * self.opts.r1_every / len(reals)).backward()
+            self._stats.add("r1", penalty)
+        self._optimizer_step(self.D, self.opt_D, None)
+
+    def _g_main(self) -> None:
+        """Non-saturating G loss on fresh fakes; updates the running w_avg."""
+        step = self.step_index
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        for r in range(self.rounds):
+            z, g = self._latents(step, r, "g_latent")
+            with self._autocast():
+                ws = self._mapping(z, g, update_w_avg=True)
+                loss = g_nonsaturating_loss(self.D_fwd(self.G_fwd(ws)))
+            (loss / self.rounds).backward()
+            self._stats.add("g_loss", loss)
+        self._optimizer_step(self.G, self.opt_G, self.opts.g_clip_grad)
+        self.D.requires_grad_(True)
+
+    def _optimizer_step(self, module: nn.Module, opt: torch.optim.Optimizer, clip: float | None) -> None:
+        params = [p for p in module.parameters() if p.requires_grad]
+        dist.all_reduce_grads(params)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One D step (+ lazy R1) and one G step on ``batch`` images, then G_ema; advances the counters."""
+        self._apply_lr()
+        reals = [self._next_reals() for _ in range(self.rounds)]
+        self._d_main(reals)
+        if self.opts.r1_gamma > 0 and self.step_index % self.opts.r1_every == 0:
+            self._d_r1(reals)
+        self._g_main()
+        dist.sync_buffers(self.G)
+        update_ema(self.G_ema, self.G, self.ema_beta)
+        self.step_index += 1
+        self.images_seen += self.opts.batch
+
+    # ------------------------------------------------------------------ run
+
+    def fit(self) -> Path:
+        """Train until ``train.total_kimg``; rank 0 writes every artefact. Returns the run dir."""
+        total = self.opts.total_images
+        if self.images_seen >= total:
+            log.info("nothing to do: the state is at %.3f kimg >= train.total_kimg=%s", self.images_seen / 1000, self.opts.total_kimg)
+            return self.run_dir
+        with _RunOutputs(self) as out:
+            while self.images_seen < total:
+                before = self.images_seen
+                self.step()
+                out.after_step(before, done=self.images_seen >= total)
+        return self.run_dir
+
+
+class _StatAccumulator:
+    """Sums of per-step figures kept on the device (no host sync per step), reduced over ranks per tick."""
+
+    KEYS = LOSS_KEYS + ("r1",)
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.last_r1 = float("nan")
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
+        self.counts = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        i = self.KEYS.index(key)
+        self.sums[i] += value.detach().to(torch.float64)
+        self.counts[i] += 1
+
+    def reduce(self) -> dict:
+        """Means over the tick and the ranks (collective: every rank must call it)."""
+        both = dist.all_reduce_mean(torch.cat([self.sums, self.counts])).tolist()
+        n = len(self.KEYS)
+        out = {}
+        for i, key in enumerate(self.KEYS):
+            out[key] = both[i] / both[n + i] if both[n + i] > 0 else None
+        if out["r1"] is None:
+            out["r1"] = self.last_r1 if math.isfinite(self.last_r1) else None
+        else:
+            self.last_r1 = out["r1"]
+        self.reset()
+        return out
+
+
+class _RunOutputs:
+    """The periodic work between steps: log records, sample grids, snapshots, training states, metrics."""
+
+    def __init__(self, trainer: Trainer):
+        self.t = trainer
+        self.main = trainer.env.is_main
+        self.sinks: list = []
+        self.progress = None
+        self._handler = None
+        self.grid_z = None
+
+    # context ---------------------------------------------------------------------------------------
+
+    def __enter__(self):
+        t = self.t
+        if self.main:
+            t.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_config(t.config, t.run_dir / "config.yaml")
+            self._handler = file_log_handler(t.run_dir)
+            logging.getLogger().addHandler(self._handler)
+            self.sinks.append(JsonlSink(t.run_dir / "log.jsonl"))
+            wandb_cfg = t.config["logger"].get("wandb")
+            if wandb_cfg:
+                sink = WandbSink(wandb_cfg, t.run_dir, t.config, run_id=t.wandb_id)
+                t.wandb_id = sink.run_id
+                self.sinks.append(sink)
+            self.progress = Progress(t.opts.total_kimg, t.images_seen / 1000, bool(t.config["logger"].get("progress", True)))
+            cols, rows = t.opts.sample_grid
+            self.grid_z = grid_latents(t.seed, cols * rows, t.G.z_dim)
+            if t.setup.state is None:
+                self._save_reals()
+                self._save_samples()
+        dist.barrier()
+        self.tick_start = (time.perf_counter(), t.images_seen, t.step_index)
+        if t.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(t.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sink in self.sinks:
+            sink.close()
+        if self.progress is not None:
+            self.progress.close()
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+
+    # per step --------------------------------------------------------------------------------------
+
+    def after_step(self, before: int, done: bool) -> None:
+        """Run whatever is due after the step that moved the count from ``before`` (all ranks call it)."""
+        o, now = self.t.opts, self.t.images_seen
+
+        def due(every_kimg) -> bool:
+            if done:
+                return True
+            if not every_kimg:
+                return False
+            every = max(1, int(round(every_kimg * 1000)))
+            return before // every != now // every
+
+        if due(o.log_every_kimg):
+            self._log_tick()
+        elif self.progress is not None:
+            self.progress.update(now / 1000)
+        if self.main and due(o.image_every_kimg):
+            self._save_samples()
+        if self.main and due(o.snapshot_every_kimg):
+            self._save_snapshot()
+        if due(o.state_every_kimg):
+            self._save_state()
+        if o.metrics and (done or (o.metric_every_kimg and due(o.metric_every_kimg))):
+            self._run_metrics()
+
+    def _log_tick(self) -> None:
+        t = self.t
+        stats = t._stats.reduce()
+        digests = dist.check_in_sync(t.G, t.D, t.G_ema) if t.opts.sync_check else None
+        if not self.main:
+            return
+        start_time, start_images, start_step = self.tick_start
+        elapsed = time.perf_counter() - start_time
+        kimg_done = (t.images_seen - start_images) / 1000
+        lr = t.current_lr()
+        record = {
+            "kimg": t.images_seen / 1000,
+            "step": t.step_index,
+            "images_seen": t.images_seen,
+            **stats,
+            "lr_g": lr["g"],
+            "lr_d": lr["d"],
+            "sec_per_kimg": elapsed / kimg_done if kimg_done > 0 else None,
+            "sec_per_step": elapsed / max(1, t.step_index - start_step),
+            "peak_mem_mb": _peak_memory_mb(t.device),
+            "world_size": t.env.world_size,
+            "timestamp": time.time(),
+        }
+        if digests is not None:
+            record["param_digests"] = digests
+        for sink in self.sinks:
+            sink.log(record)
+        log.info(
+            "kimg %.3f step %d d_loss %.4f g_loss %.4f r1 %s sec/kimg %s",
+            record["kimg"], record["step"], stats["d_loss"] or float("nan"), stats["g_loss"] or float("nan"),
+            _fmt(stats["r1"]), _fmt(record["sec_per_kimg"]),
+        )
+        self.progress.update(record["kimg"], {k: stats[k] for k in ("d_loss", "g_loss", "r1")})
+        self.tick_start = (time.perf_counter(), t.images_seen, t.step_index)
+        if t.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(t.device)
+
+    # artefacts (rank 0 unless noted) -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _save_samples(self) -> None:
+        from torchvision.utils import save_image
+
+        t = self.t
+        images = []
+        for z in self.grid_z.split(t.batch_gpu):
+            images.append(t.G_ema(z.to(t.device)).float().cpu())
+        path = ckpt.artifact_path(t.run_dir, ckpt.SAMPLES_PREFIX, t.images_seen, "png")
+        save_image((torch.cat(images) + 1) / 2, path, nrow=t.opts.sample_grid[0], padding=0)
+        for sink in self.sinks:
+            sink.log_image(path, t.step_index)
+
+    def _save_reals(self) -> None:
+        from torchvision.utils import save_image
+
+        from stylenat.data import denormalize
+
+        t = self.t
+        cols, rows = t.opts.sample_grid
+        n = min(cols * rows, len(t.dataset))
+        reals = torch.stack([t.dataset[i] for i in range(n)])
+        save_image(denormalize(reals, t.config["model"].get("output_normalization", "imagenet")), t.run_dir / "reals.png", nrow=cols, padding=0)
+
+    def _save_snapshot(self) -> None:
+        from stylenat.snapshot import save_snapshot
+
+        t = self.t
+        path = ckpt.artifact_path(t.run_dir, ckpt.SNAPSHOT_PREFIX, t.images_seen)
+        save_snapshot(path, t.G_ema, extra={"kimg": t.images_seen / 1000, "step": t.step_index, "run_dir": str(t.run_dir)})
+        log.info("saved %s", path.name)
+
+    def _save_state(self) -> None:
+        """Collective: every rank contributes its RNG states; rank 0 writes and prunes."""
+        t = self.t
+        rng = dist.all_gather_object(ckpt.capture_rng(t.device))
+        if self.main:
+            path = ckpt.artifact_path(t.run_dir, ckpt.STATE_PREFIX, t.images_seen)
+            ckpt.save_state({**t.state_dict(), "rng": rng}, path)
+            ckpt.prune(t.run_dir, ckpt.STATE_PREFIX, t.opts.keep_states)
+            log.info("saved %s", path.name)
+        dist.barrier()
+
+    def _run_metrics(self) -> None:
+        """Periodic metrics through ``stylenat.metrics.evaluate_during_training`` when that hook exists."""
+        import stylenat.metrics as metrics
+
+        hook = getattr(metrics, "evaluate_during_training", None)
+        t = self.t
+        if hook is None:
+            log.warning("train.metrics=%s requested but stylenat.metrics has no evaluate_during_training", list(t.opts.metrics))
+            return
+        results = hook(
+            G=t.G_ema, metrics=list(t.opts.metrics), config=t.config, rank=t.env.rank, world_size=t.env.world_size, device=t.device
+        )
+        if self.main and results:
+            record = {"kimg": t.images_seen / 1000, "step": t.step_index, "timestamp": time.time(), **dict(results)}
+            for sink in self.sinks:
+                sink.log(record)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated in the tick, or the process's peak resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write_config(config: dict, path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    tmp.replace(path)
+
+
+def train(cfg) -> Path:
+    """Train (or resume) from a composed config; the library entry point behind ``train.py``."""
+    env = dist.init(resolve_config_device(cfg))
+    try:
+        setup = prepare_run(cfg, env)
+        trainer = Trainer(setup)
+        return trainer.fit()
+    finally:
+        dist.shutdown()
+
+
+def resolve_config_device(cfg) -> str:
+    """The ``device`` key without resolving the rest of the config (rank/device come first)."""
+    device = cfg.get("device", "auto") if hasattr(cfg, "get") else "auto"
+    return str(device or "auto")

@@ -1,0 +1,173 @@
+"""The validated, typed view of the ``train`` config group (keys are documented in configs/train/ffhq256.yaml).
+
+Validation happens once, before anything is built or written, so a bad value fails in one line that
+names it instead of deep inside the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from stylenat.training.augment import check_ops
+
+AMP_MODES = (False, "bf16")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """One field per ``train.*`` key."""
+
+    total_kimg: float
+    batch: int
+    batch_per_gpu: int | None
+    d_lr: float
+    g_lr: float | None
+    ttur_ratio: float
+    betas: tuple
+    adam_eps: float
+    lr_decay_start_kimg: float | None
+    lr_decay_end_kimg: float | None
+    r1_gamma: float
+    r1_every: int
+    bcr_real: float
+    bcr_fake: float
+    bcr_augment: tuple
+    d_clip_grad: float | None
+    g_clip_grad: float | None
+    style_mixing: float
+    w_avg_beta: float
+    ema_decay: float | None
+    ema_halflife_kimg: float | None
+    amp: str | bool
+    tf32: bool
+    compile: bool
+    workers: int
+    log_every_kimg: float | None
+    image_every_kimg: float | None
+    snapshot_every_kimg: float | None
+    state_every_kimg: float | None
+    keep_states: int | None
+    sample_grid: tuple
+    metrics: tuple
+    metric_every_kimg: float | None
+    sync_check: bool
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping) -> TrainOptions:
+        """Build from a plain mapping; unknown or missing keys are errors naming the key."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(cfg) - set(known))
+        if unknown:
+            raise ValueError(f"unknown key train.{unknown[0]} (known: {', '.join(known)})")
+        missing = [k for k in known if k not in cfg]
+        if missing:
+            raise ValueError(f"missing key train.{missing[0]}")
+        values = dict(cfg)
+        for key in ("betas", "bcr_augment", "sample_grid", "metrics"):
+            values[key] = tuple(values[key] or ())
+        opts = cls(**values)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        """Range checks; each error names the key and its value."""
+
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"train.{key}={getattr(self, key)!r}: {what}")
+
+        def number(key: str, lo: float = 0.0, allow_none: bool = False, strict: bool = False) -> None:
+            v = getattr(self, key)
+            if v is None and allow_none:
+                return
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if strict else v >= lo)
+            need(ok, key, f"expected a number {'>' if strict else '>='} {lo}" + (" or null" if allow_none else ""))
+
+        def integer(key: str, lo: int, allow_none: bool = False) -> None:
+            v = getattr(self, key)
+            if v is None and allow_none:
+                return
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, key, f"expected an integer >= {lo}")
+
+        number("total_kimg", strict=True)
+        integer("batch", 1)
+        integer("batch_per_gpu", 1, allow_none=True)
+        number("d_lr", strict=True)
+        number("g_lr", strict=True, allow_none=True)
+        number("ttur_ratio", strict=True)
+        need(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas", "expected [beta1, beta2] in [0, 1)")
+        number("adam_eps", strict=True)
+        number("lr_decay_start_kimg", allow_none=True)
+        number("lr_decay_end_kimg", allow_none=True)
+        if self.lr_decay_start_kimg is not None or self.lr_decay_end_kimg is not None:
+            need(
+                self.lr_decay_start_kimg is not None
+                and self.lr_decay_end_kimg is not None
+                and self.lr_decay_end_kimg > self.lr_decay_start_kimg,
+                "lr_decay_end_kimg",
+                f"must be above train.lr_decay_start_kimg={self.lr_decay_start_kimg!r} (or both null)",
+            )
+        number("r1_gamma")
+        integer("r1_every", 1)
+        number("bcr_real")
+        number("bcr_fake")
+        check_ops(self.bcr_augment)
+        number("d_clip_grad", strict=True, allow_none=True)
+        number("g_clip_grad", strict=True, allow_none=True)
+        need(0.0 <= self.style_mixing <= 1.0, "style_mixing", "expected a probability in [0, 1]")
+        need(0.0 <= self.w_avg_beta < 1.0, "w_avg_beta", "expected a value in [0, 1)")
+        need(self.amp in AMP_MODES, "amp", "expected false or bf16")
+        need(isinstance(self.tf32, bool), "tf32", "expected true or false")
+        need(isinstance(self.compile, bool), "compile", "expected true or false")
+        integer("workers", 0)
+        for key in ("log_every_kimg", "image_every_kimg", "snapshot_every_kimg", "state_every_kimg", "metric_every_kimg"):
+            number(key, allow_none=True)
+        integer("keep_states", 1, allow_none=True)
+        need(
+            len(self.sample_grid) == 2 and all(isinstance(v, int) and v >= 1 for v in self.sample_grid),
+            "sample_grid",
+            "expected [columns, rows] of positive integers",
+        )
+        need(isinstance(self.sync_check, bool), "sync_check", "expected true or false")
+
+    # ------------------------------------------------------------------ derived quantities
+
+    def per_gpu_batch(self, world_size: int) -> int:
+        """Images per forward pass per process."""
+        return self.batch_per_gpu if self.batch_per_gpu is not None else max(1, self.batch // world_size)
+
+    def accumulation_rounds(self, world_size: int) -> int:
+        """Micro-batches per optimizer step per process; the total batch must split evenly."""
+        per_gpu = self.per_gpu_batch(world_size)
+        if self.batch % (per_gpu * world_size):
+            raise ValueError(
+                f"train.batch={self.batch} is not a multiple of train.batch_per_gpu={per_gpu} x {world_size} process(es)"
+            )
+        return self.batch // (per_gpu * world_size)
+
+    @property
+    def lazy_r1_ratio(self) -> float:
+        """c = r1_every / (r1_every + 1): the lazy-regularisation correction of D's lr and betas."""
+        return self.r1_every / (self.r1_every + 1) if self.r1_gamma > 0 else 1.0
+
+    @property
+    def generator_lr(self) -> float:
+        """G lr: explicit, or D lr x ttur_ratio (TTUR)."""
+        return self.g_lr if self.g_lr is not None else self.d_lr * self.ttur_ratio
+
+    def lr_factor(self, images_seen: int) -> float:
+        """Schedule multiplier: 1 until lr_decay_start_kimg, then linear to 0 at lr_decay_end_kimg."""
+        if self.lr_decay_start_kimg is None:
+            return 1.0
+        kimg = images_seen / 1000.0
+        if kimg <= self.lr_decay_start_kimg:
+            return 1.0
+        span = self.lr_decay_end_kimg - self.lr_decay_start_kimg
+        return max(0.0, (self.lr_decay_end_kimg - kimg) / span)
+
+    @property
+    def total_images(self) -> int:
+        return int(round(self.total_kimg * 1000))

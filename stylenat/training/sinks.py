@@ -1,0 +1,106 @@
+"""Where training figures go: ``log.jsonl`` (always), Weights & Biases (``logger=wandb``), a tqdm bar.
+
+Only rank 0 creates sinks. Records are flat dicts of JSON-serialisable values; every sink gets the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+class JsonlSink:
+    """Appends one JSON object per record to a file, flushed at once (a crash loses nothing logged)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def log(self, record: Mapping) -> None:
+        self._fh.write(json.dumps(dict(record), sort_keys=False) + "\n")
+        self._fh.flush()
+
+    def log_image(self, path: Path, step: int) -> None:
+        """Images stay in the run dir; nothing to add to the log."""
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class WandbSink:
+    """Mirrors records (and, optionally, sample grids) to a W&B run; resumes the same run id on restart."""
+
+    def __init__(self, cfg: Mapping, run_dir: Path, config: Mapping, run_id: str | None = None):
+        import wandb
+
+        mode = cfg.get("mode") or os.environ.get("WANDB_MODE") or "online"
+        if mode not in WANDB_MODES:
+            raise ValueError(f"logger.wandb.mode={mode!r} is not one of {', '.join(WANDB_MODES)}")
+        directory = cfg.get("dir") or os.environ.get("WANDB_DIR") or str(run_dir)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._wandb = wandb
+        self.log_images = bool(cfg.get("log_images", True))
+        self.run = wandb.init(
+            project=cfg.get("project"),
+            entity=cfg.get("entity"),
+            name=cfg.get("name") or Path(run_dir).name,
+            group=cfg.get("group"),
+            tags=list(cfg.get("tags") or []),
+            mode=mode,
+            dir=directory,
+            config=dict(config),
+            id=run_id,
+            resume="allow" if run_id else None,
+        )
+        self.run_id = self.run.id
+        log.info("wandb run %s (%s) in %s", self.run_id, mode, directory)
+
+    def log(self, record: Mapping) -> None:
+        self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=int(record["step"]))
+
+    def log_image(self, path: Path, step: int) -> None:
+        if self.log_images:
+            self.run.log({"samples": self._wandb.Image(str(path), caption=Path(path).name)}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Progress:
+    """tqdm bar in kimg on rank 0 (stderr); shows the latest losses as its postfix."""
+
+    def __init__(self, total_kimg: float, start_kimg: float, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=round(total_kimg, 3),
+            initial=round(start_kimg, 3),
+            unit="kimg",
+            dynamic_ncols=True,
+            disable=not enabled,
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
+        )
+        self._kimg = start_kimg
+
+    def update(self, kimg: float, postfix: Mapping | None = None) -> None:
+        self.bar.update(round(kimg - self._kimg, 6))
+        self._kimg = kimg
+        if postfix:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items() if isinstance(v, float)}, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def file_log_handler(run_dir: Path) -> logging.Handler:
+    """A handler copying this process's log messages to ``run_dir/train.log`` (caller attaches/detaches)."""
+    handler = logging.FileHandler(Path(run_dir) / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
