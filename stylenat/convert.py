@@ -653,6 +653,80 @@ def reference_checkpoint(g_state_dict, layout="legacy", d_state_dict=None, g_tra
     return {"state_dicts": {"g": g, "d": d, "g_ema": g_state_dict}, "optim_dicts": {}, "args": args or {}}
 
 
+# --------------------------------------------------------------------------------------- discriminator
+def convert_discriminator_state(d_state_dict, resolution, channel_multiplier=2):
+    """Reference wavelet-D state dict (spectral norm on) -> ours, plus our D config.
+
+    Our `WaveletDiscriminator` mirrors the reference module names, so tensors keep their keys
+    (`...weight_orig`, `weight_u`, `weight_v` from torch's spectral_norm, FusedLeakyReLU `bias`); every key
+    and shape is checked and the constant buffers (Haar filters, blur kernels) must equal ours.
+    """
+    from stylenat.models.discriminator import build_discriminator
+
+    d_cfg = {"name": "wavelet", "channel_multiplier": int(channel_multiplier), "sn": True}
+    try:
+        D = build_discriminator("wavelet", resolution, channel_multiplier=channel_multiplier, sn=True)
+    except ValueError as err:
+        raise CheckpointError(f"cannot build the discriminator for resolution {resolution}: {err}") from None
+    ours = D.state_dict()
+    buffers = {name for name, _ in D.named_buffers()}
+    sd = d_state_dict
+    missing = [k for k in ours if k not in sd]
+    if missing:
+        raise CheckpointError(f"discriminator: missing key {missing[0]!r} ({len(missing)} missing in all)")
+    unexpected = [k for k in sd if k not in ours]
+    if unexpected:
+        raise CheckpointError(f"discriminator: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
+    out = {}
+    for k, v in ours.items():
+        t = sd[k]
+        if _shape(t) != _shape(v):
+            raise CheckpointError(f"discriminator: key {k!r} has shape {_shape(t)} but expected {_shape(v)}")
+        if k in buffers and not k.endswith(("weight_u", "weight_v")):
+            if not torch.allclose(t.float(), v.float(), rtol=0, atol=1e-6):
+                raise CheckpointError(f"discriminator: constant buffer {k!r} differs from ours")
+        out[k] = _tensor(t)
+    return out, d_cfg
+
+
+def reference_to_training_weights(obj, snapshot=None, source=None, dilations=None, w_avg_samples=10_000, seed=0):
+    """G, G_ema and D of a reference checkpoint under our names (to initialise or fine-tune a run).
+
+    Not a resumable training state: the reference optimizer states, counters and RNG do not map onto
+    ours. `snapshot` (from `reference_to_snapshot` on the same object) saves recomputing the G_ema part.
+    """
+    where = source if source is not None else "checkpoint"
+    if snapshot is None:
+        snapshot = reference_to_snapshot(obj, source=source, dilations=dilations, w_avg_samples=w_avg_samples, seed=seed)
+    container = obj.get("state_dicts", obj) if isinstance(obj, dict) else None
+    if not isinstance(container, dict) or not isinstance(container.get("d"), dict) or not container["d"]:
+        raise CheckpointError(f"{where}: missing key 'd' (the discriminator state dict)")
+    cfg = snapshot["model_config"]
+    g_train = container.get("g")
+    try:
+        if isinstance(g_train, dict) and g_train:
+            g_state, _ = convert_generator_state(g_train, cfg)
+            g_state["w_avg"] = snapshot["state_dict"]["w_avg"].clone()
+            g_from = "g"
+        else:
+            g_state, g_from = {k: v.clone() for k, v in snapshot["state_dict"].items()}, "g_ema (no g in the file)"
+        cm = cfg["channel_multiplier"] if cfg.get("channels") is None else 2
+        d_state, d_cfg = convert_discriminator_state(container["d"], cfg["resolution"], cm)
+    except CheckpointError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+    meta = dict(snapshot["meta"], generator_from=g_from, discriminator=f"wavelet D, sn, cm={d_cfg['channel_multiplier']}")
+    return {
+        "format": "stylenat.reference-weights",
+        "version": 1,
+        "model_config": cfg,
+        "discriminator_config": d_cfg,
+        "G": g_state,
+        "G_ema": snapshot["state_dict"],
+        "D": d_state,
+        "meta": meta,
+    }
+
+
 def load_reference(path, dilations=None, w_avg_samples=10_000, seed=0):
     """Read a reference file from disk and convert it to a snapshot dict."""
     data = read_reference_checkpoint(path)
@@ -663,10 +737,13 @@ __all__ = [
     "CONVERSION_VERSION",
     "infer_reference_config",
     "is_reference_checkpoint",
+    "convert_discriminator_state",
+    "convert_generator_state",
     "load_reference",
     "read_reference_checkpoint",
     "reference_checkpoint",
     "reference_relative_position_index",
     "reference_to_snapshot",
+    "reference_to_training_weights",
     "snapshot_to_reference",
 ]

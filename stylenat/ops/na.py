@@ -146,6 +146,9 @@ class _Plan:
     out_index: Tensor  # [H * W] query slot of every token
     q_valid: Tensor  # [n_tiles * tile_q] bool
     bias_index: Tensor  # [n_tiles, tile_q, tile_k] flat RPB index, (2k-1)^2 outside the window
+    tiles_yx: tuple[int, int, int, int, int, int]  # (ny, nx, ty, tx, hy, hx)
+    onehot_y: Tensor  # [ny * ty * hy, 2k-1] bool: slot pair -> RPB row (all False outside the window)
+    onehot_x: Tensor  # [nx * tx * hx, 2k-1] bool
 
 
 @functools.lru_cache(maxsize=256)
@@ -171,6 +174,9 @@ def _plan(height: int, width: int, kernel_size: int, dilation: int, tiles: tuple
     def put(t: Tensor) -> Tensor:
         return t.reshape(-1).to(device)
 
+    def onehot(rel: Tensor) -> Tensor:
+        return (rel.reshape(-1, 1) == torch.arange(span)).to(device)
+
     return _Plan(
         n_tiles=ny * nx,
         tile_q=ty * tx,
@@ -180,6 +186,9 @@ def _plan(height: int, width: int, kernel_size: int, dilation: int, tiles: tuple
         out_index=put(out_index),
         q_valid=put(q_valid),
         bias_index=bias_index.reshape(ny * nx, ty * tx, hy * hx).to(device),
+        tiles_yx=(ny, nx, ty, tx, hy, hx),
+        onehot_y=onehot(py.rel),
+        onehot_x=onehot(px.rel),
     )
 
 
@@ -189,6 +198,18 @@ def _window_mask(plan: _Plan, kernel_size: int, dtype: torch.dtype) -> Tensor:
     outside = plan.bias_index == (2 * kernel_size - 1) ** 2
     zero = torch.zeros((), dtype=dtype, device=outside.device)
     return zero.masked_fill(outside, float("-inf"))
+
+
+def _bias_grad(grad_logits: Tensor, plan: _Plan) -> Tensor:
+    """Sum logit gradients [n_tiles, tile_q, tile_k] into the RPB table [2k-1, 2k-1] of one head.
+
+    The window is a product of axis windows, so the sum factorises into two small matmuls with the
+    per-axis one-hot offset tables (a scatter-add over every logit is far slower on the CPU).
+    """
+    ny, nx, ty, tx, hy, hx = plan.tiles_yx
+    g = grad_logits.view(ny, nx, ty, tx, hy, hx).permute(0, 2, 4, 1, 3, 5).reshape(ny * ty * hy, -1)
+    oy, ox = plan.onehot_y.to(g.dtype), plan.onehot_x.to(g.dtype)
+    return oy.t() @ (g @ ox)
 
 
 def _bias_mask(rpb_head: Tensor, plan: _Plan) -> Tensor:
@@ -232,14 +253,12 @@ def _scatter_back(x: Tensor, index: Tensor) -> Tensor:
     return x.index_select(1, index)
 
 
-def _fold(x: Tensor, index: Tensor, tokens: int) -> Tensor:
-    """Sum halo-slot gradients [n, slots, D] into tokens [n, tokens, D] (halos overlap)."""
-    out = x.new_zeros(x.shape[0], tokens, x.shape[-1])
+def _fold_into(out: Tensor, x: Tensor, index: Tensor) -> None:
+    """Add halo-slot gradients [n, slots, D] into tokens out [n, tokens, D] (halos overlap)."""
     if x.shape[0] == 1:
         out[0].index_add_(0, index, x[0])
     else:
         out.index_add_(1, index, x)
-    return out
 
 
 class _TiledNA(torch.autograd.Function):
@@ -280,11 +299,9 @@ class _TiledNA(torch.autograd.Function):
         # contribute nothing to any gradient.
         delta = (go * out).sum(-1, keepdim=True)
         valid = plan.q_valid.to(q.dtype).view(1, plan.n_tiles, plan.tile_q, 1)
-        grad_q, grad_k, grad_v = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
+        grad_q, grad_k, grad_v = torch.empty_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
         need_rpb = rpb is not None and ctx.needs_input_grad[3]
-        n_bins = (2 * kernel_size - 1) ** 2
-        grad_bias = q.new_zeros(heads, n_bins + 1) if need_rpb else None
-        flat_bias_index = plan.bias_index.reshape(-1)
+        grad_rpb = torch.zeros_like(rpb) if need_rpb else None
         mask = None if rpb is not None else _window_mask(plan, kernel_size, q.dtype)
         for h, i0, i1 in _chunks(plan, batch, heads, rpb is not None, q.device):
             if rpb is not None and (mask is None or i0 == h * batch):
@@ -301,12 +318,11 @@ class _TiledNA(torch.autograd.Function):
             gkt = torch.matmul(gs.transpose(-1, -2), qt)
             n = i1 - i0
             grad_q[i0:i1] = _scatter_back(gqt.view(n, -1, dim), plan.out_index)
-            grad_k[i0:i1] = _fold(gkt.view(n, -1, dim), plan.k_index, tokens)
-            grad_v[i0:i1] = _fold(gvt.view(n, -1, dim), plan.k_index, tokens)
+            _fold_into(grad_k[i0:i1], gkt.view(n, -1, dim), plan.k_index)
+            _fold_into(grad_v[i0:i1], gvt.view(n, -1, dim), plan.k_index)
             if need_rpb:
-                grad_bias[h].index_add_(0, flat_bias_index, gs.sum(0).reshape(-1))
+                grad_rpb[h] += _bias_grad(gs.sum(0), plan)
         shape = (heads, batch, tokens, dim)
-        grad_rpb = grad_bias[:, :n_bins].reshape(rpb.shape) if need_rpb else None
         return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), grad_rpb, None, None
 
 

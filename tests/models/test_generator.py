@@ -1,5 +1,4 @@
 import math
-import sys; sys.path.insert(0, "/tmp"); import stub  # TEMP
 
 import pytest
 import torch

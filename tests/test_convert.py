@@ -1,0 +1,608 @@
+"""Official (SHI-Labs/StyleNAT) checkpoints -> our snapshots.
+
+The reference side is written here from scratch: `make_reference_g` lays out a generator state dict under
+the reference module names (legacy split-head `rpb0`/`rpb1` or Hydra `rpb.{i}`), and `RefForward` runs
+it directly from those raw tensors (qkv as (3, heads, head_dim), heads group 0 first, a brute-force NA
+loop with NATTEN's window rule and key - query + (k - 1) RPB indexing, the 4x4 MHSA bias looked up through
+the reference's flipped `relative_position_index`). Agreement with our converted modules is what pins the
+head order and the RPB orientation.
+"""
+
+import argparse
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import stylenat
+from stylenat import convert
+from stylenat.models.build import build_generator
+from stylenat.models.generator import Generator, GeneratorConfig
+from stylenat.snapshot import CheckpointError, atomic_save
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+# A tiny reference generator: 4 stages (4..32), per-stage kernels/dilations in the reference config
+# format; stage 16 has two different kernels (legacy kernel_size_0 != kernel_size_1).
+TINY = dict(
+    style_dim=32, n_mlp=2, channels=[64, 64, 32, 32], min_heads=4, mlp_ratio=4,
+    kernels=[[3], [5], [5, 3], [3]], dilations=[[1], [1], [1, 2], [1, 4]],
+)
+PAPER_256 = dict(
+    style_dim=512, n_mlp=8, channels=[512, 512, 512, 512, 512, 256, 128], min_heads=4, mlp_ratio=4,
+    kernels=[[3]] + [[7]] * 6, dilations=[[1], [1], [1, 2], [1, 4], [1, 8], [1, 16], [1, 32]],
+)
+
+
+def heads_of(spec):
+    return [max(c // 32, spec["min_heads"]) for c in spec["channels"]]
+
+
+def ref_groups(spec, s, layout):
+    """The reference's attention groups at NA stage s: [(heads, kernel, dilation, rpb key suffix)]."""
+    h, ks, ds = heads_of(spec)[s], list(spec["kernels"][s]), list(spec["dilations"][s])
+    if layout == "legacy" and len(ks) <= 2 and len(ds) <= 2:  # NeighborhoodAttentionSplitHead
+        ks, ds = (ks * 2)[:2] if len(ks) == 1 else ks, (ds * 2)[:2] if len(ds) == 1 else ds
+        return [(h // 2, ks[0], ds[0], "rpb0"), (h // 2, ks[1], ds[1], "rpb1")]
+    n = max(len(ks), len(ds))  # HydraNeighborhoodAttention
+    ks, ds = ks * n if len(ks) == 1 else ks, ds * n if len(ds) == 1 else ds
+    extra = h - n * (h // n)
+    return [(h // n + (i >= n - extra), ks[i], ds[i], f"rpb.{i}") for i in range(n)]
+
+
+def reference_rp_index(size):
+    """Built as the reference MHSARPB does: meshgrid, subtract, shift, multiply, sum, flipud(fliplr)."""
+    coords = torch.stack(torch.meshgrid([torch.arange(size), torch.arange(size)], indexing="ij"))
+    flat = torch.flatten(coords, 1)
+    rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0).contiguous()
+    rel[:, :, 0] += size - 1
+    rel[:, :, 1] += size - 1
+    rel[:, :, 0] *= 2 * size - 1
+    return torch.flipud(torch.fliplr(rel.sum(-1)))
+
+
+def blur_kernel():
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    k = k[None, :] * k[:, None]
+    return k / k.sum() * 4
+
+
+def make_reference_g(spec, layout="legacy", seed=0):
+    """A reference-layout generator state dict with random values (all tensors matter numerically)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=1.0, mean=0.0):
+        return torch.randn(*shape, generator=g) * std + mean
+
+    sd = {}
+    d = spec["style_dim"]
+    for i in range(1, spec["n_mlp"] + 1):
+        sd[f"style.{i}.weight"] = rnd(d, d, std=100.0)  # EqualLinear stores weight / lr_mul
+        sd[f"style.{i}.bias"] = rnd(d, std=10.0)
+    ch, heads, n = spec["channels"], heads_of(spec), len(spec["channels"])
+    sd["input.input"] = rnd(1, ch[0], 4, 4)
+    for s in range(n):
+        c, size = ch[s], 4 * 2**s
+        for j in range(2):
+            p = f"layers.{s}.blocks.{j}."
+            for norm in ("norm1", "norm2"):
+                sd[f"{p}{norm}.style.weight"] = rnd(2 * c, d, std=0.3)
+                sd[f"{p}{norm}.style.bias"] = torch.cat([rnd(c, std=0.1, mean=1.0), rnd(c, std=0.1)])
+            sd[f"{p}attn.qkv.weight"] = rnd(3 * c, c, std=c**-0.5)
+            sd[f"{p}attn.qkv.bias"] = rnd(3 * c, std=0.1)
+            if s == 0:
+                sd[f"{p}attn.rpb"] = rnd(heads[0], 2 * size - 1, 2 * size - 1)
+                sd[f"{p}attn.relative_position_index"] = reference_rp_index(size)
+            else:
+                for h, k, _, name in ref_groups(spec, s, layout):
+                    sd[f"{p}attn.{name}"] = rnd(h, 2 * k - 1, 2 * k - 1)
+            sd[f"{p}attn.proj.weight"] = rnd(c, c, std=c**-0.5)
+            sd[f"{p}attn.proj.bias"] = rnd(c, std=0.1)
+            hidden = int(c * spec["mlp_ratio"])
+            sd[f"{p}mlp.fc1.weight"] = rnd(hidden, c, std=c**-0.5)
+            sd[f"{p}mlp.fc1.bias"] = rnd(hidden, std=0.1)
+            sd[f"{p}mlp.fc2.weight"] = rnd(c, hidden, std=hidden**-0.5)
+            sd[f"{p}mlp.fc2.bias"] = rnd(c, std=0.1)
+        if s < n - 1:
+            p = f"layers.{s}.upsample."
+            sd[f"{p}norm.weight"] = rnd(c, std=0.1, mean=1.0)
+            sd[f"{p}norm.bias"] = rnd(c, std=0.1)
+            sd[f"{p}reduction.weight"] = rnd(ch[s + 1], c, std=c**-0.5)
+            sd[f"{p}alpha"] = rnd(1, std=0.3, mean=0.5)
+            sd[f"{p}sin_pos_embed._float_tensor"] = torch.zeros(1)
+        c_rgb = ch[s + 1] if s < n - 1 else c
+        sd[f"to_rgbs.{s}.conv.weight"] = rnd(3, c_rgb, 1, 1, std=c_rgb**-0.5)
+        sd[f"to_rgbs.{s}.conv.bias"] = rnd(3, std=0.1)
+        sd[f"to_rgbs.{s}.bias"] = rnd(1, 3, 1, 1, std=0.1)
+        if s < n - 1:
+            sd[f"to_rgbs.{s}.upsample.kernel"] = blur_kernel()
+    return sd
+
+
+# ------------------------------------------------------------------------------ independent forward
+def axis_window(i, length, k, d):
+    """NATTEN's window along one axis: key positions and RPB indices (key - query in group units + k - 1)."""
+    group, j = i % d, i // d
+    group_len = len(range(group, length, d))
+    start = min(max(j - k // 2, 0), group_len - k)
+    return [group + d * (start + m) for m in range(k)], [start + m - j + k - 1 for m in range(k)]
+
+
+def brute_na(q, k, v, rpb, kernel, dilation):
+    """q (already scaled), k, v [B, heads, H, W, D]; rpb [heads, 2k-1, 2k-1]."""
+    B, h, H, W, D = q.shape
+    out = torch.empty_like(q)
+    for y in range(H):
+        ky, ry = axis_window(y, H, kernel, dilation)
+        for x in range(W):
+            kx, rx = axis_window(x, W, kernel, dilation)
+            keys = k[:, :, ky][:, :, :, kx].reshape(B, h, -1, D)
+            vals = v[:, :, ky][:, :, :, kx].reshape(B, h, -1, D)
+            bias = rpb[:, ry][:, :, rx].reshape(h, -1)
+            attn = (torch.einsum("bhd,bhnd->bhn", q[:, :, y, x], keys) + bias).softmax(-1)
+            out[:, :, y, x] = torch.einsum("bhn,bhnd->bhd", attn, vals)
+    return out
+
+
+def up_fir(x, kernel):
+    """Zero-insertion x2, pad (2, 1), true convolution with the 4x4 kernel (per channel)."""
+    B, C, H, W = x.shape
+    up = x.new_zeros(B, C, 2 * H, 2 * W)
+    up[:, :, ::2, ::2] = x
+    up = F.pad(up, (2, 1, 2, 1))
+    w = kernel.flip(0, 1)[None, None].repeat(C, 1, 1, 1)
+    return F.conv2d(up, w, groups=C)
+
+
+def spe_grid(h, w, channels):
+    """fairseq sinusoidal table (positions 1..n, freq 10000^(-i/(half-1))); first half x, second half y."""
+    dim = channels // 2
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+
+    def emb(n):
+        ang = torch.arange(1, n + 1, dtype=torch.float32)[:, None] * freq[None]
+        return torch.cat([torch.sin(ang), torch.cos(ang)], 1)
+
+    return torch.cat([emb(w)[None, :, :].expand(h, w, dim), emb(h)[:, None, :].expand(h, w, dim)], -1)
+
+
+class RefForward:
+    def __init__(self, sd, spec, layout):
+        self.sd, self.spec, self.layout = sd, spec, layout
+        self.heads = heads_of(spec)
+
+    def mapping(self, z):
+        x = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
+        for i in range(1, self.spec["n_mlp"] + 1):
+            W, b = self.sd[f"style.{i}.weight"], self.sd[f"style.{i}.bias"]
+            x = F.linear(x, W * (0.01 / math.sqrt(W.shape[1])))
+            x = F.leaky_relu(x + b * 0.01, 0.2) * math.sqrt(2)
+        return x
+
+    def adain(self, p, x, w):
+        W, b = self.sd[p + "style.weight"], self.sd[p + "style.bias"]
+        gamma, beta = F.linear(w, W / math.sqrt(W.shape[1]), b).chunk(2, 1)
+        B, H, Wd, C = x.shape
+        xn = F.instance_norm(x.reshape(B, H * Wd, C).transpose(1, 2)).transpose(1, 2).reshape(B, H, Wd, C)
+        return gamma[:, None, None] * xn + beta[:, None, None]
+
+    def mhsa(self, p, x, heads):
+        B, H, W, C = x.shape
+        N, hd = H * W, C // heads
+        qkv = F.linear(x, self.sd[p + "qkv.weight"], self.sd[p + "qkv.bias"])
+        qkv = qkv.reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * hd**-0.5, qkv[1], qkv[2]
+        idx = self.sd[p + "relative_position_index"]
+        table = self.sd[p + "rpb"].permute(1, 2, 0).flatten(0, 1)
+        bias = table[idx.reshape(-1)].reshape(N, N, heads).permute(2, 0, 1)
+        attn = (q @ k.transpose(-2, -1) + bias[None]).softmax(-1)
+        out = (attn @ v).transpose(1, 2).reshape(B, H, W, C)
+        return F.linear(out, self.sd[p + "proj.weight"], self.sd[p + "proj.bias"])
+
+    def na(self, p, x, s):
+        B, H, W, C = x.shape
+        heads = self.heads[s]
+        hd = C // heads
+        qkv = F.linear(x, self.sd[p + "qkv.weight"], self.sd[p + "qkv.bias"])
+        qkv = qkv.reshape(B, H, W, 3, heads, hd).permute(3, 0, 4, 1, 2, 5)
+        q, k, v = qkv[0] * hd**-0.5, qkv[1], qkv[2]
+        outs, start = [], 0
+        for h, kernel, dil, name in ref_groups(self.spec, s, self.layout):
+            sl = slice(start, start + h)
+            outs.append(brute_na(q[:, sl], k[:, sl], v[:, sl], self.sd[p + name], kernel, dil))
+            start += h
+        out = torch.cat(outs, 1).permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
+        return F.linear(out, self.sd[p + "proj.weight"], self.sd[p + "proj.bias"])
+
+    def block(self, s, j, x, w):
+        p = f"layers.{s}.blocks.{j}."
+        h = self.adain(p + "norm1.", x, w)
+        x = x + (self.mhsa(p + "attn.", h, self.heads[0]) if s == 0 else self.na(p + "attn.", h, s))
+        h = self.adain(p + "norm2.", x, w)
+        h = F.gelu(F.linear(h, self.sd[p + "mlp.fc1.weight"], self.sd[p + "mlp.fc1.bias"]))
+        return x + F.linear(h, self.sd[p + "mlp.fc2.weight"], self.sd[p + "mlp.fc2.bias"])
+
+    def upsample(self, s, x):
+        p = f"layers.{s}.upsample."
+        B, H, W, C = x.shape
+        y = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        y = F.layer_norm(y.permute(0, 2, 3, 1), (C,), self.sd[p + "norm.weight"], self.sd[p + "norm.bias"])
+        y = F.linear(y, self.sd[p + "reduction.weight"])
+        return y + self.sd[p + "alpha"] * spe_grid(2 * H, 2 * W, y.shape[-1])
+
+    def to_rgb(self, s, x, skip):
+        p = f"to_rgbs.{s}."
+        out = F.conv2d(x.permute(0, 3, 1, 2), self.sd[p + "conv.weight"], self.sd[p + "conv.bias"]) + self.sd[p + "bias"]
+        if skip is not None:
+            if p + "upsample.kernel" in self.sd:
+                skip = up_fir(skip, self.sd[p + "upsample.kernel"])
+            out = out + skip
+        return out
+
+    def __call__(self, z):
+        """-> the reference generator's image (ImageNet-normalised pixels), NCHW."""
+        w = self.mapping(z)
+        x = self.sd["input.input"].repeat(z.shape[0], 1, 1, 1).permute(0, 2, 3, 1)
+        skip = None
+        for s in range(len(self.spec["channels"])):
+            x = self.block(s, 1, self.block(s, 0, x, w), w)
+            if s < len(self.spec["channels"]) - 1:
+                x = self.upsample(s, x)
+            skip = self.to_rgb(s, x, skip)
+        return skip
+
+
+def to_minus_one_one(img):
+    return (img * IMAGENET_STD + IMAGENET_MEAN) * 2 - 1
+
+
+def converted(sd, layout="legacy", **kw):
+    snap = convert.reference_to_snapshot(convert.reference_checkpoint(sd, layout), w_avg_samples=kw.pop("n", 64), **kw)
+    G = build_generator(snap["model_config"])
+    G.load_state_dict(snap["state_dict"])
+    return snap, G.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_legacy():
+    return make_reference_g(TINY, "legacy", seed=1)
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_flipped_index_is_key_minus_query_and_matches_ours():
+    from stylenat.models.attention import relative_position_index
+
+    idx = reference_rp_index(4)
+    for q in range(16):
+        for k in range(16):
+            dy, dx = k // 4 - q // 4, k % 4 - q % 4  # key - query
+            assert idx[q, k] == (dy + 3) * 7 + (dx + 3)
+    assert torch.equal(idx, relative_position_index(4))
+    assert torch.equal(idx, convert.reference_relative_position_index(4))
+
+
+def test_tiny_every_tensor_lands(tiny_legacy):
+    sd = tiny_legacy
+    snap, _ = converted(sd)
+    cfg, ours = snap["model_config"], snap["state_dict"]
+    assert cfg["resolution"] == 32 and cfg["z_dim"] == cfg["w_dim"] == 32 and cfg["n_mlp"] == 2
+    assert cfg["channels"] == [64, 64, 32, 32] and cfg["mlp_ratio"] == 4.0
+    assert cfg["kernels"][1:] == [[5], [5, 3], [3]] and cfg["dilations"] == [[1], [1], [1, 2], [1, 4]]
+    assert cfg["output_normalization"] == "imagenet" and cfg["use_rpb"] is True
+    assert snap["meta"]["reference_container"] == "legacy" and snap["meta"]["reference_attention_layout"] == "legacy"
+    assert snap["meta"]["conversion_version"] == convert.CONVERSION_VERSION
+    expect = {"w_avg": None}
+    for i in range(2):
+        for p in ("weight", "bias"):
+            expect[f"mapping_net.layers.{i}.{p}"] = sd[f"style.{i + 1}.{p}"]
+    expect["const"] = sd["input.input"].permute(0, 2, 3, 1)
+    for s in range(4):
+        for j in range(2):
+            o, r = f"stages.{s}.blocks.{j}.", f"layers.{s}.blocks.{j}."
+            for p in ("weight", "bias"):
+                for n in ("norm1", "norm2"):
+                    expect[f"{o}{n}.affine.{p}"] = sd[f"{r}{n}.style.{p}"]
+                for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+                    expect[f"{o}{m}.{p}"] = sd[f"{r}{m}.{p}"]
+        if s < 3:
+            for a, b in (("norm.weight", "norm.weight"), ("norm.bias", "norm.bias"), ("proj.weight", "reduction.weight"), ("alpha", "alpha")):
+                expect[f"stages.{s}.upsample.{a}"] = sd[f"layers.{s}.upsample.{b}"]
+        expect[f"to_rgbs.{s}.conv.weight"] = sd[f"to_rgbs.{s}.conv.weight"]
+        expect[f"to_rgbs.{s}.conv.bias"] = sd[f"to_rgbs.{s}.conv.bias"]
+        expect[f"to_rgbs.{s}.bias"] = sd[f"to_rgbs.{s}.bias"].view(3)
+    for j in range(2):
+        r = f"layers.{{}}.blocks.{j}.attn."
+        expect[f"stages.0.blocks.{j}.attn.rpb"] = sd[r.format(0) + "rpb"]  # same orientation after the flip
+        expect[f"stages.1.blocks.{j}.attn.rpb.0"] = torch.cat([sd[r.format(1) + "rpb0"], sd[r.format(1) + "rpb1"]])
+        for s in (2, 3):
+            expect[f"stages.{s}.blocks.{j}.attn.rpb.0"] = sd[r.format(s) + "rpb0"]
+            expect[f"stages.{s}.blocks.{j}.attn.rpb.1"] = sd[r.format(s) + "rpb1"]
+    assert set(ours) == set(expect)
+    for k, v in expect.items():
+        if v is not None:
+            assert torch.equal(ours[k], v), k
+    assert ours["stages.1.blocks.0.attn.rpb.0"].shape == (4, 9, 9)  # one group of 4 heads at 8x8
+
+
+def test_w_avg_is_the_seeded_mapping_mean(tiny_legacy):
+    snap = convert.reference_to_snapshot({"g_ema": tiny_legacy, "g": {}, "d": {}}, w_avg_samples=300, seed=7)
+    z = torch.randn(300, 32, generator=torch.Generator().manual_seed(7))
+    expect = RefForward(tiny_legacy, TINY, "legacy").mapping(z).mean(0)
+    torch.testing.assert_close(snap["state_dict"]["w_avg"], expect, rtol=1e-5, atol=1e-4)
+    assert snap["meta"]["w_avg_samples"] == 300 and snap["meta"]["w_avg_seed"] == 7
+
+
+@pytest.mark.parametrize("layout", ["legacy", "new"])
+def test_round_trip_is_identity(layout):
+    sd = make_reference_g(TINY, layout, seed=2)
+    snap, _ = converted(sd, layout)
+    assert snap["meta"]["reference_attention_layout"] == layout
+    assert snap["meta"]["reference_container"] == layout
+    back = convert.snapshot_to_reference(snap, layout=layout)
+    assert set(back) == set(sd)
+    for k in sd:
+        assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
+    again = convert.reference_to_snapshot(convert.reference_checkpoint(back, layout), w_avg_samples=64)
+    assert again["model_config"] == snap["model_config"]
+    for k, v in snap["state_dict"].items():
+        assert torch.equal(again["state_dict"][k], v), k
+    # and across layouts: the legacy 8x8 halves merge into one group and split back
+    other = "new" if layout == "legacy" else "legacy"
+    cross = convert.snapshot_to_reference(snap, layout=other)
+    assert set(cross) == set(make_reference_g(TINY, other, seed=0))
+    again = convert.reference_to_snapshot(convert.reference_checkpoint(cross, other), w_avg_samples=64)
+    for k, v in snap["state_dict"].items():
+        assert torch.equal(again["state_dict"][k], v), k
+
+
+def test_ours_to_reference_to_ours_from_a_fresh_generator():
+    G = build_generator({"resolution": 32, "z_dim": 32, "w_dim": 32, "n_mlp": 2, "channels": [64, 64, 32, 32],
+                         "kernels": TINY["kernels"], "dilations": TINY["dilations"]})
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            p.copy_(torch.randn_like(p))
+    snap = {"model_config": G.model_config, "state_dict": G.state_dict()}
+    ref = convert.snapshot_to_reference(snap, "legacy")
+    back = convert.reference_to_snapshot(ref, w_avg_samples=0)  # a bare reference G state dict works too
+    assert back["meta"]["reference_container"] == "bare"
+    for k, v in G.state_dict().items():
+        if k != "w_avg":
+            assert torch.equal(back["state_dict"][k], v), k
+
+
+def test_paper_256_conversion_on_cpu():
+    sd = make_reference_g(PAPER_256, "legacy", seed=3)
+    assert sum(v.numel() for k, v in sd.items() if not k.endswith(("relative_position_index", "_float_tensor", "upsample.kernel"))) == 48_921_000
+    snap = convert.reference_to_snapshot({"g": sd, "d": {}, "g_ema": sd}, w_avg_samples=16)
+    cfg = snap["model_config"]
+    paper = GeneratorConfig(resolution=256)
+    assert cfg["channels"] is None and cfg["channel_multiplier"] == 2 and cfg["min_heads"] == 4 and cfg["head_channels"] == 32
+    assert cfg["kernels"] == paper.kernels[:7] and cfg["dilations"] == paper.dilations[:7]
+    with torch.device("meta"):
+        G = Generator(GeneratorConfig.from_dict(cfg))
+    assert sum(p.numel() for p in G.parameters()) == 48_921_000
+    ours = snap["state_dict"]
+    assert set(ours) == set(G.state_dict())
+    assert torch.equal(ours["stages.1.blocks.1.attn.rpb.0"], torch.cat([sd["layers.1.blocks.1.attn.rpb0"], sd["layers.1.blocks.1.attn.rpb1"]]))
+    assert ours["stages.1.blocks.1.attn.rpb.0"].shape == (16, 13, 13)
+    assert torch.equal(ours["stages.6.blocks.0.attn.rpb.1"], sd["layers.6.blocks.0.attn.rpb1"])  # d=32 heads
+    back = convert.snapshot_to_reference(snap, "legacy")
+    assert set(back) == set(sd)
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+
+
+def test_block_forwards_match_the_reference(tiny_legacy):
+    """One MHSA block (4x4), the 8x8 block (two legacy halves -> one group) and the 16x16 Hydra block."""
+    sd = tiny_legacy
+    ref = RefForward(sd, TINY, "legacy")
+    _, G = converted(sd)
+    gen = torch.Generator().manual_seed(5)
+    w = ref.mapping(torch.randn(2, 32, generator=gen))
+    for s, size, c in ((0, 4, 64), (1, 8, 64), (2, 16, 32)):
+        x = torch.randn(2, size, size, c, generator=gen)
+        with torch.no_grad():
+            ours = G.stages[s].blocks[1](x, w)
+        torch.testing.assert_close(ours, ref.block(s, 1, x, w), rtol=1e-4, atol=1e-4)
+        # the attention alone, so a head-order or bias-orientation error cannot hide behind the MLP
+        h = ref.adain(f"layers.{s}.blocks.1.norm1.", x, w)
+        expect = ref.mhsa(f"layers.{s}.blocks.1.attn.", h, 4) if s == 0 else ref.na(f"layers.{s}.blocks.1.attn.", h, s)
+        with torch.no_grad():
+            torch.testing.assert_close(G.stages[s].blocks[1].attn(h), expect, rtol=1e-4, atol=1e-4)
+
+
+def test_head_order_and_orientation_are_not_vacuous(tiny_legacy):
+    """Swapping the legacy halves or transposing the MHSA table changes the output: the test above bites."""
+    sd = dict(tiny_legacy)
+    _, G = converted(sd)
+    ref = RefForward(sd, TINY, "legacy")
+    gen = torch.Generator().manual_seed(6)
+    w = ref.mapping(torch.randn(1, 32, generator=gen))
+    for s, size, c, key in ((0, 4, 64, "rpb"), (2, 16, 32, "rpb0")):
+        x = torch.randn(1, size, size, c, generator=gen)
+        bad = dict(sd)
+        p = f"layers.{s}.blocks.0.attn."
+        if s == 0:
+            bad[p + "rpb"] = sd[p + "rpb"].transpose(1, 2)
+        else:
+            bad[p + "qkv.weight"] = sd[p + "qkv.weight"].view(3, 4, 8, 32).flip(1).reshape(96, 32)
+        with torch.no_grad():
+            assert not torch.allclose(G.stages[s].blocks[0](x, w), RefForward(bad, TINY, "legacy").block(s, 0, x, w), atol=1e-3)
+
+
+def test_full_generator_matches_the_reference_forward(tiny_legacy):
+    sd = tiny_legacy
+    _, G = converted(sd)
+    z = torch.randn(2, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        img = G(z, truncation_psi=1.0, truncation_cutoff=None)
+        expect = RefForward(sd, TINY, "legacy")(z)
+    assert img.shape == (2, 3, 32, 32) and img.dtype == torch.float32
+    torch.testing.assert_close(G.synthesis(G.mapping(z)), expect, rtol=1e-4, atol=1e-4 * expect.abs().max().item())
+    torch.testing.assert_close(img, to_minus_one_one(expect), rtol=1e-4, atol=1e-4 * expect.abs().max().item())
+
+
+def test_reindexes_an_unflipped_index_buffer(tiny_legacy):
+    """A (Swin-style) query - key buffer is honoured: the converted model gives the same MHSA output."""
+    sd = dict(tiny_legacy)
+    for j in range(2):
+        sd[f"layers.0.blocks.{j}.attn.relative_position_index"] = torch.flipud(torch.fliplr(reference_rp_index(4)))
+    snap, G = converted(sd)
+    assert snap["meta"]["reference_rp_index"] == ["other (re-indexed)"]
+    x = torch.randn(2, 4, 4, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(G.stages[0].blocks[0].attn(x), RefForward(sd, TINY, "legacy").mhsa("layers.0.blocks.0.attn.", x, 4), rtol=1e-4, atol=1e-4)
+
+
+def test_load_generator_on_snapshot_and_raw_reference_file(tmp_path, tiny_legacy):
+    raw = tmp_path / "FFHQ_tiny.pt"
+    torch.save({"g": tiny_legacy, "d": {}, "g_ema": tiny_legacy}, raw)
+    snap = convert.load_reference(raw, w_avg_samples=64)
+    assert snap["meta"]["source"] == str(raw) and len(snap["meta"]["source_sha256"]) == 64
+    atomic_save(snap, tmp_path / "snap.pt")
+    z = torch.randn(3, 32, generator=torch.Generator().manual_seed(8))
+    expect = to_minus_one_one(RefForward(tiny_legacy, TINY, "legacy")(z))
+    for path in (tmp_path / "snap.pt", raw):
+        G = stylenat.load_generator(path)
+        assert G.z_dim == 32
+        with torch.no_grad():
+            img = G(z, truncation_psi=1.0, truncation_cutoff=None)
+        assert img.shape == (3, 3, 32, 32) and img.dtype == torch.float32
+        torch.testing.assert_close(img, expect, rtol=1e-4, atol=1e-3)
+    assert torch.load(tmp_path / "snap.pt", weights_only=True)["format"] == "stylenat.snapshot"
+
+
+def test_new_container_with_argparse_namespace_and_script(tmp_path):
+    sd = make_reference_g(TINY, "new", seed=9)
+    src = tmp_path / "000100.pt"
+    d = {"dwt.ll": torch.ones(2, 2)}
+    torch.save(convert.reference_checkpoint(sd, "new", d_state_dict=d, args=argparse.Namespace(size=32, lr=2e-4)), src)
+    with pytest.raises(Exception):
+        torch.load(src, weights_only=True)  # what plain safe loading says about the Namespace
+    data = convert.read_reference_checkpoint(src)
+    assert isinstance(data["args"], argparse.Namespace) and data["args"].size == 32
+    dst = tmp_path / "out" / "snap.pt"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), str(src), str(dst),
+         "--w-avg-samples", "50", "--seed", "3", "--dilations", "1", "1", "1,2", "1,4"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stdout
+    snap = torch.load(dst, weights_only=True)
+    assert snap["meta"]["reference_container"] == "new" and snap["meta"]["dilations_from"] == "override"
+    assert snap["meta"]["w_avg_seed"] == 3
+    G = stylenat.load_generator(dst)
+    z = torch.randn(1, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(G(z), to_minus_one_one(RefForward(sd, TINY, "new")(z)), rtol=1e-4, atol=1e-3)
+
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"), str(tmp_path / "nope.pt"), str(tmp_path / "x.pt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode != 0 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    assert "does not exist" in bad.stderr
+
+
+def test_foreign_globals_are_refused_with_a_way_forward(tmp_path):
+    from fractions import Fraction
+
+    src = tmp_path / "odd.pt"
+    torch.save({"g_ema": {}, "args": Fraction(1, 3)}, src)
+    with pytest.raises(CheckpointError, match=r"fractions\.Fraction.*weights_only=False"):
+        convert.read_reference_checkpoint(src)
+
+
+def test_training_weights_include_the_discriminator(tmp_path):
+    from stylenat.models.discriminator import build_discriminator
+
+    sd = make_reference_g(TINY, "legacy", seed=10)
+    torch.manual_seed(0)
+    D = build_discriminator("wavelet", 32, channel_multiplier=2, sn=True)
+    d_sd = {k: v.clone() for k, v in D.state_dict().items()}
+    assert any(k.endswith("weight_orig") for k in d_sd) and any(k.endswith("weight_u") for k in d_sd)
+    out = convert.reference_to_training_weights({"g": sd, "g_ema": sd, "d": d_sd}, w_avg_samples=16)
+    assert set(out["D"]) == set(d_sd) and all(torch.equal(out["D"][k], v) for k, v in d_sd.items())
+    assert set(out["G"]) == set(out["G_ema"])
+    bad = dict(d_sd)
+    bad["dwt.ll"] = torch.ones(2, 2)
+    with pytest.raises(CheckpointError, match=r"constant buffer 'dwt\.ll'"):
+        convert.reference_to_training_weights({"g": sd, "g_ema": sd, "d": bad}, w_avg_samples=0)
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_not_a_stylenat_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match=r"not a StyleNAT reference checkpoint \(top-level keys: \['foo', 'step'\]"):
+        convert.reference_to_snapshot({"foo": torch.zeros(1), "step": 3}, source="x.pt")
+    stylegan2 = {"g_ema": {"style.1.weight": torch.zeros(2, 2), "input.input": torch.zeros(1, 2, 4, 4), "conv1.conv.weight": torch.zeros(1)},
+                 "g": {}, "d": {}, "g_optim": {}, "d_optim": {}}
+    with pytest.raises(CheckpointError, match=r"'d', 'd_optim', 'g', 'g_ema', 'g_optim'.*StyleGAN2"):
+        convert.reference_to_snapshot(stylegan2, source="sg2.pt")
+    path = tmp_path / "random.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=r"not a StyleNAT checkpoint \(top-level keys: \['weights'\]"):
+        stylenat.load_generator(path)
+
+
+def test_truncated_file(tmp_path, tiny_legacy):
+    path = tmp_path / "full.pt"
+    torch.save({"g": tiny_legacy, "d": {}, "g_ema": tiny_legacy}, path)
+    data = path.read_bytes()
+    half = tmp_path / "half.pt"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"half\.pt is not a readable checkpoint \(truncated or corrupt\?\)"):
+        convert.read_reference_checkpoint(half)
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt"):
+        stylenat.load_generator(half)
+
+
+def test_missing_key_is_named(tiny_legacy):
+    sd = dict(tiny_legacy)
+    del sd["layers.2.blocks.1.mlp.fc2.bias"]
+    with pytest.raises(CheckpointError, match=r"^ckpt\.pt: missing key 'layers\.2\.blocks\.1\.mlp\.fc2\.bias'$"):
+        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+    sd = dict(tiny_legacy)
+    del sd["layers.1.blocks.0.attn.rpb1"]
+    with pytest.raises(CheckpointError, match=r"missing key 'layers\.1\.blocks\.0\.attn\.rpb1'"):
+        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+
+
+def test_wrong_shape_names_key_and_both_shapes(tiny_legacy):
+    sd = dict(tiny_legacy)
+    sd["layers.1.blocks.1.attn.proj.weight"] = torch.zeros(64, 65)
+    with pytest.raises(CheckpointError, match=r"key 'layers\.1\.blocks\.1\.attn\.proj\.weight' has shape \[64, 65\] but expected \[64, 64\]"):
+        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+    sd = dict(tiny_legacy)
+    sd["to_rgbs.2.bias"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=r"key 'to_rgbs\.2\.bias' has shape \[3\] but expected \[1, 3, 1, 1\]"):
+        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+    sd = dict(tiny_legacy)
+    sd["layers.2.blocks.0.attn.rpb1"] = torch.zeros(2, 9, 9)  # kernel 5 where the other block has 3
+    with pytest.raises(CheckpointError, match=r"layers\.2\.blocks\.0\.attn\.rpb.*kernel sizes \[5, 5, 5, 5\].*\[5, 5, 3, 3\]"):
+        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+
+
+def test_unexpected_key_and_bad_blur_kernel(tiny_legacy):
+    sd = dict(tiny_legacy, **{"layers.0.blocks.0.gamma1": torch.ones(64)})
+    with pytest.raises(CheckpointError, match=r"unexpected key 'layers\.0\.blocks\.0\.gamma1'"):
+        convert.reference_to_snapshot({"g_ema": sd})
+    sd = dict(tiny_legacy, **{"to_rgbs.0.upsample.kernel": torch.ones(4, 4) / 4})
+    with pytest.raises(CheckpointError, match=r"'to_rgbs\.0\.upsample\.kernel' is not the \[1, 3, 3, 1\] blur"):
+        convert.reference_to_snapshot({"g_ema": sd})
+
+
+def test_dilation_override_and_unknown_group_count():
+    sd = make_reference_g(dict(TINY, kernels=[[3], [5], [5], [3]], dilations=[[1], [1], [1, 2, 3], [1, 4]]), "legacy", seed=11)
+    with pytest.raises(CheckpointError, match=r"stage 16x16 has 3 attention groups.*--dilations"):
+        convert.reference_to_snapshot({"g_ema": sd})
+    snap = convert.reference_to_snapshot({"g_ema": sd}, dilations=[[1], [1], [1, 2, 3], [1, 4]], w_avg_samples=0)
+    assert snap["model_config"]["dilations"][2] == [1, 2, 3]
+    assert snap["meta"]["reference_attention_layout"] == "mixed"  # the reference's NATLayer rule: >2 groups -> Hydra
