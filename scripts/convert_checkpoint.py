@@ -30,7 +30,9 @@ def parse_dilations(items):
             value = [[int(x) for x in group.split(",") if x] for group in text.replace(";", " ").split()]
         value = [[v] if isinstance(v, int) else [int(x) for x in v] for v in value]
     except (ValueError, TypeError):
-        raise SystemExit(f"error: cannot parse --dilations {text!r}; write e.g. --dilations 1 1 1,2 1,4") from None
+        raise SystemExit(
+            f"error: cannot parse --dilations {text!r}; write e.g. --dilations 1 1 1,2 1,4"
+        ) from None
     if not value or any(not group or min(group) < 1 for group in value):
         raise SystemExit(f"error: --dilations {text!r} needs a non-empty list of positive integers per stage")
     return value
@@ -40,13 +42,20 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="reference checkpoint (.pt): legacy g/d/g_ema or newer state_dicts layout")
     p.add_argument("dst", help="output snapshot (.pt)")
-    p.add_argument("--dilations", nargs="+", default=None,
-                   help="per-stage dilations, 4x4 first (default: the paper rule [1],[1],[1,2],[1,4],...)")
+    p.add_argument(
+        "--dilations",
+        nargs="+",
+        default=None,
+        help="per-stage dilations, 4x4 first (default: the paper rule [1],[1],[1,2],[1,4],...)",
+    )
     p.add_argument("--w-avg-samples", type=int, default=10_000, help="z samples for w_avg (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the w_avg samples (default 0)")
-    p.add_argument("--training-state", action="store_true",
-                   help="also convert G, D and G_ema to DST with '.train' before the suffix (weights only: "
-                        "optimizer states and counters are not carried over)")
+    p.add_argument(
+        "--training-state",
+        action="store_true",
+        help="also convert G, D and G_ema to DST with '.train' before the suffix (weights only: "
+        "optimizer states and counters are not carried over)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = p.parse_args(argv)
     if args.w_avg_samples < 0:
@@ -58,7 +67,11 @@ def main(argv=None) -> None:
         if out.exists() and not args.overwrite:
             raise SystemExit(f"error: {out} exists (pass --overwrite to replace it)")
 
-    from stylenat.convert import read_reference_checkpoint, reference_to_snapshot, reference_to_training_weights
+    from stylenat.convert import (
+        read_reference_checkpoint,
+        reference_to_snapshot,
+        reference_to_training_weights,
+    )
     from stylenat.snapshot import CheckpointError, atomic_save
 
     try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -54,36 +55,42 @@ def read_reference_checkpoint(path):
     """torch.load a reference file safely: weights_only=True, allowing only `argparse.Namespace` extra.
 
     Old StyleSwin-style training scripts pickled their argparse Namespace under `args`, which plain
-    weights_only loading refuses; anything else foreign is refused with a one-line explanation.
+    weights_only loading refuses; it is allowlisted through `torch.serialization.safe_globals` (still the
+    restricted unpickler). Anything else foreign is refused with a one-line way forward.
     """
     try:
         return read_checkpoint(path)
     except CheckpointError as err:
         first = err
     try:
-        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # truncated, corrupt, or not a zip checkpoint: the first message says it best
-        raise first from None
-    if not names:
-        raise first
-    unsupported = sorted(n for n in names if n not in SAFE_REFERENCE_GLOBALS)
-    if unsupported:
-        raise CheckpointError(
-            f"{path} pickles Python objects that safe loading refuses ({', '.join(unsupported[:4])}); "
-            f"if you trust the file, re-save just its tensors: python -c \"import torch; "
-            f"c = torch.load('{path}', weights_only=False); c = c.get('state_dicts', c); "
-            f"torch.save({{k: c[k] for k in ('g', 'g_ema', 'd') if k in c}}, 'clean.pt')\" and convert clean.pt"
-        )
-    allowed = [SAFE_REFERENCE_GLOBALS[n] for n in names]
-    try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(list(SAFE_REFERENCE_GLOBALS.values())):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {line}") from None
+        retry = str(err)
+    try:  # name the refused globals (zip checkpoints), else take them from the unpickler's message
+        names = [str(n) for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))]
+    except Exception:
+        names = re.findall(r"GLOBAL ([\w.]+)", retry)
+    unsupported = sorted({n for n in names if n not in SAFE_REFERENCE_GLOBALS})
+    if not unsupported:  # truncated, corrupt or not a torch file: the first message says it best
+        raise first
+    raise CheckpointError(
+        f"{path} pickles Python objects that safe loading refuses ({', '.join(unsupported[:4])}); "
+        f'if you trust the file, re-save just its tensors: python -c "import torch; '
+        f"c = torch.load('{path}', weights_only=False); c = c.get('state_dicts', c); "
+        f"torch.save({{k: c[k] for k in ('g', 'g_ema', 'd') if k in c}}, 'clean.pt')\" and convert clean.pt"
+    )
+
+
+def _strip_module_prefix(sd):
+    """State dicts saved from a DistributedDataParallel wrapper carry a `module.` prefix on every key."""
+    if isinstance(sd, dict) and sd and all(str(k).startswith("module.") for k in sd):
+        return {str(k)[len("module.") :]: v for k, v in sd.items()}
+    return sd
 
 
 def _looks_like_reference_g(sd):
+    sd = _strip_module_prefix(sd)
     return (
         isinstance(sd, dict)
         and "input.input" in sd
@@ -132,9 +139,9 @@ def _unwrap(obj, source):
     elif "g_ema" in obj or "g" in obj:
         container, kind = obj, "legacy"
     else:
-        return dict(obj), "bare", "state_dict"
+        return dict(_strip_module_prefix(obj)), "bare", "state_dict"
     which = "g_ema" if _looks_like_reference_g(container.get("g_ema")) else "g"
-    return dict(container[which]), kind, which
+    return dict(_strip_module_prefix(container[which])), kind, which
 
 
 # ------------------------------------------------------------------------------------------- key maps
@@ -315,7 +322,9 @@ def infer_reference_config(g_state_dict, dilations=None) -> dict:
     if dilations is not None:
         dilations = [[d] if isinstance(d, int) else [int(x) for x in d] for d in dilations]
         if len(dilations) < n:
-            raise CheckpointError(f"dilations needs {n} stage entries (4x4 first) for resolution {resolution}, got {dilations}")
+            raise CheckpointError(
+                f"dilations needs {n} stage entries (4x4 first) for resolution {resolution}, got {dilations}"
+            )
         dilations = dilations[:n]
 
     channels, heads, mlp_ratios, kernels, dils = [], [], [], [], []
@@ -324,7 +333,9 @@ def infer_reference_config(g_state_dict, dilations=None) -> dict:
         prefix = f"layers.{s}.blocks.0."
         qkv = _need(sd, f"{prefix}attn.qkv.weight")
         if qkv.ndim != 2:
-            raise CheckpointError(f"key {prefix + 'attn.qkv.weight'!r} has shape {_shape(qkv)} but expected [3C, C]")
+            raise CheckpointError(
+                f"key {prefix + 'attn.qkv.weight'!r} has shape {_shape(qkv)} but expected [3C, C]"
+            )
         c = int(qkv.shape[1])
         channels.append(c)
         fc1 = _need(sd, f"{prefix}mlp.fc1.weight")
@@ -337,6 +348,11 @@ def infer_reference_config(g_state_dict, dilations=None) -> dict:
             continue
         _, tables = _na_tables(sd, f"{prefix}attn.")
         per_head = _per_head_kernels(tables)
+        if c % len(per_head):
+            shapes = ", ".join(f"{k!r} {_shape(t)}" for k, t in tables)
+            raise CheckpointError(
+                f"bias tables {shapes} hold {len(per_head)} heads, which do not divide {c} channels"
+            )
         heads.append(len(per_head))
         group_kernels = [_check_table(k, t) for k, t in tables]
         if dilations is not None:
@@ -397,7 +413,9 @@ def _infer_head_rule(channels, heads):
         for mh in candidates_mh:
             if hc > 0 and all(max(c // hc, mh) == h for c, h in zip(channels, heads)):
                 return hc, mh
-    raise CheckpointError(f"cannot express the heads per stage {heads} for channels {channels} as max(C // d, m)")
+    raise CheckpointError(
+        f"cannot express the heads per stage {heads} for channels {channels} as max(C // d, m)"
+    )
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -417,7 +435,11 @@ def _w_avg(sd, cfg, samples, seed):
 
     mapping = MappingNetwork(cfg["z_dim"], cfg["w_dim"], cfg["n_mlp"], cfg["lr_mlp"])
     mapping.layers.load_state_dict(
-        {f"{i}.{p}": sd[f"mapping_net.layers.{i}.{p}"] for i in range(cfg["n_mlp"]) for p in ("weight", "bias")}
+        {
+            f"{i}.{p}": sd[f"mapping_net.layers.{i}.{p}"]
+            for i in range(cfg["n_mlp"])
+            for p in ("weight", "bias")
+        }
     )
     if samples <= 0:
         return torch.zeros(cfg["w_dim"])
@@ -484,12 +506,17 @@ def convert_generator_state(sd, cfg):
                         raise CheckpointError(
                             f"key {idx_key!r} has shape {_shape(ref_index)} but expected {_shape(ours_index)}"
                         )
-                    info["rp_index"].add("reference (flipped)" if torch.equal(ref_index.long(), ours_index)
-                                         else "other (re-indexed)")
+                    info["rp_index"].add(
+                        "reference (flipped)"
+                        if torch.equal(ref_index.long(), ours_index)
+                        else "other (re-indexed)"
+                    )
                 else:
                     ref_index = reference_relative_position_index(size)
                     info["rp_index"].add("absent (reference assumed)")
-                out[f"stages.{s}.blocks.{j}.attn.rpb"] = _tensor(_remap_table(t, ref_index, ours_index, idx_key))
+                out[f"stages.{s}.blocks.{j}.attn.rpb"] = _tensor(
+                    _remap_table(t, ref_index, ours_index, idx_key)
+                )
                 used.add(key)
                 continue
             layout, tables = _na_tables(sd, prefix)
@@ -500,6 +527,15 @@ def convert_generator_state(sd, cfg):
             ref_kernels = _per_head_kernels(tables)
             counts, per_head = _group_structure(attn.num_heads, G.cfg.kernels[s], G.cfg.dilations[s])
             our_kernels = [k for k, _ in per_head]
+            start = 0
+            for key, t in tables:  # name the first table whose shape the config does not expect
+                span = set(our_kernels[start : start + t.shape[0]])
+                start += t.shape[0]
+                if len(span) == 1 and start <= len(our_kernels):
+                    k = span.pop()
+                    want = [t.shape[0], 2 * k - 1, 2 * k - 1]
+                    if _shape(t) != want:
+                        raise CheckpointError(f"key {key!r} has shape {_shape(t)} but expected {want}")
             if ref_kernels != our_kernels:
                 raise CheckpointError(
                     f"{prefix}rpb: stage {size}x{size} has per-head kernel sizes {ref_kernels} in the checkpoint "
@@ -508,7 +544,9 @@ def convert_generator_state(sd, cfg):
             per_head_tables = [row for _, t in tables for row in t.unbind(0)]
             start = 0
             for g, count in enumerate(counts):
-                out[f"stages.{s}.blocks.{j}.attn.rpb.{g}"] = _tensor(torch.stack(per_head_tables[start:start + count]))
+                out[f"stages.{s}.blocks.{j}.attn.rpb.{g}"] = _tensor(
+                    torch.stack(per_head_tables[start : start + count])
+                )
                 start += count
         if s < n - 1:
             key = f"layers.{s}.upsample.sin_pos_embed._float_tensor"
@@ -519,7 +557,9 @@ def convert_generator_state(sd, cfg):
                 used.add(key)
                 k = sd[key]
                 if _shape(k) != _shape(blur) or not torch.allclose(k.float(), blur, rtol=0, atol=1e-6):
-                    raise CheckpointError(f"key {key!r} is not the [1, 3, 3, 1] blur kernel this generator uses")
+                    raise CheckpointError(
+                        f"key {key!r} is not the [1, 3, 3, 1] blur kernel this generator uses"
+                    )
     unexpected = [k for k in sd if k not in used]
     if unexpected:
         raise CheckpointError(f"unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
@@ -528,14 +568,18 @@ def convert_generator_state(sd, cfg):
         raise CheckpointError(f"no source for our key {missing[0]!r}")
     for k, v in out.items():
         if _shape(v) != _shape(ours_expected[k]):
-            raise CheckpointError(f"converted key {k!r} has shape {_shape(v)} but expected {_shape(ours_expected[k])}")
+            raise CheckpointError(
+                f"converted key {k!r} has shape {_shape(v)} but expected {_shape(ours_expected[k])}"
+            )
     layouts = info["attention_layout"]
     info["attention_layout"] = layouts.pop() if len(layouts) == 1 else ("mixed" if layouts else "none")
     info["rp_index"] = sorted(info["rp_index"])
     return out, info
 
 
-def reference_to_snapshot(obj, source=None, dilations=None, w_avg_samples=10_000, seed=0, sha256=None) -> dict:
+def reference_to_snapshot(
+    obj, source=None, dilations=None, w_avg_samples=10_000, seed=0, sha256=None
+) -> dict:
     """A reference checkpoint (loaded dict) -> our snapshot dict (see `stylenat.snapshot.snapshot_dict`).
 
     Takes `g_ema` (falling back to `g`). `source` is recorded in meta; when it names a file its sha256 is
@@ -604,7 +648,9 @@ def snapshot_to_reference(snapshot, layout="legacy") -> dict:
             if s == 0:
                 ours_index = _our_relative_position_index(size)
                 ref_index = reference_relative_position_index(size)
-                out[f"{prefix}rpb"] = _tensor(_remap_table(sd[f"stages.0.blocks.{j}.attn.rpb"], ours_index, ref_index, prefix))
+                out[f"{prefix}rpb"] = _tensor(
+                    _remap_table(sd[f"stages.0.blocks.{j}.attn.rpb"], ours_index, ref_index, prefix)
+                )
                 out[f"{prefix}relative_position_index"] = ref_index
                 continue
             tables, g = [], 0
@@ -661,22 +707,35 @@ def convert_discriminator_state(d_state_dict, resolution, channel_multiplier=2):
     (`...weight_orig`, `weight_u`, `weight_v` from torch's spectral_norm, FusedLeakyReLU `bias`); every key
     and shape is checked and the constant buffers (Haar filters, blur kernels) must equal ours.
     """
-    from stylenat.models.discriminator import build_discriminator
+    from stylenat.models.discriminator import build_discriminator, channel_table
 
     d_cfg = {"name": "wavelet", "channel_multiplier": int(channel_multiplier), "sn": True}
+    sd = d_state_dict
+    # Channels per level from the tensors (so small or non-paper discriminators convert too).
+    channels, log_size = {}, int(round(math.log2(resolution))) - 1
+    if "from_rgbs.0.conv.0.weight_orig" in sd:
+        channels[resolution] = int(sd["from_rgbs.0.conv.0.weight_orig"].shape[0])
+    for n in range(log_size - 2):
+        key = f"convs.{n}.conv2.1.weight_orig"
+        if key in sd:
+            channels[2 ** (log_size - n - 1)] = int(sd[key].shape[0])
+    default = channel_table(resolution, channel_multiplier)
+    if any(default.get(k) != v for k, v in channels.items()):
+        d_cfg["channels"] = channels
     try:
-        D = build_discriminator("wavelet", resolution, channel_multiplier=channel_multiplier, sn=True)
+        D = build_discriminator("wavelet", resolution, **{k: v for k, v in d_cfg.items() if k != "name"})
     except ValueError as err:
         raise CheckpointError(f"cannot build the discriminator for resolution {resolution}: {err}") from None
     ours = D.state_dict()
     buffers = {name for name, _ in D.named_buffers()}
-    sd = d_state_dict
     missing = [k for k in ours if k not in sd]
     if missing:
         raise CheckpointError(f"discriminator: missing key {missing[0]!r} ({len(missing)} missing in all)")
     unexpected = [k for k in sd if k not in ours]
     if unexpected:
-        raise CheckpointError(f"discriminator: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
+        raise CheckpointError(
+            f"discriminator: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)"
+        )
     out = {}
     for k, v in ours.items():
         t = sd[k]
@@ -689,7 +748,9 @@ def convert_discriminator_state(d_state_dict, resolution, channel_multiplier=2):
     return out, d_cfg
 
 
-def reference_to_training_weights(obj, snapshot=None, source=None, dilations=None, w_avg_samples=10_000, seed=0):
+def reference_to_training_weights(
+    obj, snapshot=None, source=None, dilations=None, w_avg_samples=10_000, seed=0
+):
     """G, G_ema and D of a reference checkpoint under our names (to initialise or fine-tune a run).
 
     Not a resumable training state: the reference optimizer states, counters and RNG do not map onto
@@ -697,24 +758,35 @@ def reference_to_training_weights(obj, snapshot=None, source=None, dilations=Non
     """
     where = source if source is not None else "checkpoint"
     if snapshot is None:
-        snapshot = reference_to_snapshot(obj, source=source, dilations=dilations, w_avg_samples=w_avg_samples, seed=seed)
+        snapshot = reference_to_snapshot(
+            obj, source=source, dilations=dilations, w_avg_samples=w_avg_samples, seed=seed
+        )
     container = obj.get("state_dicts", obj) if isinstance(obj, dict) else None
     if not isinstance(container, dict) or not isinstance(container.get("d"), dict) or not container["d"]:
         raise CheckpointError(f"{where}: missing key 'd' (the discriminator state dict)")
     cfg = snapshot["model_config"]
-    g_train = container.get("g")
+    g_train = _strip_module_prefix(container.get("g"))
     try:
         if isinstance(g_train, dict) and g_train:
             g_state, _ = convert_generator_state(g_train, cfg)
             g_state["w_avg"] = snapshot["state_dict"]["w_avg"].clone()
             g_from = "g"
         else:
-            g_state, g_from = {k: v.clone() for k, v in snapshot["state_dict"].items()}, "g_ema (no g in the file)"
+            g_state, g_from = (
+                {k: v.clone() for k, v in snapshot["state_dict"].items()},
+                "g_ema (no g in the file)",
+            )
         cm = cfg["channel_multiplier"] if cfg.get("channels") is None else 2
-        d_state, d_cfg = convert_discriminator_state(container["d"], cfg["resolution"], cm)
+        d_state, d_cfg = convert_discriminator_state(
+            _strip_module_prefix(container["d"]), cfg["resolution"], cm
+        )
     except CheckpointError as err:
         raise CheckpointError(f"{where}: {err}") from None
-    meta = dict(snapshot["meta"], generator_from=g_from, discriminator=f"wavelet D, sn, cm={d_cfg['channel_multiplier']}")
+    meta = dict(
+        snapshot["meta"],
+        generator_from=g_from,
+        discriminator=f"wavelet D, sn, cm={d_cfg['channel_multiplier']}",
+    )
     return {
         "format": "stylenat.reference-weights",
         "version": 1,
@@ -730,7 +802,9 @@ def reference_to_training_weights(obj, snapshot=None, source=None, dilations=Non
 def load_reference(path, dilations=None, w_avg_samples=10_000, seed=0):
     """Read a reference file from disk and convert it to a snapshot dict."""
     data = read_reference_checkpoint(path)
-    return reference_to_snapshot(data, source=str(path), dilations=dilations, w_avg_samples=w_avg_samples, seed=seed)
+    return reference_to_snapshot(
+        data, source=str(path), dilations=dilations, w_avg_samples=w_avg_samples, seed=seed
+    )
 
 
 __all__ = [

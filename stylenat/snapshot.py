@@ -95,7 +95,9 @@ def generator_from_snapshot(snapshot, source="snapshot"):
 
 def load_generator(path, device="cpu"):
     """Load a snapshot (native, converted official, or an official reference file) ready for sampling."""
-    data = read_checkpoint(path)
+    from stylenat.convert import read_reference_checkpoint  # read_checkpoint + the reference files' `args`
+
+    data = read_reference_checkpoint(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a StyleNAT checkpoint (found a {type(data).__name__})")
     if data.get("format") != SNAPSHOT_FORMAT:

@@ -1,1 +1,58 @@
-"""metrics."""
+"""Evaluation metrics: NVIDIA's Inception-v3 features, FID/KID under two protocols, reference statistics.
+
+Protocols (see :mod:`stylenat.metrics.protocols`): ``stylegan`` (StyleGAN2-ADA ``fid50k_full``) and
+``pytorch_fid`` (the StyleNAT paper's pytorch-fid pipeline). Every statistics file and every result
+records its protocol and the Inception weights' sha256.
+"""
+
+from stylenat.metrics.fid import frechet_distance, frechet_distance_from_features
+from stylenat.metrics.images import ImageFiles
+from stylenat.metrics.inception import (
+    InceptionV3Features,
+    InceptionWeightsError,
+    build_inception,
+    load_inception,
+)
+from stylenat.metrics.kid import kernel_inception_distance
+from stylenat.metrics.protocols import PROTOCOLS, get_protocol
+from stylenat.metrics.registry import (
+    METRICS,
+    MetricSpec,
+    append_jsonl,
+    available_metrics,
+    compute_metric,
+    get_metric,
+)
+from stylenat.metrics.statistics import (
+    FeatureStatistics,
+    StatisticsMismatchError,
+    check_statistics,
+    compute_statistics,
+    reference_statistics,
+)
+from stylenat.metrics.throughput import measure_inception_throughput
+
+__all__ = [
+    "METRICS",
+    "PROTOCOLS",
+    "FeatureStatistics",
+    "ImageFiles",
+    "InceptionV3Features",
+    "InceptionWeightsError",
+    "MetricSpec",
+    "StatisticsMismatchError",
+    "append_jsonl",
+    "available_metrics",
+    "build_inception",
+    "check_statistics",
+    "compute_metric",
+    "compute_statistics",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "get_metric",
+    "get_protocol",
+    "kernel_inception_distance",
+    "load_inception",
+    "measure_inception_throughput",
+    "reference_statistics",
+]

@@ -261,6 +261,15 @@ def _fold_into(out: Tensor, x: Tensor, index: Tensor) -> None:
         out.index_add_(1, index, x)
 
 
+def _probs(qt: Tensor, kt: Tensor, mask: Tensor) -> Tensor:
+    """Attention probabilities of a chunk of tiles.
+
+    Recomputed in the backward rather than saved. softmax, not exp(logits - logsumexp): on the CPU
+    torch.exp takes a slow path on the many -inf (underflowing) entries, softmax's kernel does not.
+    """
+    return torch.softmax(torch.matmul(qt, kt.transpose(-1, -2)).add_(mask), dim=-1)
+
+
 class _TiledNA(torch.autograd.Function):
     """Tiled neighborhood attention; q, k, v: [heads, B, tokens, D] (q already scaled)."""
 
@@ -269,7 +278,6 @@ class _TiledNA(torch.autograd.Function):
         heads, batch, tokens, dim = q.shape
         qf, kf, vf = (t.reshape(heads * batch, tokens, dim) for t in (q, k, v))
         out = torch.empty_like(qf)
-        lse = qf.new_empty(heads * batch, plan.n_tiles, plan.tile_q, 1)
         mask = None if rpb is not None else _window_mask(plan, kernel_size, q.dtype)
         for h, i0, i1 in _chunks(plan, batch, heads, rpb is not None, q.device):
             if rpb is not None and (mask is None or i0 == h * batch):
@@ -277,20 +285,16 @@ class _TiledNA(torch.autograd.Function):
             qt = _gather(qf[i0:i1], plan.q_index, plan.tile_q)
             kt = _gather(kf[i0:i1], plan.k_index, plan.tile_k)
             vt = _gather(vf[i0:i1], plan.k_index, plan.tile_k)
-            logits = torch.matmul(qt, kt.transpose(-1, -2)).add_(mask)
-            lse_c = torch.logsumexp(logits, dim=-1, keepdim=True)
-            probs = logits.sub_(lse_c).exp_()
-            ot = torch.matmul(probs, vt)
+            ot = torch.matmul(_probs(qt, kt, mask), vt)
             out[i0:i1] = _scatter_back(ot.view(i1 - i0, -1, dim), plan.out_index)
-            lse[i0:i1] = lse_c
-        ctx.save_for_backward(q, k, v, rpb, out, lse)
+        ctx.save_for_backward(q, k, v, rpb, out)
         ctx.plan, ctx.kernel_size = plan, kernel_size
         return out.view(heads, batch, tokens, dim)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, rpb, out, lse = ctx.saved_tensors
+        q, k, v, rpb, out = ctx.saved_tensors
         plan, kernel_size = ctx.plan, ctx.kernel_size
         heads, batch, tokens, dim = q.shape
         qf, kf, vf = (t.reshape(heads * batch, tokens, dim) for t in (q, k, v))
@@ -311,7 +315,7 @@ class _TiledNA(torch.autograd.Function):
             vt = _gather(vf[i0:i1], plan.k_index, plan.tile_k)
             got = _gather(go[i0:i1], plan.q_index, plan.tile_q).mul_(valid)
             dt = _gather(delta[i0:i1], plan.q_index, plan.tile_q).mul_(valid)
-            probs = torch.matmul(qt, kt.transpose(-1, -2)).add_(mask).sub_(lse[i0:i1]).exp_()
+            probs = _probs(qt, kt, mask)
             gvt = torch.matmul(probs.transpose(-1, -2), got)
             gs = torch.matmul(got, vt.transpose(-1, -2)).sub_(dt).mul_(probs)  # dL/dlogits
             gqt = torch.matmul(gs, kt)

@@ -101,12 +101,13 @@ def save_state(state: dict, path: Path) -> None:
 
 def load_state(path: Path) -> dict:
     """Read a training state (CPU tensors, weights_only) and check it is one."""
+    from stylenat.snapshot import CheckpointError, read_checkpoint
+
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResumeError(f"cannot read training state {path}: {first}") from None
+        state = read_checkpoint(path)
+    except CheckpointError as exc:
+        raise ResumeError(f"cannot read training state: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path} is not a stylenat training state (inference snapshots cannot be resumed)")
     if state.get("version") != STATE_VERSION:

@@ -1,0 +1,315 @@
+"""Feature statistics (mu, sigma): accumulation, ``.npz`` files with provenance, a cache, checks.
+
+A statistics file is an ``.npz`` with ``mu`` and ``sigma`` (what pytorch-fid, clean-fid and TTUR read)
+plus metadata: ``protocol``, ``num_images``, ``weights_sha256``, ``weights_digest``,
+``data_fingerprint``, ``cov_ddof``, ``subset``, ``seed``, ``version`` and optionally ``features``
+(float32, for KID). Files with only ``mu``/``sigma`` load with protocol and weights "unknown" (and a
+warning); :func:`check_statistics` then refuses them unless ``allow_mismatch=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from stylenat.metrics.images import ImageFiles, select_indices
+from stylenat.metrics.inception import cache_root
+from stylenat.metrics.protocols import get_protocol
+
+logger = logging.getLogger(__name__)
+
+STATS_VERSION = 1
+UNKNOWN = "unknown"
+_META_STR = ("protocol", "weights_sha256", "weights_digest", "data_fingerprint", "subset", "mismatch")
+_META_INT = ("num_images", "cov_ddof", "seed", "version")
+
+
+class StatisticsMismatchError(ValueError):
+    """Reference statistics computed under another protocol or with other Inception weights."""
+
+
+@dataclass
+class FeatureStatistics:
+    mu: np.ndarray
+    sigma: np.ndarray
+    num_images: int
+    protocol: str
+    weights_sha256: str
+    weights_digest: str = ""
+    data_fingerprint: str = ""
+    cov_ddof: int = 1
+    subset: str = ""
+    seed: int = 0
+    version: int = STATS_VERSION
+    features: np.ndarray | None = field(default=None, repr=False)
+    mismatch: str = ""  # set when used despite a protocol / weights mismatch (allow_mismatch=True)
+
+    def metadata(self) -> dict:
+        return {k: getattr(self, k) for k in _META_STR + _META_INT}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"mu": np.asarray(self.mu, np.float64), "sigma": np.asarray(self.sigma, np.float64)}
+        arrays.update({k: np.array(str(getattr(self, k))) for k in _META_STR})
+        arrays.update({k: np.array(int(getattr(self, k)), dtype=np.int64) for k in _META_INT})
+        if self.features is not None:
+            arrays["features"] = np.asarray(self.features, np.float32)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureStatistics:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"statistics file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read statistics file {path}: {exc}") from exc
+        if "mu" not in data or "sigma" not in data:
+            raise ValueError(f"{path} has no 'mu'/'sigma' arrays (keys: {sorted(data)})")
+        mu = np.asarray(data["mu"], np.float64)
+        sigma = np.asarray(data["sigma"], np.float64)
+        if "protocol" not in data:
+            warnings.warn(
+                f"{path} holds only mu/sigma (pytorch-fid / clean-fid style): protocol and Inception "
+                "weights are unknown, so it is refused unless allow_mismatch=True",
+                UserWarning,
+                stacklevel=2,
+            )
+            return cls(mu=mu, sigma=sigma, num_images=0, protocol=UNKNOWN, weights_sha256=UNKNOWN, version=0)
+        kwargs = {k: str(data[k]) for k in _META_STR if k in data}
+        kwargs.update({k: int(data[k]) for k in _META_INT if k in data})
+        if "features" in data:
+            kwargs["features"] = data["features"]
+        return cls(mu=mu, sigma=sigma, **kwargs)
+
+
+class FeatureAccumulator:
+    """Running mean and scatter matrix in float64 (Chan et al.'s pairwise update, numerically stable)."""
+
+    def __init__(self, keep_features: bool = False):
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self.scatter: np.ndarray | None = None
+        self.keep_features = keep_features
+        self._features: list[np.ndarray] = []
+
+    def update(self, features) -> None:
+        if isinstance(features, torch.Tensor):
+            features = features.detach().to("cpu", torch.float32).numpy()
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"features must be [N, D], got shape {x.shape}")
+        if len(x) == 0:
+            return
+        if self.keep_features:
+            self._features.append(x.astype(np.float32))
+        nb, mb = len(x), x.mean(0)
+        xc = x - mb
+        sb = xc.T @ xc
+        if self.count == 0:
+            self.count, self.mean, self.scatter = nb, mb, sb
+            return
+        if mb.shape != self.mean.shape:
+            raise ValueError(f"feature dimension changed from {self.mean.shape[0]} to {mb.shape[0]}")
+        n = self.count + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.scatter = self.scatter + sb + np.outer(delta, delta) * (self.count * nb / n)
+        self.count = n
+
+    def mean_cov(self, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.count - ddof <= 0:
+            raise ValueError(f"need more than {ddof} feature vectors for a covariance, got {self.count}")
+        return self.mean.copy(), self.scatter / (self.count - ddof)
+
+    def features(self) -> np.ndarray | None:
+        if not self.keep_features:
+            return None
+        return np.concatenate(self._features) if self._features else np.zeros((0, 0), np.float32)
+
+
+def _extractor_device(extractor) -> torch.device:
+    if isinstance(extractor, torch.nn.Module):
+        for t in extractor.buffers():
+            return t.device
+        for t in extractor.parameters():
+            return t.device
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def extract_features(extractor, images: torch.Tensor, protocol: str, device=None) -> torch.Tensor:
+    """Features [N, D] (float32, on the CPU) of a uint8 image batch under ``protocol``."""
+    device = torch.device(device) if device is not None else _extractor_device(extractor)
+    feats = extractor(images.to(device), protocol=get_protocol(protocol).name)
+    return feats.detach().to("cpu", torch.float32)
+
+
+def compute_statistics(
+    image_batches: Iterable[torch.Tensor],
+    protocol: str,
+    extractor,
+    *,
+    device=None,
+    total: int | None = None,
+    data_fingerprint: str = "",
+    keep_features: bool = False,
+    subset: str = "",
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "inception features",
+) -> FeatureStatistics:
+    """Statistics of the features of ``image_batches`` (uint8 NCHW tensors) under ``protocol``."""
+    proto = get_protocol(protocol)
+    acc = FeatureAccumulator(keep_features=keep_features)
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in image_batches:
+            acc.update(extract_features(extractor, batch, proto.name, device))
+            bar.update(int(batch.shape[0]))
+    if acc.count == 0:
+        raise ValueError("no images to compute statistics of (empty input)")
+    mu, sigma = acc.mean_cov(proto.cov_ddof)
+    return FeatureStatistics(
+        mu=mu,
+        sigma=sigma,
+        num_images=acc.count,
+        protocol=proto.name,
+        weights_sha256=getattr(extractor, "weights_sha256", "") or UNKNOWN,
+        weights_digest=getattr(extractor, "weights_digest", ""),
+        data_fingerprint=data_fingerprint,
+        cov_ddof=proto.cov_ddof,
+        subset=subset,
+        seed=seed,
+        features=acc.features(),
+    )
+
+
+def stats_cache_dir() -> Path:
+    return cache_root() / "stats"
+
+
+def stats_cache_key(
+    data_fingerprint: str,
+    protocol: str,
+    weights_sha256: str,
+    count: int | None,
+    seed: int,
+    subset: str = "first",
+    keep_features: bool = False,
+) -> str:
+    payload = {
+        "data": data_fingerprint,
+        "protocol": protocol,
+        "weights": weights_sha256,
+        "count": count,
+        "seed": seed if count is not None and subset == "random" else 0,
+        "subset": subset if count is not None else "all",
+        "features": bool(keep_features),
+        "version": STATS_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def reference_statistics(
+    data: str | os.PathLike | ImageFiles,
+    protocol: str,
+    extractor,
+    *,
+    max_images: int | None = None,
+    subset: str = "first",
+    seed: int = 0,
+    batch_size: int = 32,
+    device=None,
+    keep_features: bool = False,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> FeatureStatistics:
+    """Statistics of a folder / zip of real images, cached under ``$STYLENAT_CACHE/stats``.
+
+    ``max_images`` None uses every image; otherwise exactly that many (the first ones, or a random subset
+    drawn with ``seed``); asking for more than there are raises.
+    """
+    files = data if isinstance(data, ImageFiles) else ImageFiles(data)
+    proto = get_protocol(protocol)
+    indices = select_indices(len(files), max_images, subset, seed)
+    fingerprint = files.fingerprint()
+    weights = getattr(extractor, "weights_sha256", "") or UNKNOWN
+    key = stats_cache_key(fingerprint, proto.name, weights, max_images, seed, subset, keep_features)
+    cache_file = stats_cache_dir() / f"{key}.npz"
+    if use_cache and cache_file.is_file():
+        stats = FeatureStatistics.load(cache_file)
+        if stats.protocol == proto.name and stats.weights_sha256 == weights and stats.num_images == len(indices):
+            logger.info("reference statistics from cache %s", cache_file)
+            return stats
+        logger.warning("ignoring stale statistics cache entry %s", cache_file)
+    stats = compute_statistics(
+        files.batches(batch_size, indices),
+        proto.name,
+        extractor,
+        device=device,
+        total=len(indices),
+        data_fingerprint=fingerprint,
+        keep_features=keep_features,
+        subset=subset if max_images is not None else "all",
+        seed=seed,
+        progress=progress,
+        desc=f"real images ({files.path.name})",
+    )
+    if use_cache:
+        try:
+            stats.save(cache_file)
+        except OSError as exc:
+            logger.warning("could not write statistics cache %s: %s", cache_file, exc)
+    return stats
+
+
+def check_statistics(
+    stats: FeatureStatistics,
+    protocol: str,
+    weights_sha256: str,
+    weights_digest: str = "",
+    *,
+    allow_mismatch: bool = False,
+    origin: str = "reference statistics",
+) -> FeatureStatistics:
+    """Refuse statistics from another protocol or other Inception weights.
+
+    Weights match when the file hashes match, or when both sides carry equal tensor digests (the same
+    weights read from a different container). With ``allow_mismatch=True`` a mismatch warns loudly and
+    is recorded in ``stats.mismatch`` instead.
+    """
+    protocol = get_protocol(protocol).name
+    problems = []
+    if stats.protocol != protocol:
+        problems.append(f"protocol {stats.protocol!r} but {protocol!r} was requested")
+    same_digest = bool(stats.weights_digest) and stats.weights_digest == weights_digest
+    if stats.weights_sha256 != weights_sha256 and not same_digest:
+        problems.append(
+            f"Inception weights sha256 {stats.weights_sha256[:16]!r} but {weights_sha256[:16]!r} is loaded"
+        )
+    if not problems:
+        return stats
+    msg = f"{origin} were computed with " + " and ".join(problems)
+    if not allow_mismatch:
+        raise StatisticsMismatchError(msg + "; recompute them or pass allow_mismatch=True")
+    warnings.warn(f"USING MISMATCHED STATISTICS: {msg}; the metric is not comparable", UserWarning, stacklevel=2)
+    logger.warning("USING MISMATCHED STATISTICS: %s", msg)
+    stats.mismatch = msg
+    return stats

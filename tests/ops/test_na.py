@@ -1,0 +1,296 @@
+"""Neighborhood attention against an independent per-pixel loop oracle (fp64) and NATTEN's window rule."""
+
+import logging
+import math
+
+import pytest
+import torch
+
+import stylenat.ops.na as na_module
+from stylenat.ops import na2d
+from stylenat.ops.na import ENV_VAR, _na2d_torch, available_backends, neighborhood
+from stylenat.ops.na_reference import na2d_reference
+
+# ----------------------------------------------------------------------------------------------------
+# Oracle, written from NATTEN's published window/bias rules (not from our implementation)
+# ----------------------------------------------------------------------------------------------------
+
+
+def natten_window_start(i: int, length: int, kernel_size: int, dilation: int) -> int:
+    """NATTEN's get_window_start, verbatim in logic: start of i's window in original coordinates."""
+    r = kernel_size // 2
+    if dilation <= 1:
+        return max(i - r, 0) + ((length - i - r - 1) if i + r >= length else 0)
+    if i - r * dilation < 0:
+        return i % dilation
+    if i + r * dilation >= length:
+        imodd = i % dilation
+        a = (length // dilation) * dilation
+        b = length - a
+        if imodd < b:
+            return length - b + imodd - 2 * r * dilation
+        return a + imodd - kernel_size * dilation
+    return i - r * dilation
+
+
+def loop_oracle(q, k, v, kernel_size, dilation, rpb, scale):
+    """Per-pixel loop: window keys, logits (+ bias), softmax, weighted sum; vectorised over B, heads."""
+    _, _, height, width, _ = q.shape
+    rows = []
+    for y in range(height):
+        sy = natten_window_start(y, height, kernel_size, dilation)
+        key_y = [sy + dilation * m for m in range(kernel_size)]
+        row = []
+        for x in range(width):
+            sx = natten_window_start(x, width, kernel_size, dilation)
+            key_x = [sx + dilation * m for m in range(kernel_size)]
+            ky = torch.tensor([a for a in key_y for _ in key_x])
+            kx = torch.tensor([b for _ in key_y for b in key_x])
+            keys, values = k[:, :, ky, kx], v[:, :, ky, kx]  # [B, heads, k*k, D]
+            logits = scale * torch.einsum("bhd,bhnd->bhn", q[:, :, y, x], keys)
+            if rpb is not None:
+                by = (ky - y) // dilation + kernel_size - 1
+                bx = (kx - x) // dilation + kernel_size - 1
+                logits = logits + rpb[:, by, bx]
+            row.append(torch.einsum("bhn,bhnd->bhd", logits.softmax(-1), values))
+        rows.append(torch.stack(row, dim=2))
+    return torch.stack(rows, dim=2)
+
+
+def _inputs(shape, heads, kernel_size, with_rpb, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(shape, generator=gen, dtype=dtype).requires_grad_() for _ in range(3))
+    rpb = None
+    if with_rpb:
+        span = 2 * kernel_size - 1
+        rpb = torch.randn(heads, span, span, generator=gen, dtype=dtype).requires_grad_()
+    return q, k, v, rpb
+
+
+def _outputs_and_grads(fn, q, k, v, rpb, seed=1):
+    out = fn()
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    inputs = [q, k, v] + ([rpb] if rpb is not None else [])
+    return out, torch.autograd.grad((out * weight).sum(), inputs)
+
+
+def _cases():
+    for height, width in [(9, 13), (15, 10), (16, 16)]:
+        for kernel_size in (3, 5, 7):
+            for dilation in (1, 2, 3, 4):
+                if kernel_size * dilation <= min(height, width):
+                    yield height, width, kernel_size, dilation
+
+
+# ----------------------------------------------------------------------------------------------------
+# Window rule
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_window_rule_enumerated_by_hand():
+    # L=10, d=3: groups {0,3,6,9}, {1,4,7}, {2,5,8}; k=3 windows hold 3 members of the own group.
+    assert neighborhood(10, 3, 3) == [
+        [0, 3, 6], [1, 4, 7], [2, 5, 8],
+        [0, 3, 6], [1, 4, 7], [2, 5, 8],
+        [3, 6, 9], [1, 4, 7], [2, 5, 8],
+        [3, 6, 9],
+    ]  # fmt: skip
+    assert neighborhood(7, 3, 1) == [[0, 1, 2], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("length", [7, 8, 10, 13, 16, 23, 64])
+def test_window_rule_matches_natten_formula(length):
+    for kernel_size in (1, 3, 5, 7):
+        for dilation in range(1, length // kernel_size + 1):
+            windows = neighborhood(length, kernel_size, dilation)
+            for i, window in enumerate(windows):
+                start = natten_window_start(i, length, kernel_size, dilation)
+                assert window == [start + dilation * m for m in range(kernel_size)]
+                assert i in window and all(p % dilation == i % dilation for p in window)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Values and gradients against the loop oracle (fp64, 1e-10)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_rpb", [False, True], ids=["no_rpb", "rpb"])
+@pytest.mark.parametrize("height,width,kernel_size,dilation", list(_cases()))
+def test_matches_loop_oracle(height, width, kernel_size, dilation, with_rpb):
+    heads, dim = 3, 4
+    q, k, v, rpb = _inputs((2, heads, height, width, dim), heads, kernel_size, with_rpb)
+    scale = dim**-0.5
+    want, want_grads = _outputs_and_grads(
+        lambda: loop_oracle(q, k, v, kernel_size, dilation, rpb, scale), q, k, v, rpb
+    )
+    # Default tiling, then small odd tiles (several tiles per group, partial last tiles, clamped halos).
+    for run in (
+        lambda: na2d(q, k, v, kernel_size, dilation, rpb=rpb, backend="torch"),
+        lambda: _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=(2, 3)),
+    ):
+        got, got_grads = _outputs_and_grads(run, q, k, v, rpb)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_larger_map_multi_tile_matches_oracle():
+    # 23x30, k=7: several 8-query tiles per axis with clamped halos, plus an uneven dilation.
+    for dilation in (1, 3):
+        q, k, v, rpb = _inputs((1, 2, 23, 30, 3), 2, 7, True, seed=dilation)
+        want, want_grads = _outputs_and_grads(lambda: loop_oracle(q, k, v, 7, dilation, rpb, 0.7), q, k, v, rpb)
+        got, got_grads = _outputs_and_grads(
+            lambda: na2d(q, k, v, 7, dilation, rpb=rpb, scale=0.7, backend="torch"), q, k, v, rpb
+        )
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_reference_matches_loop_oracle():
+    # The vectorised reference is the benchmark's yardstick: pin it to the oracle too.
+    q, k, v, rpb = _inputs((2, 2, 11, 14, 4), 2, 3, True)
+    want = loop_oracle(q, k, v, 3, 3, rpb, 0.5)
+    torch.testing.assert_close(na2d_reference(q, k, v, 3, 3, rpb, 0.5), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [5, 7])
+def test_kernel_equal_to_map_is_full_attention(size):
+    heads, dim = 2, 8
+    q, k, v, rpb = _inputs((2, heads, size, size, dim), heads, size, True)
+    got = na2d(q, k, v, size, rpb=rpb, backend="torch")
+    # Plain softmax attention over all tokens, bias indexed by the 2-D offset.
+    py, px = (t.reshape(-1) for t in torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"))
+    dy, dx = py[None, :] - py[:, None], px[None, :] - px[:, None]  # [query token, key token]
+    bias = rpb[:, dy + size - 1, dx + size - 1]
+    flat = [t.flatten(2, 3) for t in (q, k, v)]
+    logits = dim**-0.5 * flat[0] @ flat[1].transpose(-1, -2) + bias
+    want = (logits.softmax(-1) @ flat[2]).view_as(q)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_float32_stylenat_split_against_reference():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 32, 32, 16) for _ in range(3))
+    rpb = 0.02 * torch.randn(2, 13, 13)
+    for heads, dilation in ((slice(0, 2), 1), (slice(2, 4), 4)):
+        args = (q[:, heads], k[:, heads], v[:, heads], 7, dilation, rpb)
+        torch.testing.assert_close(na2d(*args), na2d_reference(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_inputs_and_no_grad():
+    q, k, v, rpb = _inputs((2, 4, 10, 12, 8), 2, 3, True)
+    sl = slice(1, 3)
+    with torch.no_grad():
+        got = na2d(q[:, sl], k[:, sl], v[:, sl], 3, 2, rpb=rpb)
+    assert not got.requires_grad and got.shape == (2, 2, 10, 12, 8)
+    torch.testing.assert_close(got, na2d_reference(q[:, sl], k[:, sl], v[:, sl], 3, 2, rpb), rtol=0, atol=1e-12)
+
+
+def test_scale_multiplies_q():
+    q, k, v, _ = _inputs((1, 2, 8, 9, 4), 2, 3, False)
+    got = na2d(q, k, v, 3, scale=0.3)
+    torch.testing.assert_close(got, na2d(q * (0.3 / math.sqrt(1 / 4)), k, v, 3), rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors, backend selection
+# ----------------------------------------------------------------------------------------------------
+
+
+def _small(shape=(1, 2, 16, 16, 4)):
+    return [torch.randn(shape) for _ in range(3)]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"kernel_size": 4}, "kernel_size must be an odd integer >= 1, got 4"),
+        ({"kernel_size": 0}, "got 0"),
+        ({"kernel_size": 3, "dilation": 0}, "dilation must be an integer >= 1, got 0"),
+        ({"kernel_size": 7, "dilation": 4}, r"kernel_size 7 \* dilation 4 = 28 exceeds feature map 16x16"),
+        ({"kernel_size": 3, "rpb": torch.zeros(2, 3, 3)}, r"rpb must have shape \(2, 5, 5\), got \(2, 3, 3\)"),
+        ({"kernel_size": 3, "backend": "cuda"}, "unknown na2d backend 'cuda'.*auto, torch, natten"),
+    ],
+)
+def test_errors(kwargs, match):
+    q, k, v = _small()
+    with pytest.raises(ValueError, match=match):
+        na2d(q, k, v, **kwargs)
+
+
+def test_error_non_square_limit_names_both_sides():
+    q, k, v = _small((1, 1, 20, 9, 4))
+    with pytest.raises(ValueError, match="kernel_size 5 \\* dilation 2 = 10 exceeds feature map 20x9"):
+        na2d(q, k, v, 5, 2)
+
+
+def test_error_shape_mismatch():
+    q, k, _ = _small()
+    with pytest.raises(ValueError, match=r"q, k, v shapes differ: .*v \(1, 2, 16, 15, 4\)"):
+        na2d(q, k, torch.randn(1, 2, 16, 15, 4), 3)
+
+
+def test_forcing_natten_where_unavailable_raises():
+    q, k, v = _small()
+    with pytest.raises(RuntimeError, match="na2d backend 'natten' is unavailable: "):
+        na2d(q, k, v, 3, backend="natten")
+
+
+def test_env_var_overrides_auto_only(monkeypatch):
+    q, k, v = _small()
+    monkeypatch.setenv(ENV_VAR, "natten")
+    with pytest.raises(RuntimeError, match="'natten' is unavailable"):
+        na2d(q, k, v, 3)
+    torch.testing.assert_close(na2d(q, k, v, 3, backend="torch"), na2d_reference(q, k, v, 3))
+    monkeypatch.setenv(ENV_VAR, "torch")
+    torch.testing.assert_close(na2d(q, k, v, 3), na2d_reference(q, k, v, 3))
+    monkeypatch.setenv(ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match=f"{ENV_VAR}='bogus' is not a backend"):
+        na2d(q, k, v, 3)
+
+
+def test_backend_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(na_module, "_logged_backends", set())
+    q, k, v = _small()
+    with caplog.at_level(logging.INFO, logger="stylenat.ops.na"):
+        na2d(q, k, v, 3)
+        na2d(q, k, v, 5)
+    messages = [r.getMessage() for r in caplog.records if r.name == "stylenat.ops.na"]
+    assert len(messages) == 1 and "torch backend" in messages[0]
+
+
+def test_available_backends_cpu():
+    assert available_backends("cpu") == ["torch"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dilation", [1, 2, 4])
+def test_natten_matches_torch_backend(dilation):
+    pytest.importorskip("natten")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 32, 24, 32, device="cuda", requires_grad=True) for _ in range(3))
+    outs, grads = [], []
+    for backend in ("natten", "torch"):
+        out = na2d(q, k, v, 7, dilation, backend=backend)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_backend_half_precision_on_cuda(dtype):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 32, 32, 32, device="cuda") for _ in range(3))
+    rpb = 0.02 * torch.randn(4, 13, 13, device="cuda")
+    got = na2d(q.to(dtype), k.to(dtype), v.to(dtype), 7, 4, rpb=rpb.to(dtype), backend="torch")
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), na2d_reference(q, k, v, 7, 4, rpb), rtol=3e-2, atol=3e-2)

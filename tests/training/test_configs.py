@@ -1,0 +1,148 @@
+"""Every config composes, each data set picks its recipe, and every key is documented where defined."""
+
+import re
+
+import pytest
+
+from stylenat.models.generator import GeneratorConfig
+from stylenat.training.config import ConfigError, compose_config
+from stylenat.training.loop import _check_config, resolve_config
+from stylenat.training.options import TrainOptions
+from tests.training.helpers import CONFIG_DIR
+
+DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+TRAINS = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
+DISCRIMINATORS = sorted(p.stem for p in (CONFIG_DIR / "discriminator").glob("*.yaml"))
+LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml"))
+
+RECIPES = {
+    "demo": ("tiny", "demo", 32),
+    "ffhq256": ("stylenat_256", "ffhq256", 256),
+    "ffhq1024": ("stylenat_1024", "ffhq1024", 1024),
+    "church256": ("stylenat_256", "church256", 256),
+    "folder": ("stylenat_256", "ffhq256", 256),
+}
+
+
+def compose(*overrides):
+    return resolve_config(compose_config(CONFIG_DIR, ["run_dir=/tmp/x", "dataset.path=/data", *overrides]))
+
+
+def test_the_groups_we_promise_exist():
+    assert set(RECIPES) <= set(DATASETS)
+    assert {"ffhq256", "ffhq1024", "church256", "demo"} <= set(TRAINS)
+    assert {"jsonl", "wandb"} <= set(LOGGERS)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_each_dataset_selects_its_recipe(dataset):
+    cfg = compose(f"dataset={dataset}")
+    _check_config(cfg)
+    TrainOptions.from_dict(cfg["train"])
+    GeneratorConfig.from_dict(cfg["model"]).validate()
+    model, train, resolution = RECIPES[dataset]
+    assert cfg["dataset"]["resolution"] == cfg["model"]["resolution"] == resolution
+    reference = compose(f"dataset={dataset}", f"model={model}", f"train={train}")
+    if dataset != "folder":  # folder adjusts the model's per-stage lists
+        assert cfg["model"] == reference["model"]
+    assert cfg["train"] == reference["train"]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_dataset_model_pair_composes(dataset, model):
+    cfg = compose(f"dataset={dataset}", f"model={model}")
+    assert cfg["model"]["z_dim"] > 0
+
+
+@pytest.mark.parametrize("train", TRAINS)
+@pytest.mark.parametrize("discriminator", DISCRIMINATORS)
+@pytest.mark.parametrize("logger", LOGGERS)
+def test_every_train_discriminator_logger_composes(train, discriminator, logger):
+    cfg = compose(f"train={train}", f"discriminator={discriminator}", f"logger={logger}")
+    opts = TrainOptions.from_dict(cfg["train"])
+    assert opts.total_images > 0
+    assert cfg["discriminator"]["name"] == discriminator
+    assert ("wandb" in cfg["logger"] and cfg["logger"]["wandb"] is not None) == (logger == "wandb")
+
+
+def test_recipe_numbers_from_the_spec():
+    ffhq = compose("dataset=ffhq256")["train"]
+    assert ffhq["total_kimg"] == 64_000 and ffhq["lr_decay_start_kimg"] == 49_600 and ffhq["lr_decay_end_kimg"] == 64_000
+    assert compose("dataset=ffhq256")["dataset"]["xflip"] is True
+    hi = compose("dataset=ffhq1024")
+    assert (hi["train"]["batch"], hi["train"]["batch_per_gpu"], hi["train"]["bcr_real"]) == (16, 2, 0.0)
+    assert hi["train"]["lr_decay_start_kimg"] == 600_000 * 16 / 1000
+    church = compose("dataset=church256")["train"]
+    assert (church["r1_gamma"], church["batch"], church["lr_decay_start_kimg"], church["total_kimg"]) == (5.0, 32, 41_600, 48_000)
+
+
+def test_folder_follows_dataset_resolution():
+    cfg = compose("dataset=folder", "dataset.resolution=64")
+    assert cfg["model"]["resolution"] == 64
+    GeneratorConfig.from_dict(cfg["model"]).validate()
+
+
+def test_demo_has_no_required_path():
+    cfg = resolve_config(compose_config(CONFIG_DIR, ["run_dir=/tmp/x"]))
+    assert cfg["dataset"]["path"] is None and cfg["model"]["resolution"] == 32
+
+
+def test_missing_path_is_one_line():
+    with pytest.raises(ValueError, match=r"^dataset.path is required: pass dataset.path=<value>"):
+        resolve_config(compose_config(CONFIG_DIR, ["run_dir=/tmp/x", "dataset=ffhq256"]))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.bogus=1", "Could not override 'train.bogus'"),
+        ("dataset=nope", r"Could not find 'dataset/nope' \(available: church256, demo"),
+        ("train.batch", "Error parsing override 'train.batch'"),
+    ],
+)
+def test_composition_errors_are_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        compose_config(CONFIG_DIR, [override])
+    assert "\n" not in str(info.value)
+
+
+KEY_LINE = re.compile(r"^(\s*)([A-Za-z_][A-Za-z0-9_]*):(.*)$")
+
+
+def _documented_keys(path):
+    """key -> has a comment, for every key line of a YAML file (nested keys as a.b)."""
+    out, stack = {}, []
+    for line in path.read_text().splitlines():
+        m = KEY_LINE.match(line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
+        stack = [(i, k) for i, k in stack if i < indent]
+        stack.append((indent, key))
+        if key == "defaults":
+            continue
+        out[".".join(k for _, k in stack)] = "#" in rest or rest.strip() == ""
+    return out
+
+
+@pytest.mark.parametrize(
+    "path, section",
+    [
+        ("config.yaml", None),
+        ("train/ffhq256.yaml", "train"),
+        ("dataset/demo.yaml", None),
+        ("logger/jsonl.yaml", "logger"),
+        ("logger/wandb.yaml", "logger"),
+    ],
+)
+def test_every_key_is_documented_where_it_is_defined(path, section):
+    keys = _documented_keys(CONFIG_DIR / path)
+    undocumented = [k for k, ok in keys.items() if not ok]
+    assert not undocumented, f"{path}: keys without a comment: {undocumented}"
+    if section == "train":
+        assert set(keys) == set(compose()["train"]), "ffhq256.yaml must define every train key"
+    if path == "dataset/demo.yaml":
+        for dataset in DATASETS:
+            assert {f"dataset.{k}" for k in compose(f"dataset={dataset}")["dataset"]} <= set(keys)
