@@ -103,17 +103,10 @@ def interpolation_frames(G, seeds, steps=8, truncation_psi=1.0, device="cpu"):
     return np.concatenate(frames)
 
 
-def resolve_device(name):
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return str(name)
-
-
 def run_generate(cfg):
     """generate.py's body: per-seed PNGs, a grid, and optional mixing/interpolation figures."""
     from stylenat.snapshot import load_generator
+    from stylenat.training.distributed import resolve_device
 
     device = resolve_device(cfg.device)
     G = load_generator(cfg.checkpoint, device=device)

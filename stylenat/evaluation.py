@@ -1,0 +1,78 @@
+"""evaluate.py's body: metrics of a snapshot against reference statistics, or the generator's throughput."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from stylenat.sampling import seed_latents
+
+
+def _real_source(cfg):
+    """Where the real side comes from: a statistics file, or the dataset's images (statistics cached)."""
+    if cfg.ref_stats:
+        return {"ref_stats": cfg.ref_stats}
+    dataset = cfg.get("dataset")
+    if not dataset:
+        raise ValueError("no real data: give ref_stats=<npz> or dataset=<name> dataset.path=<images>")
+    path = dataset.get("path")
+    if path is None and dataset.get("name") == "demo":
+        from stylenat.data.demo import demo_dataset_path
+
+        path = demo_dataset_path()
+    if path is None:
+        raise ValueError(f"dataset {dataset.get('name')!r} has no path: set dataset.path=<images>")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"dataset path {path} does not exist")
+    return {"real_data": str(path)}
+
+
+def run_metrics(cfg, G, device, rank=0):
+    from stylenat.metrics import append_jsonl, compute_metric, get_metric, load_inception
+
+    specs = [get_metric(name) for name in cfg.metrics]  # unknown names fail before any work
+    real = _real_source(cfg)
+    extractor = load_inception(cfg.inception_weights, device=device)
+
+    def generator_fn(seeds):
+        z = seed_latents(seeds.tolist(), G.z_dim, device)
+        return G(z, truncation_psi=cfg.truncation_psi).float()
+
+    results = []
+    for spec in specs:
+        record = compute_metric(
+            spec, generator_fn, extractor=extractor, num_gen=cfg.num_gen, batch_size=cfg.batch, device=device,
+            seed_start=cfg.seed_start, real_seed=cfg.real_seed, allow_mismatch=cfg.allow_mismatch, **real,
+        )
+        record.update(checkpoint=str(cfg.checkpoint), truncation_psi=cfg.truncation_psi)
+        if rank == 0:
+            out = Path(cfg.results) if cfg.results else Path(cfg.checkpoint).parent / f"metric-{spec.name}.jsonl"
+            append_jsonl(out, record)
+            print(json.dumps({k: record[k] for k in ("metric", "value", "protocol", "num_gen", "num_real")}))
+        results.append(record)
+    return results
+
+
+def run_evaluate(cfg):
+    """Single process, or one shard of seeds per process under torchrun (features gathered on rank 0)."""
+    from stylenat.snapshot import load_generator
+    from stylenat.training import distributed
+
+    if cfg.mode not in ("metrics", "throughput"):
+        raise ValueError(f"unknown mode {cfg.mode!r}; expected metrics or throughput")
+    env = distributed.init(cfg.device)
+    device = env.device
+    try:
+        G = load_generator(cfg.checkpoint, device=device)
+        if cfg.mode == "throughput":
+            from stylenat.metrics.throughput import measure_generator_throughput
+
+            t = cfg.throughput
+            record = measure_generator_throughput(
+                G, batch=t.batch, warmup=t.warmup, reps=t.reps, dtype=t.dtype, tf32=t.tf32, compile=t.compile
+            )
+            print(json.dumps(record))
+            return [record]
+        return run_metrics(cfg, G, device, rank=env.rank)
+    finally:
+        distributed.shutdown()
