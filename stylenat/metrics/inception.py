@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -234,8 +235,8 @@ class InceptionV3Features(nn.Module):
         self.eval()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"Inception expects [N, 3, H, W] input, got shape {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"Inception expects prepared [N, 3, 299, 299] input, got shape {tuple(x.shape)}")
         return self.layers(x).reshape(-1, FEATURE_DIM)
 
     def forward(self, images: torch.Tensor, protocol: str = "stylegan") -> torch.Tensor:
@@ -382,11 +383,9 @@ def from_pytorch_fid_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, tor
         except KeyError as exc:
             raise InceptionWeightsError(f"not a pytorch-fid Inception state_dict: missing key {exc}") from exc
         if not torch.all(gamma == 1):
-            # (x*g - m*g) / sqrt(v*g^2 + eps*(g^2-1) + eps) == g*(x - m)/sqrt(v + eps): fold g into w, m, v.
-            eps = 1e-3
+            # g * (x - m) / sqrt(v + eps) == (g*x - g*m) / sqrt(v + eps): fold the BN scale into w and m.
             w = w * gamma.view(-1, 1, 1, 1)
             mean = mean * gamma
-            var = (var + eps) * gamma**2 - eps
         out[f"{ours}.weight"] = w.float()
         out[f"{ours}.beta"] = beta.float()
         out[f"{ours}.mean"] = mean.float()
@@ -443,7 +442,9 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": read-only use
+            module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
         raise InceptionWeightsError(f"cannot load TorchScript file {path}: {exc}") from exc
     return from_torchscript_state_dict(module.state_dict())
@@ -530,13 +531,14 @@ def _write_cache(sd: dict[str, torch.Tensor], source: str, source_sha256: str, d
     target = root / CACHE_FILE
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        torch.save(sd, tmp)
-        os.replace(tmp, target)
+        # provenance first, weights last: whoever sees the weights file also finds its provenance
         meta = {"source": source, "source_sha256": source_sha256, "digest": digest}
         tmp_meta = target.with_name(f"{target.name}.{os.getpid()}.json.tmp")
         tmp_meta.write_text(json.dumps(meta, indent=1))
         os.replace(tmp_meta, target.with_suffix(".json"))
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        torch.save(sd, tmp)
+        os.replace(tmp, target)
         logger.info("cached converted Inception weights at %s", target)
     except OSError as exc:
         logger.warning("could not cache converted Inception weights at %s: %s", target, exc)

@@ -147,29 +147,35 @@ def _real_statistics(spec, proto, extractor, ref_stats, real_data, *, batch_size
             raise ValueError(
                 f"{spec.name} needs statistics of {spec.max_real} real images, {origin} has {stats.num_images}"
             )
+        if spec.max_real is None and stats.subset not in ("", "all"):
+            raise ValueError(
+                f"{spec.name} needs statistics of all real images, {origin} holds a {stats.subset!r} subset "
+                f"of {stats.num_images}"
+            )
         if need_features and stats.features is None:
             raise ValueError(f"{spec.name} needs real features; {origin} holds only mu/sigma (save with features)")
         return stats
     if isinstance(real_data, (str, os.PathLike, ImageFiles)):
         leader_first = distributed and use_cache
         if leader_first and rank != 0:
-            torch.distributed.barrier()  # rank 0 computes and caches first
-        stats = reference_statistics(
-            real_data,
-            proto.name,
-            extractor,
-            max_images=spec.max_real,
-            subset=spec.real_subset,
-            seed=real_seed,
-            batch_size=batch_size,
-            device=device,
-            keep_features=need_features,
-            use_cache=use_cache,
-            progress=progress and rank == 0,
-        )
-        if leader_first and rank == 0:
-            torch.distributed.barrier()
-        return stats
+            torch.distributed.barrier()  # rank 0 computes and caches first; the others then read the cache
+        try:
+            return reference_statistics(
+                real_data,
+                proto.name,
+                extractor,
+                max_images=spec.max_real,
+                subset=spec.real_subset,
+                seed=real_seed,
+                batch_size=batch_size,
+                device=device,
+                keep_features=need_features,
+                use_cache=use_cache,
+                progress=progress and rank == 0,
+            )
+        finally:
+            if leader_first and rank == 0:
+                torch.distributed.barrier()  # also on failure, so the other ranks fail the same way
     stats = compute_statistics(
         _take(real_data, spec.max_real),
         proto.name,

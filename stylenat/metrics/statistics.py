@@ -291,8 +291,8 @@ def check_statistics(
 ) -> FeatureStatistics:
     """Refuse statistics from another protocol or other Inception weights.
 
-    Weights match when the file hashes match, or when both sides carry equal tensor digests (the same
-    weights read from a different container). With ``allow_mismatch=True`` a mismatch warns loudly and
+    Weights match when the file hashes match (and are known), or when both sides carry equal tensor
+    digests (the same weights read from a different container). With ``allow_mismatch=True`` a mismatch warns loudly and
     is recorded in ``stats.mismatch`` instead.
     """
     protocol = get_protocol(protocol).name
@@ -300,7 +300,8 @@ def check_statistics(
     if stats.protocol != protocol:
         problems.append(f"protocol {stats.protocol!r} but {protocol!r} was requested")
     same_digest = bool(stats.weights_digest) and stats.weights_digest == weights_digest
-    if stats.weights_sha256 != weights_sha256 and not same_digest:
+    same_file = stats.weights_sha256 == weights_sha256 and weights_sha256 not in ("", UNKNOWN)
+    if not (same_file or same_digest):
         problems.append(
             f"Inception weights sha256 {stats.weights_sha256[:16]!r} but {weights_sha256[:16]!r} is loaded"
         )

@@ -1,0 +1,154 @@
+"""Statistics: accumulation, npz round trip and compatibility, protocol / weights checks, cache, real data."""
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenat.metrics import statistics as st
+from stylenat.metrics.images import ImageFiles, select_indices
+from stylenat.metrics.statistics import (
+    FeatureAccumulator,
+    FeatureStatistics,
+    StatisticsMismatchError,
+    check_statistics,
+    compute_statistics,
+    reference_statistics,
+)
+from tests.metrics.helpers import FakeExtractor
+
+
+def _folder(path, n=6, size=20, seed=0):
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i:03d}.png")
+    return path
+
+
+def _stats(protocol="stylegan", sha="a" * 64, digest="", n=5):
+    rng = np.random.default_rng(0)
+    return FeatureStatistics(mu=rng.random(3), sigma=np.eye(3), num_images=n, protocol=protocol,
+                             weights_sha256=sha, weights_digest=digest)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_accumulator_matches_numpy(ddof):
+    x = np.random.default_rng(1).standard_normal((103, 7)) * 3 + 10
+    acc = FeatureAccumulator(keep_features=True)
+    for chunk in np.array_split(x, [1, 17, 60]):
+        acc.update(torch.from_numpy(chunk).float() if len(chunk) == 1 else chunk)
+    mu, sigma = acc.mean_cov(ddof)
+    x32 = np.concatenate([x[:1].astype(np.float32), x[1:]])
+    np.testing.assert_allclose(mu, x32.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(x32, rowvar=False, ddof=ddof), rtol=1e-10, atol=1e-12)
+    assert acc.features().shape == (103, 7)
+
+
+def test_npz_roundtrip_with_metadata_and_features(tmp_path):
+    s = _stats()
+    s.features = np.ones((5, 3), np.float32)
+    s.data_fingerprint, s.subset, s.seed = "fp", "random", 7
+    loaded = FeatureStatistics.load(s.save(tmp_path / "s.npz"))
+    assert loaded.metadata() == s.metadata()
+    np.testing.assert_array_equal(loaded.mu, s.mu)
+    np.testing.assert_array_equal(loaded.features, s.features)
+    with np.load(tmp_path / "s.npz") as f:  # what pytorch-fid / clean-fid read
+        assert {"mu", "sigma", "protocol", "num_images", "weights_sha256", "data_fingerprint", "version"} <= set(f.files)
+
+
+def test_plain_mu_sigma_npz_is_accepted_as_unknown_and_refused_by_default(tmp_path):
+    np.savez(tmp_path / "pytorch_fid.npz", mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.warns(UserWarning, match="only mu/sigma"):
+        s = FeatureStatistics.load(tmp_path / "pytorch_fid.npz")
+    assert s.protocol == "unknown" and s.weights_sha256 == "unknown"
+    with pytest.raises(StatisticsMismatchError, match="protocol 'unknown' but 'pytorch_fid' was requested"):
+        check_statistics(s, "pytorch_fid", "b" * 64)
+    with pytest.warns(UserWarning, match="USING MISMATCHED STATISTICS"):
+        used = check_statistics(s, "pytorch_fid", "b" * 64, allow_mismatch=True)
+    assert "protocol 'unknown'" in used.mismatch
+
+
+def test_check_refuses_other_protocol_or_weights():
+    s = _stats("stylegan", "a" * 64, digest="d1")
+    assert check_statistics(s, "stylegan", "a" * 64) is s
+    with pytest.raises(StatisticsMismatchError) as err:
+        check_statistics(s, "pytorch_fid", "a" * 64)
+    assert "'stylegan'" in str(err.value) and "'pytorch_fid'" in str(err.value)
+    with pytest.raises(StatisticsMismatchError, match="weights sha256 'aaaaaaaaaaaaaaaa' but 'bbbbbbbbbbbbbbbb'"):
+        check_statistics(s, "stylegan", "b" * 64, "d2")
+    # same tensors read from another container (equal digests) are the same weights
+    assert check_statistics(s, "stylegan", "b" * 64, "d1") is s
+
+
+def test_compute_statistics_records_provenance():
+    batches = [torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8) for _ in range(3)]
+    s = compute_statistics(batches, "pytorch_fid", FakeExtractor(), progress=False, data_fingerprint="fp")
+    assert (s.num_images, s.protocol, s.cov_ddof, s.weights_sha256) == (12, "pytorch_fid", 1, "fake-weights")
+    assert s.mu.shape == (48,) and s.sigma.shape == (48, 48) and s.features is None
+    with pytest.raises(ValueError, match="empty input"):
+        compute_statistics([], "stylegan", FakeExtractor(), progress=False)
+
+
+def test_reference_statistics_folder_zip_cache_and_subsets(tmp_path, monkeypatch):
+    folder = _folder(tmp_path / "imgs")
+    ext = FakeExtractor()
+    first = reference_statistics(folder, "stylegan", ext, batch_size=4, progress=False)
+    assert first.num_images == 6 and first.subset == "all" and first.cov_ddof == 0
+    assert len(list(st.stats_cache_dir().glob("*.npz"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("should have been served from the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(st, "compute_statistics", boom)
+        cached = reference_statistics(folder, "stylegan", ext, batch_size=4, progress=False)
+    np.testing.assert_array_equal(cached.mu, first.mu)
+    # another protocol / count / seed -> other cache entries
+    reference_statistics(folder, "pytorch_fid", ext, progress=False)
+    sub = reference_statistics(folder, "stylegan", ext, max_images=3, subset="random", seed=1, progress=False)
+    assert sub.num_images == 3 and sub.subset == "random" and sub.seed == 1
+    assert len(list(st.stats_cache_dir().glob("*.npz"))) == 3
+    # the same images in a zip give the same statistics
+    archive = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(folder.iterdir()):
+            z.write(p, f"sub/{p.name}")
+    from_zip = reference_statistics(archive, "stylegan", ext, batch_size=4, use_cache=False, progress=False)
+    np.testing.assert_allclose(from_zip.mu, first.mu)
+    np.testing.assert_allclose(from_zip.sigma, first.sigma)
+
+
+def test_fewer_real_images_than_requested_is_an_error(tmp_path):
+    folder = _folder(tmp_path / "imgs", n=4)
+    with pytest.raises(ValueError, match="requested 10 real images but the data set has only 4"):
+        reference_statistics(folder, "stylegan", FakeExtractor(), max_images=10, progress=False)
+
+
+def test_image_files_reader(tmp_path):
+    folder = _folder(tmp_path / "imgs", n=3, size=12)
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(folder / "gray.png")  # grey, other size
+    (folder / "notes.txt").write_text("not an image")
+    files = ImageFiles(folder)
+    assert files.names == ["000.png", "001.png", "002.png", "gray.png"]
+    batches = list(files.batches(8))
+    assert [tuple(b.shape) for b in batches] == [(3, 3, 12, 12), (1, 3, 8, 10)]
+    assert batches[0].dtype == torch.uint8
+    assert files.fingerprint() == ImageFiles(folder).fingerprint()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ImageFiles(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        ImageFiles(tmp_path / "empty")
+    a = select_indices(100, 10, "random", seed=5)
+    assert np.array_equal(a, select_indices(100, 10, "random", seed=5)) and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, select_indices(100, 10, "random", seed=6))
+
+
+def test_throughput_measurement_reports_images_per_second():
+    from stylenat.metrics import measure_inception_throughput
+
+    r = measure_inception_throughput(FakeExtractor(), "pytorch_fid", batch_size=2, resolution=32, iters=1)
+    assert r["images_per_s"] > 0 and (r["protocol"], r["batch_size"], r["resolution"]) == ("pytorch_fid", 2, 32)
