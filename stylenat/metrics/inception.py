@@ -60,7 +60,7 @@ ENV_ALLOW_DOWNLOAD = "STYLENAT_ALLOW_DOWNLOAD"
 WEIGHT_SEARCH_ORDER: tuple[str, ...] = ("env", "cache", "fid_helper", "pytorch_fid", "download")
 
 
-class InceptionWeightsError(RuntimeError):
+class InceptionWeightsError(ValueError):
     """The Inception weights are missing, corrupt or not the expected file."""
 
 

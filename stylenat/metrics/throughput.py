@@ -45,3 +45,83 @@ def measure_inception_throughput(
         "torch_threads": torch.get_num_threads(),
         "device": str(dev or "cpu"),
     }
+
+
+def _peak_memory_mb(device) -> tuple[float, str]:
+    """Peak memory and what it measures: CUDA allocator peak, or the process's max RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+def generator_flops(G, batch: int = 1) -> float:
+    """FLOPs of one G(z) call (mapping + synthesis) as counted by torch's FlopCounterMode (matmuls, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(G.parameters()).device
+    z = torch.randn(batch, G.z_dim, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        G(z)
+    return float(counter.get_total_flops())
+
+
+def measure_generator_throughput(
+    G, batch: int = 1, warmup: int = 10, reps: int = 500, dtype: str = "float32", tf32: bool = True,
+    compile: bool = False, seed: int = 0,
+) -> dict:
+    """Images/s of G(z) (mapping + synthesis), the reference protocol: batch 1, 10 untimed + 500 timed calls,
+    CUDA events on a GPU, perf_counter on the CPU. Returns the figures and every setting that affects them."""
+    if batch < 1 or reps < 1 or warmup < 0:
+        raise ValueError(f"need batch >= 1, reps >= 1, warmup >= 0; got {batch}, {reps}, {warmup}")
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(dtypes)}")
+    device = next(G.parameters()).device
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.cuda.reset_peak_memory_stats(device)
+    run = torch.compile(G) if compile else G
+    z = torch.randn(batch, G.z_dim, device=device, generator=torch.Generator(device).manual_seed(seed))
+    autocast = torch.autocast(device.type, dtype=dtypes[dtype], enabled=dtypes[dtype] is not None)
+    times_ms = []
+    t_compile = time.perf_counter()
+    with torch.inference_mode(), autocast:
+        for i in range(warmup + reps):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run(z)
+                end.record()
+                torch.cuda.synchronize(device)
+                elapsed = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                run(z)
+                elapsed = (time.perf_counter() - t0) * 1e3
+            if i == 0:
+                first_call_s = time.perf_counter() - t_compile
+            if i >= warmup:
+                times_ms.append(elapsed)
+    peak, peak_kind = _peak_memory_mb(device)
+    times = torch.tensor(times_ms)
+    return {
+        "mode": "generator",
+        "resolution": G.resolution,
+        "batch": batch,
+        "reps": reps,
+        "warmup": warmup,
+        "dtype": dtype,
+        "tf32": tf32 if device.type == "cuda" else None,
+        "compile": compile,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "median_ms": float(times.median()),
+        "mean_ms": float(times.mean()),
+        "imgs_per_s": batch * len(times_ms) / (float(times.sum()) / 1e3),
+        "first_call_s": round(first_call_s, 3),
+        "peak_mem_mb": round(peak, 1),
+        "peak_mem_kind": peak_kind,
+    }
