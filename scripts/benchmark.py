@@ -2,7 +2,8 @@
 
     python scripts/benchmark.py na --res 64 --batch 4 --heads 8 --dim 32 --kernel 7 --dilation split
 
-Modes: ``na`` (the neighborhood-attention op against the naive gather oracle). Add a mode by writing
+Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), ``train-step`` (one
+training step of the tiny and the 256 model: sec/kimg and peak memory). Add a mode by writing
 ``bench_<mode>(args)`` and registering its parser in ``build_parser``.
 """
 
@@ -24,7 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stylenat.ops.na import na2d  # noqa: E402
 from stylenat.ops.na_reference import na2d_reference  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def emit(record: dict) -> None:
@@ -74,12 +80,23 @@ def _na_measure(args, impl: str, pass_: str) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     backward = pass_ == "fwd+bwd"
-    shape = (args.batch, args.heads, args.res, args.res, args.dim)
-    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
     groups = _na_groups(args)
     span = 2 * args.kernel - 1
+    # One set of leaf tensors per head group (as the model's split feeds them), so neither impl pays
+    # for slicing a shared tensor and accumulating its gradient.
+    qkv = [
+        [
+            torch.randn(
+                args.batch, sl.stop - sl.start, args.res, args.res, args.dim, device=device, dtype=dtype
+            ).requires_grad_(backward)
+            for _ in range(3)
+        ]
+        for sl, _ in groups
+    ]
     rpbs = [
-        (0.02 * torch.randn(sl.stop - sl.start, span, span, device=device, dtype=dtype)).requires_grad_(backward)
+        (0.02 * torch.randn(sl.stop - sl.start, span, span, device=device, dtype=dtype)).requires_grad_(
+            backward
+        )
         if not args.no_rpb
         else None
         for sl, _ in groups
@@ -87,14 +104,20 @@ def _na_measure(args, impl: str, pass_: str) -> dict:
     if impl == "oracle":
         op = na2d_reference
     else:
+
         def op(q, k, v, kernel_size, dilation, rpb):
             return na2d(q, k, v, kernel_size, dilation, rpb=rpb, backend=args.backend)
 
+    grads = None
+
     def step():
-        outs = [op(q[:, sl], k[:, sl], v[:, sl], args.kernel, d, rpb) for (sl, d), rpb in zip(groups, rpbs)]
+        nonlocal grads
+        outs = [op(q, k, v, args.kernel, d, rpb) for (q, k, v), (_, d), rpb in zip(qkv, groups, rpbs)]
         if backward:
-            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
-            for t in [q, k, v, *rpbs]:
+            if grads is None:
+                grads = [torch.randn_like(o) for o in outs]
+            torch.autograd.backward(outs, grads)
+            for t in [*(t for group in qkv for t in group), *rpbs]:
                 if t is not None:
                     t.grad = None
 
@@ -158,7 +181,13 @@ def bench_na(args) -> None:
     oracle_gb = 6 * args.batch * args.heads * args.res**2 * args.kernel**2 * args.dim * item / 2**30
     run_oracle = not args.no_oracle and oracle_gb <= args.oracle_max_gb
     if not args.no_oracle and not run_oracle:
-        emit({"mode": "na", "impl": "oracle_gather", "skipped": f"estimated {oracle_gb:.1f} GB > --oracle-max-gb"})
+        emit(
+            {
+                "mode": "na",
+                "impl": "oracle_gather",
+                "skipped": f"estimated {oracle_gb:.1f} GB > --oracle-max-gb",
+            }
+        )
     results = {}
     for pass_ in ("fwd", "fwd+bwd"):
         for impl in ("op", "oracle") if run_oracle else ("op",):
@@ -179,6 +208,112 @@ def bench_na(args) -> None:
         )
 
 
+# ----------------------------------------------------------------------------------------------------
+# mode: train-step
+# ----------------------------------------------------------------------------------------------------
+
+TRAIN_STEP_MODELS = {
+    # name -> config overrides (the demo recipe for tiny, the paper recipe for 256)
+    "tiny": ["dataset=demo"],
+    "stylenat_256": ["dataset=ffhq256", "dataset.path=/unused"],
+}
+
+
+def _train_step_measure(args, model: str) -> dict:
+    """One training step's parts (D + bCR, lazy R1, G) timed on random reals; peak memory of this process."""
+    import tempfile
+
+    from stylenat.training.config import compose_config
+    from stylenat.training.distributed import DistEnv
+    from stylenat.training.loop import Trainer, prepare_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    overrides = [
+        *TRAIN_STEP_MODELS[model],
+        f"run_dir={Path(tempfile.gettempdir()) / 'bench-train-step-unused'}",  # nothing is written
+        f"train.batch={args.batch}",
+        f"train.batch_per_gpu={args.batch}",
+        f"train.amp={args.amp}",
+        "logger.progress=false",
+    ]
+    cfg = compose_config(Path(__file__).resolve().parents[1] / "configs", overrides)
+    rss_before = _max_rss_mb()
+    env = DistEnv(rank=0, world_size=1, local_rank=device.index or 0, device=device)
+    res = cfg.model.resolution
+    norm = cfg.model.output_normalization
+    generator = torch.Generator().manual_seed(0)
+
+    def reals():
+        while True:
+            x = torch.rand(args.batch, 3, res, res, generator=generator) * 2 - 1
+            if norm == "imagenet":
+                mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+                std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+                x = ((x + 1) / 2 - mean) / std
+            yield x
+
+    trainer = Trainer(prepare_run(cfg, env), stream=reals())
+    batch = [trainer.next_reals()]
+    parts = {
+        "d_main": lambda: trainer.d_step(batch),
+        "r1": lambda: trainer.r1_step(batch),
+        "g_main": trainer.g_step,
+    }
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = {name: time_call(fn, device, args.reps, warmup=args.warmup) for name, fn in parts.items()}
+    med = {name: statistics.median(t) / 1e3 for name, t in times.items()}
+    r1_every = trainer.opts.r1_every
+    step_s = med["d_main"] + med["g_main"] + (med["r1"] / r1_every if trainer.opts.r1_gamma > 0 else 0.0)
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    else:
+        peak, kind = _max_rss_mb(), "cpu_max_rss_process"
+    return {
+        "mode": "train-step",
+        "model": model,
+        "g_params_m": round(sum(p.numel() for p in trainer.G.parameters()) / 1e6, 3),
+        "d_params_m": round(sum(p.numel() for p in trainer.D.parameters()) / 1e6, 3),
+        "resolution": res,
+        "batch": args.batch,
+        "amp": args.amp,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "reps": args.reps,
+        "d_step_s": round(med["d_main"], 4),
+        "r1_step_s": round(med["r1"], 4),
+        "g_step_s": round(med["g_main"], 4),
+        "step_s_with_r1": round(med["d_main"] + med["r1"] + med["g_main"], 4),
+        "step_s_amortized": round(step_s, 4),
+        "sec_per_kimg": round(step_s / args.batch * 1000, 1),
+        "peak_mem_mb": round(peak, 1),
+        "peak_mem_kind": kind,
+        "rss_before_build_mb": round(rss_before, 1) if device.type == "cpu" else None,
+    }
+
+
+def _train_step_child(args, model, queue) -> None:
+    queue.put(_train_step_measure(args, model))
+
+
+def bench_train_step(args) -> None:
+    """Training sec/kimg and peak memory per model (G step + D step with bCR + lazy R1 amortised)."""
+    for model in args.models:
+        if torch.device(args.device).type == "cuda":
+            emit(_train_step_measure(args, model))
+            continue
+        ctx = mp.get_context("spawn")  # a fresh process per model, so the max RSS is its own
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_train_step_child, args=(args, model, queue))
+        proc.start()
+        emit(queue.get())
+        proc.join()
+
+
 def _dilation_arg(value: str) -> str:
     if value != "split" and not (value.isdigit() and int(value) >= 1):
         raise argparse.ArgumentTypeError(f"--dilation must be a positive integer or 'split', got {value!r}")
@@ -186,7 +321,9 @@ def _dilation_arg(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     modes = parser.add_subparsers(dest="mode", required=True)
 
     na = modes.add_parser("na", help="neighborhood attention op vs the naive gather oracle")
@@ -205,6 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--oracle-max-gb", type=float, default=6.0)
     na.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     na.set_defaults(func=bench_na)
+
+    ts = modes.add_parser(
+        "train-step", help="one training step (G + D + bCR + lazy R1): sec/kimg, peak memory"
+    )
+    ts.add_argument(
+        "--models", nargs="+", choices=sorted(TRAIN_STEP_MODELS), default=["tiny", "stylenat_256"]
+    )
+    ts.add_argument("--batch", type=int, default=2)
+    ts.add_argument("--reps", type=int, default=3)
+    ts.add_argument("--warmup", type=int, default=1)
+    ts.add_argument("--device", default="cpu")
+    ts.add_argument("--amp", choices=("false", "bf16"), default="false")
+    ts.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ts.set_defaults(func=bench_train_step)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Low-level tensor operations: neighborhood attention, FIR resampling, Haar wavelets."""
 
-from stylenat.ops.na import na2d
+from stylenat.ops.na import available_backends, na2d
 from stylenat.ops.upfirdn import Blur, Downsample, downsample2d, make_kernel, upfirdn2d, upsample2d
 from stylenat.ops.wavelet import HaarTransform, InverseHaarTransform, haar_filters
 
@@ -9,6 +9,7 @@ __all__ = [
     "Downsample",
     "HaarTransform",
     "InverseHaarTransform",
+    "available_backends",
     "downsample2d",
     "haar_filters",
     "make_kernel",

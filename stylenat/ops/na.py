@@ -36,6 +36,10 @@ ENV_VAR = "STYLENAT_NA_BACKEND"
 _CPU_CHUNK_ELEMS = 1 << 20
 _GPU_CHUNK_ELEMS = 1 << 27
 
+# The backward recomputes attention probabilities unless keeping them takes at most this much memory
+# (small maps, where recomputation is a large share of the cost and the memory is modest).
+_SAVE_PROBS_BYTES = 0
+
 _logged_backends: set[str] = set()
 
 
@@ -134,88 +138,105 @@ def _axis_plan(length: int, kernel_size: int, dilation: int, tile: int) -> _Axis
     )
 
 
+def _dedupe(rel: Tensor) -> tuple[list[int], Tensor]:
+    """Kind of every axis tile (tiles with the same window pattern share one) and the patterns."""
+    kinds: dict[bytes, int] = {}
+    ids = [kinds.setdefault(t.numpy().tobytes(), len(kinds)) for t in rel]
+    first = {kind: i for i, kind in reversed(list(enumerate(ids)))}
+    return ids, rel[[first[kind] for kind in range(len(kinds))]]
+
+
+@dataclass(frozen=True, eq=False)
+class _Piece:
+    """A run of 2-D tiles of one kind, processed together."""
+
+    kind: int
+    n_tiles: int
+    q_index: Tensor  # [n_tiles * tile_q] token of every query slot (tokens are y * W + x)
+    k_index: Tensor  # [n_tiles * tile_k] token of every key slot
+    out_slots: Tensor | None  # query slots that hold a real query (None: all of them)
+    out_tokens: Tensor  # the tokens of those slots
+    q_valid: Tensor | None  # [n_tiles, tile_q, 1] bool, False on repeated query slots (None: all real)
+
+
 @dataclass(frozen=True, eq=False)
 class _Plan:
-    """2-D tiling: tiles are (y tile, x tile) pairs; tokens are flattened as y * W + x."""
+    """2-D tiling. Tiles are grouped by kind (their mask pattern), so a mask is [tile_q, tile_k] per kind
+    and broadcasts over every tile of a piece: masks stay tiny at any resolution."""
 
-    n_tiles: int
-    tile_q: int  # queries per tile
-    tile_k: int  # keys per tile
-    q_index: Tensor  # [n_tiles * tile_q] token of every query slot
-    k_index: Tensor  # [n_tiles * tile_k] token of every key slot
-    out_index: Tensor  # [H * W] query slot of every token
-    q_valid: Tensor  # [n_tiles * tile_q] bool
-    bias_index: Tensor  # [n_tiles, tile_q, tile_k] flat RPB index, (2k-1)^2 outside the window
-    tiles_yx: tuple[int, int, int, int, int, int]  # (ny, nx, ty, tx, hy, hx)
-    onehot_y: Tensor  # [ny * ty * hy, 2k-1] bool: slot pair -> RPB row (all False outside the window)
-    onehot_x: Tensor  # [nx * tx * hx, 2k-1] bool
+    tile_q: int
+    tile_k: int
+    pieces: tuple[_Piece, ...]
+    bias_index: Tensor  # [kinds, tile_q, tile_k] flat RPB index, (2k-1)^2 outside the window
 
 
 @functools.lru_cache(maxsize=256)
 def _plan(height: int, width: int, kernel_size: int, dilation: int, tiles: tuple[int, int], device) -> _Plan:
     py = _axis_plan(height, kernel_size, dilation, tiles[0])
     px = _axis_plan(width, kernel_size, dilation, tiles[1])
-    ny, nx = py.q_pos.shape[0], px.q_pos.shape[0]
-    ty, tx, hy, hx = py.tile, px.tile, py.halo, px.halo
-
-    # Tile-major, then row-major inside a tile: [ny, nx, ty, tx].
-    q_index = py.q_pos[:, None, :, None] * width + px.q_pos[None, :, None, :]
-    k_index = py.k_pos[:, None, :, None] * width + px.k_pos[None, :, None, :]
-    q_valid = py.q_valid[:, None, :, None] & px.q_valid[None, :, None, :]
-    tile_y, in_y = py.slot // ty, py.slot % ty
-    tile_x, in_x = px.slot // tx, px.slot % tx
-    out_index = ((tile_y[:, None] * nx + tile_x[None, :]) * ty + in_y[:, None]) * tx + in_x[None, :]
+    kind_y, rel_y = _dedupe(py.rel)
+    kind_x, rel_x = _dedupe(px.rel)
+    tile_q, tile_k = py.tile * px.tile, py.halo * px.halo
 
     span = 2 * kernel_size - 1
-    ry = py.rel[:, None, :, None, :, None]  # [ny, 1, ty, 1, hy, 1]
-    rx = px.rel[None, :, None, :, None, :]  # [1, nx, 1, tx, 1, hx]
+    ry = rel_y[:, None, :, None, :, None]  # [kinds_y, 1, ty, 1, hy, 1]
+    rx = rel_x[None, :, None, :, None, :]  # [1, kinds_x, 1, tx, 1, hx]
     bias_index = torch.where((ry >= 0) & (rx >= 0), ry * span + rx, span * span)
 
-    def put(t: Tensor) -> Tensor:
-        return t.reshape(-1).to(device)
-
-    def onehot(rel: Tensor) -> Tensor:
-        return (rel.reshape(-1, 1) == torch.arange(span)).to(device)
-
+    by_kind: dict[int, list[tuple[int, int]]] = {}
+    for ty, ky in enumerate(kind_y):
+        for tx, kx in enumerate(kind_x):
+            by_kind.setdefault(ky * len(rel_x) + kx, []).append((ty, tx))
+    budget = _GPU_CHUNK_ELEMS if torch.device(device).type != "cpu" else _CPU_CHUNK_ELEMS
+    per_piece = max(1, budget // (tile_q * tile_k))
+    pieces = []
+    for kind, tile_list in by_kind.items():
+        for i in range(0, len(tile_list), per_piece):
+            ty, tx = torch.tensor(tile_list[i : i + per_piece]).unbind(1)
+            q_index = py.q_pos[ty][:, :, None] * width + px.q_pos[tx][:, None, :]
+            k_index = py.k_pos[ty][:, :, None] * width + px.k_pos[tx][:, None, :]
+            valid = (py.q_valid[ty][:, :, None] & px.q_valid[tx][:, None, :]).reshape(-1)
+            q_index = q_index.reshape(-1)
+            slots = None if bool(valid.all()) else valid.nonzero().squeeze(1).to(device)
+            pieces.append(
+                _Piece(
+                    kind=kind,
+                    n_tiles=len(ty),
+                    q_index=q_index.to(device),
+                    k_index=k_index.reshape(-1).to(device),
+                    out_slots=slots,
+                    out_tokens=q_index[valid].to(device),
+                    q_valid=None if slots is None else valid.view(len(ty), tile_q, 1).to(device),
+                )
+            )
     return _Plan(
-        n_tiles=ny * nx,
-        tile_q=ty * tx,
-        tile_k=hy * hx,
-        q_index=put(q_index),
-        k_index=put(k_index),
-        out_index=put(out_index),
-        q_valid=put(q_valid),
-        bias_index=bias_index.reshape(ny * nx, ty * tx, hy * hx).to(device),
-        tiles_yx=(ny, nx, ty, tx, hy, hx),
-        onehot_y=onehot(py.rel),
-        onehot_x=onehot(px.rel),
+        tile_q=tile_q,
+        tile_k=tile_k,
+        pieces=tuple(pieces),
+        bias_index=bias_index.reshape(-1, tile_q, tile_k).to(device),
     )
 
 
 @functools.lru_cache(maxsize=256)
 def _window_mask(plan: _Plan, kernel_size: int, dtype: torch.dtype) -> Tensor:
-    """Additive mask without RPB: 0 inside each query's window, -inf outside."""
+    """Additive masks [1, kinds, tile_q, tile_k] without RPB: 0 inside each query's window, -inf outside."""
     outside = plan.bias_index == (2 * kernel_size - 1) ** 2
     zero = torch.zeros((), dtype=dtype, device=outside.device)
-    return zero.masked_fill(outside, float("-inf"))
+    return zero.masked_fill(outside, float("-inf")).unsqueeze(0)
 
 
-def _bias_grad(grad_logits: Tensor, plan: _Plan) -> Tensor:
-    """Sum logit gradients [n_tiles, tile_q, tile_k] into the RPB table [2k-1, 2k-1] of one head.
-
-    The window is a product of axis windows, so the sum factorises into two small matmuls with the
-    per-axis one-hot offset tables (a scatter-add over every logit is far slower on the CPU).
-    """
-    ny, nx, ty, tx, hy, hx = plan.tiles_yx
-    g = grad_logits.view(ny, nx, ty, tx, hy, hx).permute(0, 2, 4, 1, 3, 5).reshape(ny * ty * hy, -1)
-    oy, ox = plan.onehot_y.to(g.dtype), plan.onehot_x.to(g.dtype)
-    return oy.t() @ (g @ ox)
+def _bias_masks(rpb: Tensor, plan: _Plan) -> Tensor:
+    """Additive masks [heads, kinds, tile_q, tile_k]: each head's RPB inside the windows, -inf outside."""
+    table = torch.cat([rpb.flatten(1), rpb.new_full((rpb.shape[0], 1), float("-inf"))], dim=1)
+    return table.index_select(1, plan.bias_index.view(-1)).view(rpb.shape[0], *plan.bias_index.shape)
 
 
-def _bias_mask(rpb_head: Tensor, plan: _Plan) -> Tensor:
-    """Additive mask of one head: its RPB inside each window, -inf outside."""
-    table = torch.cat([rpb_head.reshape(-1), rpb_head.new_full((1,), float("-inf"))])
-    return table[plan.bias_index]
+def _bias_grad(grad_masks: Tensor, plan: _Plan, rpb: Tensor) -> Tensor:
+    """Sum gradients of the masks [heads, kinds, tile_q, tile_k] into the RPB tables."""
+    n_bins = rpb.shape[1] * rpb.shape[2]
+    table = grad_masks.new_zeros(rpb.shape[0], n_bins + 1)
+    table.index_add_(1, plan.bias_index.view(-1), grad_masks.flatten(1))
+    return table[:, :n_bins].view(rpb.shape)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,129 +244,166 @@ def _bias_mask(rpb_head: Tensor, plan: _Plan) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _chunks(plan: _Plan, batch: int, heads: int, per_head: bool, device: torch.device):
-    """(head or None, first, last) ranges over the flattened batch*heads axis."""
+def _blocks(piece: _Piece, plan: _Plan, batch: int, heads: int, device: torch.device):
+    """(b0, b1, h0, h1): rectangles of (batch, head) items, each within the logit budget."""
     budget = _GPU_CHUNK_ELEMS if device.type != "cpu" else _CPU_CHUNK_ELEMS
-    per_item = plan.n_tiles * plan.tile_q * plan.tile_k
-    step = max(1, budget // per_item)
-    if per_head:  # items of one chunk share a head: index [head, b0:b1] of a [heads, B] layout
-        for h in range(heads):
-            for b in range(0, batch, step):
-                yield h, h * batch + b, h * batch + min(b + step, batch)
+    step = max(1, budget // (piece.n_tiles * plan.tile_q * plan.tile_k))
+    if step >= heads:
+        per = step // heads
+        for b0 in range(0, batch, per):
+            yield b0, min(b0 + per, batch), 0, heads
     else:
-        for i in range(0, batch * heads, step):
-            yield None, i, min(i + step, batch * heads)
+        for b in range(batch):
+            for h0 in range(0, heads, step):
+                yield b, b + 1, h0, min(h0 + step, heads)
+
+
+def _chunks(plan: _Plan, batch: int, heads: int, device: torch.device):
+    """(piece, items) in a fixed order (the backward replays the forward's order)."""
+    for piece in plan.pieces:
+        for b0, b1, h0, h1 in _blocks(piece, plan, batch, heads, device):
+            yield piece, (slice(b0, b1), slice(h0, h1))
+
+
+def _items(x: Tensor):
+    """The 2-D [tokens, D] blocks of a chunk x [cb, ch, tokens, D]."""
+    return [x[b, h] for b in range(x.shape[0]) for h in range(x.shape[1])]
+
+
+def _per_item(x: Tensor, index: Tensor) -> bool:
+    """Loop over items? On the CPU, index_select / index_add_ along dim 0 of 2-D blocks beat the same
+    ops along an inner dim of the whole chunk once the blocks are not tiny; on accelerators one
+    batched launch wins."""
+    return x.device.type == "cpu" and index.numel() * x.shape[-1] >= 1 << 14
 
 
 def _gather(x: Tensor, index: Tensor, rows: int) -> Tensor:
-    """x [n, tokens, D] -> [n, tiles, rows, D] (index_select on dim 0 is the fast path on the CPU)."""
-    if x.shape[0] == 1:
-        g = x[0].index_select(0, index).unsqueeze(0)
+    """Token rows of x [cb, ch, tokens, D] (any strides) -> tiles [cb, ch, n_tiles, rows, D]."""
+    cb, ch, _, dim = x.shape
+    if _per_item(x, index):
+        out = x.new_empty(cb, ch, index.numel(), dim)
+        for src, dst in zip(_items(x), _items(out)):
+            torch.index_select(src, 0, index, out=dst)
     else:
-        g = x.index_select(1, index)
-    return g.view(x.shape[0], -1, rows, x.shape[-1])
+        out = x.index_select(2, index)
+    return out.view(cb, ch, -1, rows, dim)
 
 
-def _scatter_back(x: Tensor, index: Tensor) -> Tensor:
-    """Tile slots [n, slots, D] -> tokens [n, tokens, D] (each token has exactly one slot)."""
-    if x.shape[0] == 1:
-        return x[0].index_select(0, index).unsqueeze(0)
-    return x.index_select(1, index)
-
-
-def _fold_into(out: Tensor, x: Tensor, index: Tensor) -> None:
-    """Add halo-slot gradients [n, slots, D] into tokens out [n, tokens, D] (halos overlap)."""
-    if x.shape[0] == 1:
-        out[0].index_add_(0, index, x[0])
+def _untile(x: Tensor, piece: _Piece, out: Tensor) -> None:
+    """Write query-slot values x [cb, ch, n_tiles, rows, D] to their tokens in out [cb, ch, tokens, D]."""
+    x = x.flatten(2, 3)
+    if piece.out_slots is not None:
+        x = x.index_select(2, piece.out_slots)
+    if _per_item(x, piece.out_tokens):
+        for src, dst in zip(_items(x), _items(out)):
+            dst.index_copy_(0, piece.out_tokens, src)
     else:
-        out.index_add_(1, index, x)
+        out.index_copy_(2, piece.out_tokens, x)
+
+
+def _fold(x: Tensor, index: Tensor, out: Tensor) -> None:
+    """Add key-slot gradients x [cb, ch, n_tiles, rows, D] into out [cb, ch, tokens, D] (halos overlap)."""
+    x = x.flatten(2, 3)
+    if _per_item(x, index):
+        for src, dst in zip(_items(x), _items(out)):
+            dst.index_add_(0, index, src)
+    else:
+        out.index_add_(2, index, x)
 
 
 def _probs(qt: Tensor, kt: Tensor, mask: Tensor) -> Tensor:
-    """Attention probabilities of a chunk of tiles.
+    """Attention probabilities of a chunk of tiles; mask [ch, tile_q, tile_k] broadcasts over tiles.
 
-    Recomputed in the backward rather than saved. softmax, not exp(logits - logsumexp): on the CPU
-    torch.exp takes a slow path on the many -inf (underflowing) entries, softmax's kernel does not.
+    softmax rather than exp(logits - logsumexp): on the CPU torch.exp takes a slow path on the many
+    -inf (underflowing) entries, softmax's kernel does not.
     """
-    return torch.softmax(torch.matmul(qt, kt.transpose(-1, -2)).add_(mask), dim=-1)
+    logits = torch.matmul(qt, kt.transpose(-1, -2))
+    return torch.softmax(logits.add_(mask.unsqueeze(1)), dim=-1)
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """[B, heads, H, W, D] -> [B, heads, H*W, D], a view whenever H, W, D are laid out densely."""
+    return x.flatten(2, 3)
 
 
 class _TiledNA(torch.autograd.Function):
-    """Tiled neighborhood attention; q, k, v: [heads, B, tokens, D] (q already scaled)."""
+    """Tiled neighborhood attention on q, k, v [B, heads, H, W, D].
+
+    Saves the inputs and the output; the attention probabilities are kept too when they are small
+    (see _SAVE_PROBS_BYTES), else recomputed chunk by chunk in the backward.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int):
-        heads, batch, tokens, dim = q.shape
-        qf, kf, vf = (t.reshape(heads * batch, tokens, dim) for t in (q, k, v))
-        out = torch.empty_like(qf)
-        mask = None if rpb is not None else _window_mask(plan, kernel_size, q.dtype)
-        for h, i0, i1 in _chunks(plan, batch, heads, rpb is not None, q.device):
-            if rpb is not None and (mask is None or i0 == h * batch):
-                mask = _bias_mask(rpb[h], plan)
-            qt = _gather(qf[i0:i1], plan.q_index, plan.tile_q)
-            kt = _gather(kf[i0:i1], plan.k_index, plan.tile_k)
-            vt = _gather(vf[i0:i1], plan.k_index, plan.tile_k)
-            ot = torch.matmul(_probs(qt, kt, mask), vt)
-            out[i0:i1] = _scatter_back(ot.view(i1 - i0, -1, dim), plan.out_index)
+    def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float):
+        batch, heads = q.shape[:2]
+        qf, kf, vf = _tokens(q), _tokens(k), _tokens(v)
+        out = q.new_empty(q.shape)
+        of = _tokens(out)
+        masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
+        n_slots = sum(p.n_tiles for p in plan.pieces) * plan.tile_q * plan.tile_k
+        keep = any(ctx.needs_input_grad) and batch * heads * n_slots * q.element_size() <= _SAVE_PROBS_BYTES
+        kept = []
+        for piece, items in _chunks(plan, batch, heads, q.device):
+            qt = _gather(qf[items], piece.q_index, plan.tile_q).mul_(scale)
+            kt = _gather(kf[items], piece.k_index, plan.tile_k)
+            vt = _gather(vf[items], piece.k_index, plan.tile_k)
+            probs = _probs(qt, kt, masks[items[1] if rpb is not None else slice(None), piece.kind])
+            _untile(torch.matmul(probs, vt), piece, of[items])
+            if keep:
+                kept.append(probs)
         ctx.save_for_backward(q, k, v, rpb, out)
-        ctx.plan, ctx.kernel_size = plan, kernel_size
-        return out.view(heads, batch, tokens, dim)
+        ctx.plan, ctx.kernel_size, ctx.scale, ctx.kept = plan, kernel_size, scale, kept if keep else None
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q, k, v, rpb, out = ctx.saved_tensors
-        plan, kernel_size = ctx.plan, ctx.kernel_size
-        heads, batch, tokens, dim = q.shape
-        qf, kf, vf = (t.reshape(heads * batch, tokens, dim) for t in (q, k, v))
-        go = grad_out.reshape(heads * batch, tokens, dim)
-        # delta_i = sum_j P_ij dP_ij = dO_i . O_i; zero it (and dO) on repeated query slots so they
-        # contribute nothing to any gradient.
-        delta = (go * out).sum(-1, keepdim=True)
-        valid = plan.q_valid.to(q.dtype).view(1, plan.n_tiles, plan.tile_q, 1)
-        grad_q, grad_k, grad_v = torch.empty_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
+        plan, scale, kept = ctx.plan, ctx.scale, ctx.kept
+        ctx.kept = None
+        batch, heads = q.shape[:2]
+        qf, kf, vf, gof, of = _tokens(q), _tokens(k), _tokens(v), _tokens(grad_out), _tokens(out)
+        grad_q, grad_k, grad_v = q.new_empty(q.shape), q.new_zeros(q.shape), q.new_zeros(q.shape)
+        gqf, gkf, gvf = _tokens(grad_q), _tokens(grad_k), _tokens(grad_v)
         need_rpb = rpb is not None and ctx.needs_input_grad[3]
-        grad_rpb = torch.zeros_like(rpb) if need_rpb else None
-        mask = None if rpb is not None else _window_mask(plan, kernel_size, q.dtype)
-        for h, i0, i1 in _chunks(plan, batch, heads, rpb is not None, q.device):
-            if rpb is not None and (mask is None or i0 == h * batch):
-                mask = _bias_mask(rpb[h], plan)
-            qt = _gather(qf[i0:i1], plan.q_index, plan.tile_q)
-            kt = _gather(kf[i0:i1], plan.k_index, plan.tile_k)
-            vt = _gather(vf[i0:i1], plan.k_index, plan.tile_k)
-            got = _gather(go[i0:i1], plan.q_index, plan.tile_q).mul_(valid)
-            dt = _gather(delta[i0:i1], plan.q_index, plan.tile_q).mul_(valid)
-            probs = _probs(qt, kt, mask)
-            gvt = torch.matmul(probs.transpose(-1, -2), got)
-            gs = torch.matmul(got, vt.transpose(-1, -2)).sub_(dt).mul_(probs)  # dL/dlogits
-            gqt = torch.matmul(gs, kt)
-            gkt = torch.matmul(gs.transpose(-1, -2), qt)
-            n = i1 - i0
-            grad_q[i0:i1] = _scatter_back(gqt.view(n, -1, dim), plan.out_index)
-            _fold_into(grad_k[i0:i1], gkt.view(n, -1, dim), plan.k_index)
-            _fold_into(grad_v[i0:i1], gvt.view(n, -1, dim), plan.k_index)
+        masks = None
+        if kept is None:
+            masks = _window_mask(plan, ctx.kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
+        grad_masks = q.new_zeros(heads, *plan.bias_index.shape) if need_rpb else None
+        for i, (piece, items) in enumerate(_chunks(plan, batch, heads, q.device)):
+            qt = _gather(qf[items], piece.q_index, plan.tile_q).mul_(scale)
+            kt = _gather(kf[items], piece.k_index, plan.tile_k)
+            vt = _gather(vf[items], piece.k_index, plan.tile_k)
+            got = _gather(gof[items], piece.q_index, plan.tile_q)
+            if piece.q_valid is not None:  # repeated query slots must not count twice: dO = 0
+                got = got * piece.q_valid
+            # delta_i = sum_j P_ij dP_ij = dO_i . O_i
+            delta = (got * _gather(of[items], piece.q_index, plan.tile_q)).sum(-1, keepdim=True)
+            if kept is None:
+                probs = _probs(qt, kt, masks[items[1] if rpb is not None else slice(None), piece.kind])
+            else:
+                probs = kept[i]
+            _fold(torch.matmul(probs.transpose(-1, -2), got), piece.k_index, gvf[items])
+            gs = torch.matmul(got, vt.transpose(-1, -2)).sub_(delta).mul_(probs)  # dL/dlogits
+            _untile(torch.matmul(gs, kt).mul_(scale), piece, gqf[items])
+            _fold(torch.matmul(gs.transpose(-1, -2), qt), piece.k_index, gkf[items])
             if need_rpb:
-                grad_rpb[h] += _bias_grad(gs.sum(0), plan)
-        shape = (heads, batch, tokens, dim)
-        return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), grad_rpb, None, None
+                grad_masks[items[1], piece.kind] += gs.sum(dim=(0, 2))
+        grad_rpb = _bias_grad(grad_masks, plan, rpb) if need_rpb else None
+        return grad_q, grad_k, grad_v, grad_rpb, None, None, None
 
 
 def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None):
-    batch, heads, height, width, dim = q.shape
+    _, _, height, width, _ = q.shape
     if tiles is None:
         tiles = (
             _pick_tile(-(-height // dilation), kernel_size),
             _pick_tile(-(-width // dilation), kernel_size),
         )
     plan = _plan(height, width, kernel_size, dilation, tuple(tiles), q.device)
-
-    def heads_first(t: Tensor) -> Tensor:
-        return t.transpose(0, 1).reshape(heads, batch, height * width, dim)
-
     if rpb is not None:
         rpb = rpb.to(q.dtype)
-    out = _TiledNA.apply(heads_first(q * scale), heads_first(k), heads_first(v), rpb, plan, kernel_size)
-    return out.view(heads, batch, height, width, dim).transpose(0, 1)
+    return _TiledNA.apply(q, k, v, rpb, plan, kernel_size, scale)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -354,19 +412,22 @@ def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None):
 
 
 @functools.lru_cache(maxsize=1)
-def _natten_module():
-    """natten if importable (>= 0.20 functional API), else None."""
+def _natten_import():
+    """(natten, None) when natten >= 0.20 imports, else (None, why not). Imported lazily, once."""
     try:
         import natten
-    except ImportError:
-        return None
-    return natten if hasattr(natten, "na2d") else None
+    except (ImportError, OSError) as err:  # OSError: a build that does not match the CUDA/torch libs
+        return None, f"natten does not import ({type(err).__name__}: {err})"
+    if not hasattr(natten, "na2d"):
+        return None, f"natten {getattr(natten, '__version__', '?')} is too old (needs >= 0.20)"
+    return natten, None
 
 
 def _natten_unavailable(q: Tensor, rpb: Tensor | None) -> str | None:
     """Why the natten backend cannot run this call, or None when it can."""
-    if _natten_module() is None:
-        return "natten (>= 0.20) is not installed"
+    natten, why = _natten_import()
+    if natten is None:
+        return why
     if q.device.type != "cuda":
         return f"tensors are on {q.device.type}, natten's fused kernels need CUDA"
     if rpb is not None:
@@ -379,7 +440,7 @@ def _natten_unavailable(q: Tensor, rpb: Tensor | None) -> str | None:
 
 
 def _na2d_natten(q, k, v, kernel_size, dilation, scale):
-    natten = _natten_module()
+    natten, _ = _natten_import()
     # natten wants [B, H, W, heads, D]; ours is [B, heads, H, W, D].
     q, k, v = (t.permute(0, 2, 3, 1, 4).contiguous() for t in (q, k, v))
     out = natten.na2d(q, k, v, kernel_size=kernel_size, dilation=dilation, scale=scale)
@@ -394,7 +455,7 @@ def _na2d_natten(q, k, v, kernel_size, dilation, scale):
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """Backends that can run on ``device`` (without RPB)."""
     names = ["torch"]
-    if _natten_module() is not None and torch.device(device).type == "cuda":
+    if _natten_import()[0] is not None and torch.device(device).type == "cuda":
         names.append("natten")
     return names
 
@@ -421,9 +482,7 @@ def _validate(q, k, v, kernel_size, dilation, rpb):
     if q.dim() != 5:
         raise ValueError(f"q must be [B, heads, H, W, D], got shape {tuple(q.shape)}")
     if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            f"q, k, v shapes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
+        raise ValueError(f"q, k, v shapes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size}")
     if not isinstance(dilation, int) or dilation < 1:
@@ -439,6 +498,8 @@ def _validate(q, k, v, kernel_size, dilation, rpb):
         expected = (q.shape[1], span, span)
         if tuple(rpb.shape) != expected:
             raise ValueError(f"rpb must have shape {expected}, got {tuple(rpb.shape)}")
+        if rpb.device != q.device:
+            raise ValueError(f"rpb is on {rpb.device} but q is on {q.device}")
 
 
 def na2d(

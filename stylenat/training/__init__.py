@@ -1,7 +1,22 @@
-"""Training: the loop, losses (non-saturating, R1, bCR), DiffAugment, EMA, checkpoints, distributed, sinks."""
+"""Training: the loop, losses (non-saturating, R1, bCR), DiffAugment, EMA, checkpoints, distributed, sinks.
 
-from stylenat.training.checkpoint import ResumeError
-from stylenat.training.loop import Trainer, prepare_run, train
-from stylenat.training.options import TrainOptions
+Exports load lazily so that `train.py --help` and config errors answer without importing torch.
+"""
 
-__all__ = ["ResumeError", "TrainOptions", "Trainer", "prepare_run", "train"]
+import importlib
+
+_EXPORTS = {
+    "ResumeError": "stylenat.training.checkpoint",
+    "TrainOptions": "stylenat.training.options",
+    "Trainer": "stylenat.training.loop",
+    "prepare_run": "stylenat.training.loop",
+    "train": "stylenat.training.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stylenat.training' has no attribute {name!r}")

@@ -47,12 +47,11 @@ def _one_line(err: Exception) -> str:
 
 def compose_config(config_dir: Path, overrides: list[str], config_name: str = "config"):
     """Compose ``config_name`` from ``config_dir`` with command-line style overrides."""
+    import hydra.core.utils  # noqa: F401  (registers the ${now:...} resolver)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    import hydra.core.utils  # noqa: F401  (registers the ${now:...} resolver)
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -61,6 +60,35 @@ def compose_config(config_dir: Path, overrides: list[str], config_name: str = "c
             return compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err)) from None
+
+
+def resolve_config(cfg) -> dict:
+    """A composed (OmegaConf) or plain config -> a resolved plain dict; missing values -> one-line errors."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "a value"
+        raise ValueError(f"{key} is required: pass {key}=<value> on the command line") from None
+    except InterpolationResolutionError as err:
+        raise ValueError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
+
+
+def check_config(config: dict) -> None:
+    """Cross-group checks Hydra cannot express."""
+    for key in ("model", "discriminator", "train", "dataset", "logger"):
+        if not isinstance(config.get(key), dict):
+            raise ValueError(f"config group {key!r} is missing (compose configs/config.yaml)")
+    data_res, model_res = config["dataset"].get("resolution"), config["model"].get("resolution")
+    if data_res != model_res:
+        raise ValueError(
+            f"dataset.resolution={data_res} does not match model.resolution={model_res}: "
+            "pick a model of that resolution or set dataset.resolution"
+        )
 
 
 def _groups(config_dir: Path) -> str:
@@ -96,6 +124,7 @@ def cli_main(config_dir: Path, argv: list[str]) -> int:
 
         print(OmegaConf.to_yaml(cfg))
         return 0
+    check_config(resolve_config(cfg))  # fail fast, before torch is imported
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from stylenat.training.distributed import env_rank

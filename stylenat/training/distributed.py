@@ -148,13 +148,22 @@ def all_reduce_grads(params) -> None:
 
 
 def sync_buffers(module: torch.nn.Module) -> None:
-    """Average floating-point buffers (e.g. the generator's running ``w_avg``) over ranks."""
+    """Average the persistent floating-point buffers (e.g. the generator's running ``w_avg``) over ranks,
+    in one flattened all-reduce. Constant buffers are identical everywhere and stay so."""
     if not _active():
         return
-    for buf in module.buffers():
-        if buf.is_floating_point():
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-            buf /= dist.get_world_size()
+    persistent = set(module.state_dict().keys())
+    bufs = [b for name, b in module.named_buffers() if name in persistent and b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.detach().flatten() for b in bufs])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    with torch.no_grad():
+        for b in bufs:
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:

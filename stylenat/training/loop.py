@@ -29,6 +29,7 @@ from torch import nn
 from stylenat.training import checkpoint as ckpt
 from stylenat.training import distributed as dist
 from stylenat.training.augment import diff_augment
+from stylenat.training.config import check_config, resolve_config
 from stylenat.training.ema import ema_beta, make_ema, update_ema
 from stylenat.training.losses import bcr_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 from stylenat.training.options import TrainOptions
@@ -54,39 +55,10 @@ class RunSetup:
     state: dict | None
 
 
-def resolve_config(cfg) -> dict:
-    """A composed (OmegaConf) or plain config -> a resolved plain dict; missing values -> one-line errors."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
-
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as err:
-        key = getattr(err, "full_key", None) or "a value"
-        raise ValueError(f"{key} is required: pass {key}=<value> on the command line") from None
-    except InterpolationResolutionError as err:
-        raise ValueError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
-
-
-def _check_config(config: dict) -> None:
-    """Cross-group checks Hydra cannot express."""
-    for key in ("model", "discriminator", "train", "dataset", "logger"):
-        if not isinstance(config.get(key), dict):
-            raise ValueError(f"config group {key!r} is missing (compose configs/config.yaml)")
-    data_res, model_res = config["dataset"].get("resolution"), config["model"].get("resolution")
-    if data_res != model_res:
-        raise ValueError(
-            f"dataset.resolution={data_res} does not match model.resolution={model_res}: "
-            "pick a model of that resolution or set dataset.resolution"
-        )
-
-
 def prepare_run(cfg, env: dist.DistEnv) -> RunSetup:
     """Validate the config, find and check the state to resume; touches no file."""
     config = resolve_config(cfg)
-    _check_config(config)
+    check_config(config)
     opts = TrainOptions.from_dict(config["train"])
     opts.accumulation_rounds(env.world_size)
     run_dir = dist.broadcast_object(config.get("run_dir"))  # ${now:...} may differ between ranks
@@ -168,7 +140,8 @@ def grid_latents(seed: int, count: int, z_dim: int) -> torch.Tensor:
 class Trainer:
     """Holds the networks, optimizers and counters; ``step()`` is one optimisation step, ``fit()`` the run."""
 
-    def __init__(self, setup: RunSetup):
+    def __init__(self, setup: RunSetup, stream=None):
+        """``stream`` replaces the data set's batch stream (an iterator of image batches; benchmarks)."""
         self.setup, self.config, self.opts, self.env = setup, setup.config, setup.opts, setup.env
         self.device = setup.env.device
         self.run_dir = setup.run_dir
@@ -186,10 +159,10 @@ class Trainer:
         self.G_ema = make_ema(self.G)
         self.ema_beta = ema_beta(opts.ema_decay, opts.ema_halflife_kimg, opts.batch)
         c = opts.lazy_r1_ratio
-        self.base_lr = {"g": opts.generator_lr, "d": opts.d_lr * c}
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.base_lr["g"], betas=tuple(opts.betas), eps=opts.adam_eps)
+        lr = opts.learning_rates(0)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=lr["g"], betas=tuple(opts.betas), eps=opts.adam_eps)
         d_betas = (opts.betas[0] ** c, opts.betas[1] ** c)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.base_lr["d"], betas=d_betas, eps=opts.adam_eps)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=lr["d"], betas=d_betas, eps=opts.adam_eps)
         self.wandb_id = None
         if setup.state is not None:
             self.load_state_dict(setup.state)
@@ -198,22 +171,29 @@ class Trainer:
             dist.broadcast_module(self.D)
             self.G_ema.load_state_dict(self.G.state_dict())
         self.G_fwd, self.D_fwd = self._maybe_compile()
-        self.dataset, self.stream = build_training_data(self.config, opts, self.env, self.images_seen)
+        if stream is None:
+            self.dataset, self.stream = build_training_data(self.config, opts, self.env, self.images_seen)
+        else:
+            self.dataset, self.stream = None, stream
         self._stats = _StatAccumulator(self.device)
 
     # ------------------------------------------------------------------ backends
 
     def _configure_backends(self) -> None:
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = self.opts.tf32
-            torch.backends.cudnn.allow_tf32 = self.opts.tf32
+            set_tf32(self.opts.tf32)
             torch.backends.cudnn.benchmark = True
 
     def _maybe_compile(self):
-        """Compiled forward passes when ``train.compile``; R1 (double backward) always uses eager D."""
+        """With ``train.compile`` the G synthesis (the transformer, most of the cost) is compiled.
+
+        D stays eager: compiled graphs save the legacy spectral norm's in-place-updated ``weight_u`` for
+        backward, which breaks the D step's several forwards before one backward; R1's double backward
+        is not supported by torch.compile either.
+        """
         if not self.opts.compile:
             return self.G.synthesis, self.D
-        return torch.compile(self.G.synthesis), torch.compile(self.D)
+        return torch.compile(self.G.synthesis), self.D
 
     def _autocast(self):
         if self.opts.amp == "bf16":
@@ -223,7 +203,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        """Everything but the RNG states (those are gathered from all ranks by ``save_training_state``)."""
+        """Everything but the RNG states (``_RunOutputs._save_state`` gathers those from every rank)."""
         return {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
@@ -260,8 +240,7 @@ class Trainer:
         log.info("resumed from %s at %.3f kimg (step %d)", source, self.images_seen / 1000, self.step_index)
 
     def current_lr(self) -> dict:
-        f = self.opts.lr_factor(self.images_seen)
-        return {"g": self.base_lr["g"] * f, "d": self.base_lr["d"] * f}
+        return self.opts.learning_rates(self.images_seen)
 
     def _apply_lr(self) -> None:
         lr = self.current_lr()
@@ -271,7 +250,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _next_reals(self) -> torch.Tensor:
+    def next_reals(self) -> torch.Tensor:
         batch = next(self.stream)
         if isinstance(batch, (list, tuple)):
             batch = batch[0]
@@ -294,7 +273,7 @@ class Trainer:
                 ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
 
-    def _d_main(self, reals: list[torch.Tensor]) -> None:
+    def d_step(self, reals: list[torch.Tensor]) -> None:
         """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks."""
         opts, step = self.opts, self.step_index
         self.G.requires_grad_(False)
@@ -320,7 +299,7 @@ class Trainer:
             self._stats.add("d_fake", fake_logits.float().mean())
         self._optimizer_step(self.D, self.opt_D, opts.d_clip_grad)
 
-    def _d_r1(self, reals: list[torch.Tensor]) -> None:
+    def r1_step(self, reals: list[torch.Tensor]) -> None:
         """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D is eager here)."""
         self.D.requires_grad_(True)
         for real in reals:
@@ -330,7 +309,7 @@ class Trainer:
             self._stats.add("r1", penalty)
         self._optimizer_step(self.D, self.opt_D, None)
 
-    def _g_main(self) -> None:
+    def g_step(self) -> None:
         """Non-saturating G loss on fresh fakes; updates the running w_avg."""
         step = self.step_index
         self.G.requires_grad_(True)
@@ -356,11 +335,11 @@ class Trainer:
     def step(self) -> None:
         """One D step (+ lazy R1) and one G step on ``batch`` images, then G_ema; advances the counters."""
         self._apply_lr()
-        reals = [self._next_reals() for _ in range(self.rounds)]
-        self._d_main(reals)
+        reals = [self.next_reals() for _ in range(self.rounds)]
+        self.d_step(reals)
         if self.opts.r1_gamma > 0 and self.step_index % self.opts.r1_every == 0:
-            self._d_r1(reals)
-        self._g_main()
+            self.r1_step(reals)
+        self.g_step()
         dist.sync_buffers(self.G)
         update_ema(self.G_ema, self.G, self.ema_beta)
         self.step_index += 1
@@ -454,9 +433,9 @@ class _RunOutputs:
             torch.cuda.reset_peak_memory_stats(t.device)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for sink in self.sinks:
-            sink.close()
+            sink.close(failed=exc_type is not None)
         if self.progress is not None:
             self.progress.close()
         if self._handler is not None:
@@ -548,6 +527,8 @@ class _RunOutputs:
         from stylenat.data import denormalize
 
         t = self.t
+        if t.dataset is None:
+            return
         cols, rows = t.opts.sample_grid
         n = min(cols * rows, len(t.dataset))
         reals = torch.stack([t.dataset[i] for i in range(n)])
@@ -573,24 +554,52 @@ class _RunOutputs:
         dist.barrier()
 
     def _run_metrics(self) -> None:
-        """Periodic metrics through ``stylenat.metrics.evaluate_during_training`` when that hook exists."""
-        import stylenat.metrics as metrics
+        """``train.metrics`` on G_ema against the training data (collective: every rank generates a share).
 
-        hook = getattr(metrics, "evaluate_during_training", None)
+        Real statistics are cached by ``stylenat.metrics``; each result goes to the sinks as its own record.
+        """
+        from stylenat import metrics
+        from stylenat.sampling import seed_latents
+
         t = self.t
-        if hook is None:
-            log.warning("train.metrics=%s requested but stylenat.metrics has no evaluate_during_training", list(t.opts.metrics))
-            return
-        results = hook(
-            G=t.G_ema, metrics=list(t.opts.metrics), config=t.config, rank=t.env.rank, world_size=t.env.world_size, device=t.device
-        )
-        if self.main and results:
-            record = {"kimg": t.images_seen / 1000, "step": t.step_index, "timestamp": time.time(), **dict(results)}
-            for sink in self.sinks:
-                sink.log(record)
+        if getattr(self, "_extractor", None) is None:
+            self._extractor = metrics.load_inception(device=t.device)
+        real = t.config["dataset"].get("path")
+        if real is None:
+            from stylenat.data import demo_dataset_path
+
+            real = demo_dataset_path()
+
+        def generate(seeds: torch.Tensor) -> torch.Tensor:
+            return t.G_ema(seed_latents(seeds.tolist(), t.G_ema.z_dim, t.device)).float()
+
+        for name in t.opts.metrics:
+            result = metrics.compute_metric(
+                name, generate, extractor=self._extractor, real_data=real, batch_size=t.batch_gpu,
+                device=t.device, rank=t.env.rank, world_size=t.env.world_size, progress=False,
+            )
+            if self.main:
+                record = {"kimg": t.images_seen / 1000, "step": t.step_index, "timestamp": time.time(),
+                          "metric": name, name: result["value"], "protocol": result.get("protocol"),
+                          "metric_time_s": result.get("time_s")}
+                for sink in self.sinks:
+                    sink.log(record)
+                log.info("%s = %.4f at %.3f kimg", name, result["value"], record["kimg"])
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and convolutions. torch >= 2.9 raises when its new ``fp32_precision`` API and
+    the legacy ``allow_tf32`` flags are mixed in one process, so use the new one wherever it exists."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def _fmt(v) -> str:

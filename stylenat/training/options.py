@@ -29,6 +29,7 @@ class TrainOptions:
     adam_eps: float
     lr_decay_start_kimg: float | None
     lr_decay_end_kimg: float | None
+    d_lr_decay_uncorrected: bool
     r1_gamma: float
     r1_every: int
     bcr_real: float
@@ -110,6 +111,7 @@ class TrainOptions:
                 "lr_decay_end_kimg",
                 f"must be above train.lr_decay_start_kimg={self.lr_decay_start_kimg!r} (or both null)",
             )
+        need(isinstance(self.d_lr_decay_uncorrected, bool), "d_lr_decay_uncorrected", "expected true or false")
         number("r1_gamma")
         integer("r1_every", 1)
         number("bcr_real")
@@ -132,6 +134,11 @@ class TrainOptions:
             "expected [columns, rows] of positive integers",
         )
         need(isinstance(self.sync_check, bool), "sync_check", "expected true or false")
+        if self.metrics:
+            from stylenat.metrics import available_metrics
+
+            unknown = [m for m in self.metrics if m not in available_metrics()]
+            need(not unknown, "metrics", f"unknown metric {unknown[:1]}; known: {', '.join(available_metrics())}")
 
     # ------------------------------------------------------------------ derived quantities
 
@@ -167,6 +174,16 @@ class TrainOptions:
             return 1.0
         span = self.lr_decay_end_kimg - self.lr_decay_start_kimg
         return max(0.0, (self.lr_decay_end_kimg - kimg) / span)
+
+    def learning_rates(self, images_seen: int) -> dict:
+        """{"g": G lr, "d": D lr} at a position: base lrs (D's x c for lazy R1) times the schedule factor.
+
+        With ``d_lr_decay_uncorrected`` (the reference's behaviour) D's lr in the decay phase is
+        ``d_lr x factor`` without c, i.e. exactly 4x G's under TTUR.
+        """
+        f = self.lr_factor(images_seen)
+        d_base = self.d_lr if (f < 1.0 and self.d_lr_decay_uncorrected) else self.d_lr * self.lazy_r1_ratio
+        return {"g": self.generator_lr * f, "d": d_base * f}
 
     @property
     def total_images(self) -> int:

@@ -30,7 +30,7 @@ class JsonlSink:
     def log_image(self, path: Path, step: int) -> None:
         """Images stay in the run dir; nothing to add to the log."""
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self._fh.close()
 
 
@@ -69,8 +69,8 @@ class WandbSink:
         if self.log_images:
             self.run.log({"samples": self._wandb.Image(str(path), caption=Path(path).name)}, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class Progress:
@@ -84,6 +84,7 @@ class Progress:
             initial=round(start_kimg, 3),
             unit="kimg",
             dynamic_ncols=True,
+            mininterval=1.0,
             disable=not enabled,
             bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
         )

@@ -95,7 +95,15 @@ def test_window_rule_enumerated_by_hand():
         [3, 6, 9], [1, 4, 7], [2, 5, 8],
         [3, 6, 9],
     ]  # fmt: skip
-    assert neighborhood(7, 3, 1) == [[0, 1, 2], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [4, 5, 6]]
+    assert neighborhood(7, 3, 1) == [
+        [0, 1, 2],
+        [0, 1, 2],
+        [1, 2, 3],
+        [2, 3, 4],
+        [3, 4, 5],
+        [4, 5, 6],
+        [4, 5, 6],
+    ]
 
 
 @pytest.mark.parametrize("length", [7, 8, 10, 13, 16, 23, 64])
@@ -116,35 +124,40 @@ def test_window_rule_matches_natten_formula(length):
 
 @pytest.mark.parametrize("with_rpb", [False, True], ids=["no_rpb", "rpb"])
 @pytest.mark.parametrize("height,width,kernel_size,dilation", list(_cases()))
-def test_matches_loop_oracle(height, width, kernel_size, dilation, with_rpb):
+def test_matches_loop_oracle(height, width, kernel_size, dilation, with_rpb, monkeypatch):
     heads, dim = 3, 4
     q, k, v, rpb = _inputs((2, heads, height, width, dim), heads, kernel_size, with_rpb)
     scale = dim**-0.5
     want, want_grads = _outputs_and_grads(
         lambda: loop_oracle(q, k, v, kernel_size, dilation, rpb, scale), q, k, v, rpb
     )
-    # Default tiling, then small odd tiles (several tiles per group, partial last tiles, clamped halos).
-    for run in (
-        lambda: na2d(q, k, v, kernel_size, dilation, rpb=rpb, backend="torch"),
-        lambda: _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=(2, 3)),
-    ):
-        got, got_grads = _outputs_and_grads(run, q, k, v, rpb)
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
-        for g, w in zip(got_grads, want_grads):
-            torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
-
-
-def test_larger_map_multi_tile_matches_oracle():
-    # 23x30, k=7: several 8-query tiles per axis with clamped halos, plus an uneven dilation.
-    for dilation in (1, 3):
-        q, k, v, rpb = _inputs((1, 2, 23, 30, 3), 2, 7, True, seed=dilation)
-        want, want_grads = _outputs_and_grads(lambda: loop_oracle(q, k, v, 7, dilation, rpb, 0.7), q, k, v, rpb)
+    # Default tiling with probabilities recomputed in the backward or kept from the forward, then
+    # small odd tiles (several tiles per group, partial last tiles, clamped halos).
+    for save_probs, tiles in ((0, None), (1 << 30, None), (0, (2, 3))):
+        monkeypatch.setattr(na_module, "_SAVE_PROBS_BYTES", save_probs)
         got, got_grads = _outputs_and_grads(
-            lambda: na2d(q, k, v, 7, dilation, rpb=rpb, scale=0.7, backend="torch"), q, k, v, rpb
+            lambda tiles=tiles: _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles),
+            q,
+            k,
+            v,
+            rpb,
         )
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
         for g, w in zip(got_grads, want_grads):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_larger_map_multi_tile_matches_oracle(dilation):
+    # 23x30, k=7: several 8-query tiles per axis with clamped halos; d=3 gives uneven groups.
+    q, k, v, rpb = _inputs((1, 2, 23, 30, 3), 2, 7, True, seed=dilation)
+    want, want_grads = _outputs_and_grads(lambda: loop_oracle(q, k, v, 7, dilation, rpb, 0.7), q, k, v, rpb)
+    got, got_grads = _outputs_and_grads(
+        lambda: na2d(q, k, v, 7, dilation, rpb=rpb, scale=0.7, backend="torch"), q, k, v, rpb
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
 
 
 def test_reference_matches_loop_oracle():
@@ -184,7 +197,9 @@ def test_non_contiguous_inputs_and_no_grad():
     with torch.no_grad():
         got = na2d(q[:, sl], k[:, sl], v[:, sl], 3, 2, rpb=rpb)
     assert not got.requires_grad and got.shape == (2, 2, 10, 12, 8)
-    torch.testing.assert_close(got, na2d_reference(q[:, sl], k[:, sl], v[:, sl], 3, 2, rpb), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        got, na2d_reference(q[:, sl], k[:, sl], v[:, sl], 3, 2, rpb), rtol=0, atol=1e-12
+    )
 
 
 def test_scale_multiplies_q():
@@ -209,7 +224,10 @@ def _small(shape=(1, 2, 16, 16, 4)):
         ({"kernel_size": 0}, "got 0"),
         ({"kernel_size": 3, "dilation": 0}, "dilation must be an integer >= 1, got 0"),
         ({"kernel_size": 7, "dilation": 4}, r"kernel_size 7 \* dilation 4 = 28 exceeds feature map 16x16"),
-        ({"kernel_size": 3, "rpb": torch.zeros(2, 3, 3)}, r"rpb must have shape \(2, 5, 5\), got \(2, 3, 3\)"),
+        (
+            {"kernel_size": 3, "rpb": torch.zeros(2, 3, 3)},
+            r"rpb must have shape \(2, 5, 5\), got \(2, 3, 3\)",
+        ),
         ({"kernel_size": 3, "backend": "cuda"}, "unknown na2d backend 'cuda'.*auto, torch, natten"),
     ],
 )

@@ -26,6 +26,7 @@ TINY = [
     "model.dilations=[[1],[1],[1,2]]",
     "discriminator.channel_max=32",
     "train.batch=4",
+    "train.batch_per_gpu=null",
     "train.workers=0",
     "train.sample_grid=[2,2]",
     "train.log_every_kimg=0.008",

@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from stylenat.training.augment import AUGMENT_OPS, check_ops, diff_augment, random_cutout, random_flip, random_translation
+from stylenat.training.augment import (
+    AUGMENT_OPS,
+    check_ops,
+    diff_augment,
+    random_cutout,
+    random_flip,
+    random_translation,
+)
 from stylenat.training.losses import bcr_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 
 

@@ -5,8 +5,7 @@ import re
 import pytest
 
 from stylenat.models.generator import GeneratorConfig
-from stylenat.training.config import ConfigError, compose_config
-from stylenat.training.loop import _check_config, resolve_config
+from stylenat.training.config import ConfigError, check_config, compose_config, resolve_config
 from stylenat.training.options import TrainOptions
 from tests.training.helpers import CONFIG_DIR
 
@@ -38,7 +37,7 @@ def test_the_groups_we_promise_exist():
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_each_dataset_selects_its_recipe(dataset):
     cfg = compose(f"dataset={dataset}")
-    _check_config(cfg)
+    check_config(cfg)
     TrainOptions.from_dict(cfg["train"])
     GeneratorConfig.from_dict(cfg["model"]).validate()
     model, train, resolution = RECIPES[dataset]

@@ -47,6 +47,11 @@ def test_paper_recipe_values():
     assert o.lr_factor(775_000 * 64) == 1.0
     assert o.lr_factor(int(887_500 * 64)) == pytest.approx(0.5)
     assert o.lr_factor(1_000_000 * 64) == 0.0
+    # D = 2e-4 x 16/17 while constant; in the decay D = 4x G exactly (the reference drops the 16/17)
+    assert o.learning_rates(0) == {"g": 5e-5, "d": pytest.approx(2e-4 * 16 / 17)}
+    assert o.learning_rates(int(887_500 * 64)) == {"g": pytest.approx(2.5e-5), "d": pytest.approx(1e-4)}
+    corrected = _paper_options(d_lr_decay_uncorrected=False)
+    assert corrected.learning_rates(int(887_500 * 64))["d"] == pytest.approx(1e-4 * 16 / 17)
 
 
 def test_accumulation_rounds_and_bad_batch():
@@ -66,6 +71,7 @@ def test_accumulation_rounds_and_bad_batch():
         ({"bcr_augment": ["flip", "zoom"]}, "'zoom'"),
         ({"lr_decay_start_kimg": 10, "lr_decay_end_kimg": 5}, "train.lr_decay_end_kimg=5"),
         ({"bogus": 1}, "unknown key train.bogus"),
+        ({"metrics": ["fid0"]}, "train.metrics"),
     ],
 )
 def test_option_errors_name_the_key(change, message):

@@ -73,3 +73,25 @@ def test_resume_refuses_another_model_and_writes_nothing(tmp_path):
     with pytest.raises(ResumeError, match=r"model.channels differs \(checkpoint \[32, 32, 32\], config \[32, 32, 16\]\)"):
         prepare_run(cfg, CPU)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_metric_hook_logs_each_metric(tmp_path, monkeypatch):
+    import json
+
+    from stylenat import metrics
+
+    calls = []
+
+    def fake_compute_metric(name, generator_fn, **kw):
+        images = generator_fn(torch.arange(3))
+        calls.append((name, tuple(images.shape), kw["rank"], kw["world_size"]))
+        return {"value": 12.5, "protocol": "stylegan", "time_s": 0.0}
+
+    monkeypatch.setattr(metrics, "load_inception", lambda device: object())
+    monkeypatch.setattr(metrics, "compute_metric", fake_compute_metric)
+    _train(tmp_path / "run", 3, "train.metrics=[fid1k]", "train.metric_every_kimg=0.008")
+    assert calls == [("fid1k", (3, 3, 16, 16), 0, 1)] * 2  # at 0.008 kimg and at the end
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in records if r.get("metric") == "fid1k"] == [0.008, 0.012]
+    assert all(r["fid1k"] == 12.5 for r in records if "metric" in r)

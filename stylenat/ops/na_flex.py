@@ -1,0 +1,328 @@
+"""2-D neighborhood attention on ``torch.nn.attention.flex_attention`` (NATTEN semantics, with RPB).
+
+``na2d_flex`` computes exactly what ``stylenat.ops.na2d`` computes (same arguments, same window rule, same
+relative position bias) with a block-sparse fused flex-attention kernel:
+
+* The H*W tokens are flattened. With dilation d > 1 they are first reordered so that every dilation group
+  (the tokens sharing ``row % d`` and ``col % d``, a (H/d)x(W/d) sub-image) is contiguous and rasterised:
+  every window then lives inside one contiguous run of tokens, which keeps the block mask as sparse at
+  dilation 8 as at dilation 1. The output is put back in the original order.
+* The window rule is evaluated by ``mask_mod`` from small per-token integer tables (group, position in the
+  group, window start/end in group units). Nothing in the compiled graph depends on the kernel size or the
+  dilation as a Python constant, so one compiled kernel serves every (k, d) (and, once torch's automatic
+  dynamic shapes kick in after the first shape change, every feature-map size).
+* ``score_mod`` adds ``rpb[h, dy + k - 1, dx + k - 1]`` with dy, dx in group units, read from the same kind
+  of tables (one flat index per query plus one per key).
+* The ``BlockMask`` is built analytically from the k*k window of every query (no dense Q x KV mask, so it
+  scales to 256x256 maps and beyond) and cached per (H, W, k, d, device). Its blocks match what
+  ``create_block_mask`` builds from the same ``mask_mod`` (tested).
+
+Platform support (torch 2.14, measured): on the CPU the compiled flex kernel runs forward only, in float32,
+float16 and bfloat16 (no float64, no backward: torch raises "FlexAttention does not support backward on
+CPU"). Calls the flex kernel cannot serve -- CPU with autograd needed, CPU float64, or a device flex does not
+support -- fall back to ``stylenat.ops.na2d(..., backend="torch")`` (logged once); ``flex_unavailable``
+returns the reason so a dispatcher can decide before calling. On CUDA forward and backward (including the
+RPB gradient) are flex's fused Triton kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+# Flex attention's sparse block size (tokens per query / key block of the BlockMask).
+BLOCK_SIZE = 128
+
+# Queries per chunk while building a BlockMask (bounds the temporary [chunk, k*k] index tensors).
+_MASK_CHUNK_TOKENS = 1 << 16
+
+# Recompile budget for our flex_attention calls (torch's default, 8, is shared by every call site of
+# flex_attention; a model with many feature-map sizes and static shapes on the CPU can exceed it, after
+# which torch silently runs flex's dense eager reference).
+_RECOMPILE_LIMIT = 64
+
+_compiled_flex: dict[bool, object] = {}
+_logged: set[str] = set()
+
+
+def _flex_module():
+    try:
+        from torch.nn.attention import flex_attention as module
+    except ImportError:  # torch < 2.5
+        return None
+    return module
+
+
+def _compiled(device_type: str):
+    """``torch.compile(flex_attention)``, created once per shape policy on first use.
+
+    CUDA: automatic dynamic shapes (one recompile on the first shape change, then one kernel serves every
+    map size, kernel size and dilation: nothing in the graph depends on them as Python constants).
+    CPU: static shapes, one compile per problem. torch 2.14's C++ flex template miscompiles dynamic shapes
+    (it renames its split-size symbol with a plain string replace, so ``ks4`` also rewrites ``ks49`` into
+    ``cur_qSplitSize9``: "C++ compile error ... was not declared in this scope").
+    """
+    dynamic = False if device_type == "cpu" else None
+    if dynamic not in _compiled_flex:
+        _compiled_flex[dynamic] = torch.compile(_flex_module().flex_attention, dynamic=dynamic)
+    return _compiled_flex[dynamic]
+
+
+def _run_compiled(device_type: str, *args, **kwargs) -> Tensor:
+    if torch.compiler.is_compiling():  # inside a caller's torch.compile: let it trace flex itself
+        return _flex_module().flex_attention(*args, **kwargs)
+    attend = _compiled(device_type)
+    try:
+        import torch._dynamo.config as dynamo_config
+
+        limit = max(_RECOMPILE_LIMIT, dynamo_config.recompile_limit)
+        patch = dynamo_config.patch(recompile_limit=limit)
+    except (ImportError, AttributeError):  # private knob moved: live with torch's default
+        return attend(*args, **kwargs)
+    with patch:
+        return attend(*args, **kwargs)
+
+
+def flex_unavailable(
+    q: Tensor,
+    rpb: Tensor | None = None,
+    k: Tensor | None = None,
+    v: Tensor | None = None,
+    compile: bool = True,
+) -> str | None:
+    """Why flex attention cannot run this call (``na2d_flex`` would fall back), or None when it can."""
+    if _flex_module() is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
+    device = q.device.type
+    if device not in ("cuda", "cpu", "xpu"):
+        return f"flex attention does not run on {device}"
+    if device == "cpu":
+        if compile and q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"flex attention on the CPU supports float32/float16/bfloat16, not {q.dtype}"
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb)):
+            return "flex attention has no backward on the CPU"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Token layout, index tables and block mask (built once per shape, cached)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _axis(length: int, kernel_size: int, dilation: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per position along one axis: dilation group, index inside the group, window start (group units)."""
+    i = torch.arange(length)
+    group, j = i % dilation, i // dilation
+    group_len = (length - group + dilation - 1) // dilation
+    start = torch.minimum((j - kernel_size // 2).clamp(min=0), group_len - kernel_size)
+    return group, j, start
+
+
+@dataclass(frozen=True, eq=False)
+class _FlexPlan:
+    """Everything ``na2d_flex`` needs for one (H, W, k, d, device)."""
+
+    perm: Tensor | None  # [L] original token at each flex position (None: identity)
+    inv_perm: Tensor | None  # [L] flex position of each original token
+    block_mask: object  # torch.nn.attention.flex_attention.BlockMask
+    q_bias: Tensor  # [L_pad] flat RPB index base per query: (k-1)*(2k-1) + (k-1) - jy*(2k-1) - jx
+    kv_bias: Tensor  # [L_pad] flat RPB index part per key: jy*(2k-1) + jx
+
+
+def _layout(height: int, width: int, kernel_size: int, dilation: int):
+    """Token order and per-token tables, all indexed by flex position (tokens are y * W + x)."""
+    gy, jy, sy = _axis(height, kernel_size, dilation)
+    gx, jx, sx = _axis(width, kernel_size, dilation)
+    token = torch.arange(height * width).view(height, width)
+    if dilation == 1:
+        perm = None
+        order = token.reshape(-1)
+    else:
+        # group-major (gy, gx), then raster inside the group's sub-image
+        key = ((gy[:, None] * dilation + gx[None, :]) * height + jy[:, None]) * width + jx[None, :]
+        order = token.reshape(-1)[key.reshape(-1).argsort()]
+        perm = order
+    rows, cols = order // width, order % width
+    group = gy[rows] * dilation + gx[cols]
+    return perm, rows, cols, group, jy[rows], jx[cols], sy[rows], sx[cols]
+
+
+def _block_lists(pairs_q: Tensor, pairs_kv: Tensor, n_q_blocks: int, n_kv_blocks: int):
+    """BlockMask rows (num_blocks [nq], indices [nq, n_kv]) of the listed unique (q block, kv block) pairs:
+    each row's blocks first, ascending; the unused tail is zero (flex requires the full width)."""
+    counts = torch.bincount(pairs_q, minlength=n_q_blocks)
+    order = torch.argsort(pairs_q * n_kv_blocks + pairs_kv)
+    pq, pk = pairs_q[order], pairs_kv[order]
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(pq.numel()) - first[pq]
+    indices = torch.zeros(n_q_blocks, n_kv_blocks, dtype=torch.int32)
+    indices[pq, slot] = pk.to(torch.int32)
+    return counts.to(torch.int32), indices
+
+
+@functools.lru_cache(maxsize=128)
+def _plan(height: int, width: int, kernel_size: int, dilation: int, device: str) -> _FlexPlan:
+    flex = _flex_module()
+    length = height * width
+    k = kernel_size
+    span = 2 * k - 1
+    perm, rows, cols, group, jy, jx, sy, sx = _layout(height, width, k, dilation)
+    inv_perm = None if perm is None else torch.empty_like(perm).scatter_(0, perm, torch.arange(length))
+    pos = torch.arange(length) if inv_perm is None else inv_perm  # original token -> flex position
+
+    # Block structure from every query's k*k window: count the (query, key) pairs per block pair.
+    n_blocks = -(-length // BLOCK_SIZE)
+    m = torch.arange(k)
+    pair_ids, pair_counts = [], []
+    chunk = max(BLOCK_SIZE, _MASK_CHUNK_TOKENS // BLOCK_SIZE * BLOCK_SIZE)
+    for t0 in range(0, length, chunk):
+        t = torch.arange(t0, min(t0 + chunk, length))
+        key_rows = rows[t, None] % dilation + dilation * (sy[t, None] + m)  # [n, k]
+        key_cols = cols[t, None] % dilation + dilation * (sx[t, None] + m)
+        keys = pos[(key_rows[:, :, None] * width + key_cols[:, None, :]).reshape(len(t), -1)]  # [n, k*k]
+        ids = (t[:, None] // BLOCK_SIZE) * n_blocks + keys // BLOCK_SIZE
+        uniq, cnt = torch.unique(ids, return_counts=True)
+        pair_ids.append(uniq)
+        pair_counts.append(cnt)
+    ids, cnt = torch.cat(pair_ids), torch.cat(pair_counts)  # chunks are block aligned: no duplicates
+    full = cnt == BLOCK_SIZE * BLOCK_SIZE
+    partial_q, partial_kv = ids[~full] // n_blocks, ids[~full] % n_blocks
+    full_q, full_kv = ids[full] // n_blocks, ids[full] % n_blocks
+    kv_num, kv_idx = _block_lists(partial_q, partial_kv, n_blocks, n_blocks)
+    full_num, full_idx = _block_lists(full_q, full_kv, n_blocks, n_blocks)
+
+    # Per-token tables for mask_mod / score_mod, padded to whole blocks with never-matching entries.
+    padded = n_blocks * BLOCK_SIZE
+    big = max(height, width) + 1  # > any in-group window end: folds the group into the y coordinate
+
+    def table(values: Tensor, fill: int) -> Tensor:
+        out = torch.full((padded,), fill, dtype=torch.int32)
+        out[:length] = values.to(torch.int32)
+        return out.to(device)
+
+    # padding: keys get y = -1 (below every window), queries an empty window
+    kv_y = table(group * big + jy, -1)
+    kv_x = table(jx, -1)
+    q_y0 = table(group * big + sy, 0)
+    q_y1 = table(group * big + sy + k, 0)
+    q_x0 = table(sx, 0)
+    q_x1 = table(sx + k, 0)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        y = kv_y[kv_idx]
+        x = kv_x[kv_idx]
+        return (y >= q_y0[q_idx]) & (y < q_y1[q_idx]) & (x >= q_x0[q_idx]) & (x < q_x1[q_idx])
+
+    dev = torch.device(device)
+    block_mask = flex.BlockMask.from_kv_blocks(
+        kv_num[None, None].to(dev),
+        kv_idx[None, None].to(dev),
+        full_num[None, None].to(dev),
+        full_idx[None, None].to(dev),
+        BLOCK_SIZE=BLOCK_SIZE,
+        mask_mod=mask_mod,
+        seq_lengths=(length, length),
+    )
+    center = (k - 1) * span + (k - 1)
+    return _FlexPlan(
+        perm=None if perm is None else perm.to(dev),
+        inv_perm=None if inv_perm is None else inv_perm.to(dev),
+        block_mask=block_mask,
+        q_bias=table(center - jy * span - jx, 0),
+        kv_bias=table(jy * span + jx, 0),
+    )
+
+
+def block_mask(height: int, width: int, kernel_size: int, dilation: int = 1, device="cpu"):
+    """The cached BlockMask of a (H, W, k, d) problem (in flex token order; for tests and inspection)."""
+    return _plan(height, width, kernel_size, dilation, str(torch.device(device))).block_mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------------
+
+
+def _validate(q, k, v, kernel_size, dilation, rpb):
+    if q.dim() != 5:
+        raise ValueError(f"q must be [B, heads, H, W, D], got shape {tuple(q.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v shapes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size}")
+    if not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be an integer >= 1, got {dilation}")
+    height, width = q.shape[2], q.shape[3]
+    if kernel_size * dilation > min(height, width):
+        raise ValueError(
+            f"kernel_size {kernel_size} * dilation {dilation} = {kernel_size * dilation} "
+            f"exceeds feature map {height}x{width}"
+        )
+    if rpb is not None:
+        span = 2 * kernel_size - 1
+        expected = (q.shape[1], span, span)
+        if tuple(rpb.shape) != expected:
+            raise ValueError(f"rpb must have shape {expected}, got {tuple(rpb.shape)}")
+
+
+def na2d_flex(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+    compile: bool = True,
+) -> Tensor:
+    """2-D neighborhood attention on flex attention; same contract as ``stylenat.ops.na2d``.
+
+    q, k, v: [B, heads, H, W, D]; rpb: [heads, 2k-1, 2k-1] or None; scale defaults to D**-0.5.
+    compile: run ``torch.compile(flex_attention)`` (the fused block-sparse kernel). False runs flex's eager
+    reference, which materialises the full (H*W)^2 score matrix: debugging and tiny maps only.
+    Calls flex cannot serve (see ``flex_unavailable``: CPU + autograd, CPU float64) fall back to the
+    ``torch`` backend of ``stylenat.ops.na2d``. Returns [B, heads, H, W, D].
+    """
+    _validate(q, k, v, kernel_size, dilation, rpb)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    reason = flex_unavailable(q, rpb, k, v, compile)
+    if reason is not None:
+        if reason not in _logged:
+            _logged.add(reason)
+            logger.info("na2d_flex: %s; using the torch backend", reason)
+        from stylenat.ops.na import na2d  # lazy: na.py may dispatch to this module
+
+        return na2d(q, k, v, kernel_size, dilation, rpb=rpb, scale=scale, backend="torch")
+
+    batch, heads, height, width, dim = q.shape
+    plan = _plan(height, width, kernel_size, dilation, str(q.device))
+
+    def tokens(x: Tensor) -> Tensor:
+        x = x.reshape(batch, heads, height * width, dim)
+        return x if plan.perm is None else x.index_select(2, plan.perm)
+
+    score_mod = None
+    if rpb is not None:
+        bias = rpb.reshape(heads, -1)
+        last = bias.shape[1] - 1
+        q_bias, kv_bias = plan.q_bias, plan.kv_bias
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            # clamp: masked-out pairs (other groups, far keys) must still index inside rpb
+            return score + bias[h, (q_bias[q_idx] + kv_bias[kv_idx]).clamp(0, last)]
+
+    args = (tokens(q), tokens(k), tokens(v))
+    kwargs = dict(score_mod=score_mod, block_mask=plan.block_mask, scale=scale)
+    if compile:
+        out = _run_compiled(q.device.type, *args, **kwargs)
+    else:
+        out = _flex_module().flex_attention(*args, **kwargs)
+    if plan.inv_perm is not None:
+        out = out.index_select(2, plan.inv_perm)
+    return out.reshape(batch, heads, height, width, dim)

@@ -1,0 +1,262 @@
+"""The flex-attention NA backend against the brute-force oracle.
+
+Compiled flex on the CPU (torch 2.14) is forward-only, float32/float16/bfloat16, static shapes: every new
+problem shape costs a C++ compile (seconds), so the compiled tests share three shapes and vary kernel size
+and dilation inside them (same tensor shapes: no recompile). The full (shape, k, d, rpb) grid runs through
+flex's eager path (``compile=False``), which evaluates the very same mask_mod / score_mod / token order.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip(
+    "torch.nn.attention.flex_attention", reason="torch has no flex_attention (needs torch >= 2.5)"
+)
+
+from torch.nn.attention.flex_attention import create_block_mask  # noqa: E402
+
+from stylenat.ops.na_flex import block_mask, flex_unavailable, na2d_flex  # noqa: E402
+
+try:
+    from stylenat.ops.na_reference import na2d_reference
+except ImportError:  # pragma: no cover - tiny loop oracle when the shared reference is missing
+
+    def _start(i, length, k, d):
+        g, j = i % d, i // d
+        group_len = len(range(g, length, d))
+        return g + d * min(max(j - k // 2, 0), group_len - k)
+
+    def na2d_reference(q, k, v, kernel_size, dilation=1, rpb=None, scale=None):
+        _, _, height, width, dim = q.shape
+        scale = dim**-0.5 if scale is None else scale
+        out = torch.empty_like(q)
+        for y in range(height):
+            for x in range(width):
+                ys = [_start(y, height, kernel_size, dilation) + dilation * m for m in range(kernel_size)]
+                xs = [_start(x, width, kernel_size, dilation) + dilation * m for m in range(kernel_size)]
+                keys = k[:, :, ys][:, :, :, xs].flatten(2, 3)
+                vals = v[:, :, ys][:, :, :, xs].flatten(2, 3)
+                logits = torch.einsum("bhd,bhnd->bhn", q[:, :, y, x] * scale, keys)
+                if rpb is not None:
+                    ry = [(yy - y) // dilation + kernel_size - 1 for yy in ys]
+                    rx = [(xx - x) // dilation + kernel_size - 1 for xx in xs]
+                    logits = logits + rpb[:, ry][:, :, rx].flatten(1, 2)
+                out[:, :, y, x] = torch.einsum("bhn,bhnd->bhd", logits.softmax(-1), vals)
+        return out
+
+
+# compile=False is deliberate here (flex's eager reference evaluates the same mask_mod / score_mod)
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
+B, HEADS, DIM = 2, 2, 8
+
+
+def _inputs(height, width, kernel_size, use_rpb, dtype=torch.float32, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, HEADS, height, width, DIM, generator=gen, dtype=dtype) for _ in range(3))
+    rpb = (
+        torch.randn(HEADS, 2 * kernel_size - 1, 2 * kernel_size - 1, generator=gen, dtype=dtype)
+        if use_rpb
+        else None
+    )
+    move = (lambda t: None if t is None else t.to(device)) if device != "cpu" else (lambda t: t)
+    return move(q), move(k), move(v), move(rpb)
+
+
+def _grid():
+    for height, width in ((9, 13), (16, 16), (12, 20)):
+        for kernel_size in (3, 5, 7):
+            for dilation in (1, 2, 3):
+                if kernel_size * dilation <= min(height, width):
+                    yield height, width, kernel_size, dilation
+
+
+# ----------------------------------------------------------------------------------------------------
+# Block mask: analytic construction == create_block_mask over the same mask_mod
+# ----------------------------------------------------------------------------------------------------
+
+
+def _rows(num, idx):
+    return [sorted(idx[r, : num[r]].tolist()) for r in range(num.numel())]
+
+
+@pytest.mark.parametrize(
+    "height,width,kernel_size,dilation",
+    [(9, 13, 3, 2), (12, 20, 7, 1), (40, 50, 3, 1), (40, 50, 5, 4), (33, 47, 3, 5), (64, 64, 7, 8)],
+)
+def test_block_mask_matches_create_block_mask(height, width, kernel_size, dilation):
+    ours = block_mask(height, width, kernel_size, dilation)
+    assert ours is block_mask(height, width, kernel_size, dilation)  # cached
+    length = height * width
+    ref = create_block_mask(ours.mask_mod, None, None, length, length, device="cpu")
+    assert _rows(ours.kv_num_blocks[0, 0], ours.kv_indices[0, 0]) == _rows(
+        ref.kv_num_blocks[0, 0], ref.kv_indices[0, 0]
+    )
+    assert _rows(ours.full_kv_num_blocks[0, 0], ours.full_kv_indices[0, 0]) == _rows(
+        ref.full_kv_num_blocks[0, 0], ref.full_kv_indices[0, 0]
+    )
+
+
+def test_dilation_groups_keep_the_block_mask_sparse():
+    # 64x64, k=7: dilation 8 regroups tokens into 8x8 sub-images, so each query block needs one key block
+    assert block_mask(64, 64, 7, 8).kv_num_blocks.float().mean().item() <= 1.0
+    assert block_mask(64, 64, 7, 1).kv_num_blocks.float().mean().item() <= 5.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Semantics on flex's eager path (same mask_mod / score_mod / layout as the compiled kernel)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height,width,kernel_size,dilation", list(_grid()))
+def test_eager_matches_reference(height, width, kernel_size, dilation):
+    for use_rpb in (False, True):
+        q, k, v, rpb = _inputs(height, width, kernel_size, use_rpb, dtype=torch.float64)
+        out = na2d_flex(q, k, v, kernel_size, dilation, rpb=rpb, compile=False)
+        ref = na2d_reference(q, k, v, kernel_size, dilation, rpb=rpb)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_eager_scale():
+    q, k, v, rpb = _inputs(9, 13, 3, True, dtype=torch.float64)
+    out = na2d_flex(q, k, v, 3, 2, rpb=rpb, scale=0.7, compile=False)
+    torch.testing.assert_close(out, na2d_reference(q, k, v, 3, 2, rpb=rpb, scale=0.7), rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compiled kernel on the CPU (forward)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled_cpu():
+    """Skip the compiled tests where torch.compile of flex attention cannot run (no compiler, ...).
+
+    The probe is the first compiled case below (same shapes), so its compile is not wasted."""
+    q, k, v, rpb = _inputs(9, 13, 3, True)
+    try:
+        with torch.no_grad():
+            na2d_flex(q, k, v, 3, 2, rpb=rpb)
+    except Exception as error:  # noqa: BLE001 - any compile failure means "unavailable here"
+        pytest.skip(f"compiled flex attention unavailable on the CPU: {type(error).__name__}: {error}"[:300])
+
+
+COMPILED_CASES = [
+    # (H, W, rpb, [(k, d), ...]): one compile per row; the (k, d) of a row share every tensor shape
+    (9, 13, True, [(3, 2), (3, 1), (3, 3)]),
+    (16, 16, False, [(5, 3), (5, 1), (3, 2), (7, 2)]),
+    (12, 20, True, [(7, 1)]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("height,width,use_rpb,problems", COMPILED_CASES)
+def test_compiled_forward_matches_reference(compiled_cpu, height, width, use_rpb, problems):
+    for kernel_size, dilation in problems:
+        q, k, v, rpb = _inputs(height, width, kernel_size, use_rpb, seed=kernel_size * 10 + dilation)
+        with torch.no_grad():
+            out = na2d_flex(q, k, v, kernel_size, dilation, rpb=rpb)
+        ref = na2d_reference(
+            q.double(),
+            k.double(),
+            v.double(),
+            kernel_size,
+            dilation,
+            rpb=None if rpb is None else rpb.double(),
+        )
+        assert out.dtype == torch.float32 and out.shape == q.shape
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CPU limits: no backward, no float64 in the compiled kernel -> fall back to the torch backend
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_unavailable_reasons():
+    q, k, v, rpb = _inputs(9, 13, 3, True)
+    assert flex_unavailable(q, rpb, k, v) is None
+    assert "backward" in flex_unavailable(q.requires_grad_(), rpb, k, v)
+    with torch.no_grad():
+        assert flex_unavailable(q, rpb, k, v) is None
+    assert "backward" in flex_unavailable(q.detach(), rpb.requires_grad_(), k, v)
+    assert "float64" in flex_unavailable(q.detach().double(), compile=True)
+    assert flex_unavailable(q.detach().double(), compile=False) is None
+
+
+def test_cpu_backward_falls_back_to_torch_backend():
+    q, k, v, rpb = _inputs(9, 13, 3, True, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
+    out = na2d_flex(*leaves[:3], 3, 2, rpb=leaves[3])
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, grad)
+    ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
+    ref = na2d_reference(*ref_leaves[:3], 3, 2, rpb=ref_leaves[3])
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
+
+
+def test_cpu_float64_falls_back_exactly():
+    q, k, v, rpb = _inputs(16, 16, 5, True, dtype=torch.float64)
+    out = na2d_flex(q, k, v, 5, 3, rpb=rpb)
+    torch.testing.assert_close(out, na2d_reference(q, k, v, 5, 3, rpb=rpb), rtol=1e-10, atol=1e-10)
+
+
+def test_validation():
+    q, k, v, rpb = _inputs(9, 13, 3, True)
+    with pytest.raises(ValueError, match="rpb"):
+        na2d_flex(q, k, v, 3, rpb=rpb[:, :3, :3])
+    with pytest.raises(ValueError, match="exceeds"):
+        na2d_flex(q, k, v, 3, dilation=4)
+    with pytest.raises(ValueError, match="odd"):
+        na2d_flex(q, k, v, 4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CUDA (fused Triton kernels): half precision and backward with RPB gradients
+# ----------------------------------------------------------------------------------------------------
+
+
+GPU_CASES = [(16, 16, 5, 3), (12, 20, 7, 1), (64, 64, 7, 8), (33, 47, 3, 5)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("height,width,kernel_size,dilation", GPU_CASES)
+def test_cuda_forward(dtype, height, width, kernel_size, dilation):
+    q, k, v, rpb = _inputs(height, width, kernel_size, True, device="cuda")
+    ref = na2d_reference(q, k, v, kernel_size, dilation, rpb=rpb)
+    with torch.no_grad():
+        out = na2d_flex(q.to(dtype), k.to(dtype), v.to(dtype), kernel_size, dilation, rpb=rpb.to(dtype))
+        plain = na2d_flex(q.to(dtype), k.to(dtype), v.to(dtype), kernel_size, dilation)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        plain.float(), na2d_reference(q, k, v, kernel_size, dilation), rtol=tol, atol=tol
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("height,width,kernel_size,dilation", GPU_CASES)
+def test_cuda_backward_with_rpb(dtype, height, width, kernel_size, dilation):
+    q, k, v, rpb = _inputs(height, width, kernel_size, True, device="cuda")
+    grad = torch.randn_like(q)
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v, rpb)]
+    out = na2d_flex(*leaves[:3], kernel_size, dilation, rpb=leaves[3])
+    grads = torch.autograd.grad(out, leaves, grad.to(dtype))
+    ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
+    ref = na2d_reference(*ref_leaves[:3], kernel_size, dilation, rpb=ref_leaves[3])
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+    for name, got, want in zip("qkv", grads[:3], ref_grads[:3]):
+        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol, msg=f"grad {name}")
+    # the RPB gradient sums over B * H * W queries: compare relative to its scale
+    scale = ref_grads[3].abs().max().item()
+    torch.testing.assert_close(grads[3].float(), ref_grads[3], rtol=tol, atol=tol * scale, msg="grad rpb")
