@@ -3,7 +3,8 @@
     python scripts/benchmark.py na --res 64 --batch 4 --heads 8 --dim 32 --kernel 7 --dilation split
 
 Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), ``train-step`` (one
-training step of the tiny and the 256 model: sec/kimg and peak memory). Add a mode by writing
+training step of the tiny and the 256 model: sec/kimg and peak memory), ``generator`` (sampling
+images/s, FLOPs per image and the fraction of the CPU's FLOP bound). Add a mode by writing
 ``bench_<mode>(args)`` and registering its parser in ``build_parser``.
 """
 
@@ -256,7 +257,7 @@ def _train_step_measure(args, model: str) -> dict:
                 x = ((x + 1) / 2 - mean) / std
             yield x
 
-    trainer = Trainer(prepare_run(cfg, env), stream=reals())
+    trainer = Trainer(prepare_run(cfg, env, with_data=False), stream=reals())
     batch = [trainer.next_reals()]
     parts = {
         "d_main": lambda: trainer.d_step(batch),
@@ -314,6 +315,41 @@ def bench_train_step(args) -> None:
         proc.join()
 
 
+# ----------------------------------------------------------------------------------------------------
+# mode: generator
+# ----------------------------------------------------------------------------------------------------
+
+# Bounds printed beside the generator figures: this machine's measured sgemm rate (see the Performance issue).
+CPU_SGEMM_GFLOPS = 220.0
+
+
+def bench_generator(args) -> None:
+    """Sampling images/s of a freshly initialised generator (mapping + synthesis) and its FLOP-bound fraction."""
+    from hydra import compose, initialize_config_dir
+
+    from stylenat.metrics.throughput import generator_flops, measure_generator_throughput
+    from stylenat.models.build import build_generator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs" / "model"),
+                               version_base=None):
+        cfg = compose(config_name=args.model)
+    torch.manual_seed(0)
+    G = build_generator(cfg).eval().requires_grad_(False).to(args.device)
+    gflop = generator_flops(G, batch=1) / 1e9
+    for batch in args.batch:
+        record = measure_generator_throughput(
+            G, batch=batch, warmup=args.warmup, reps=args.reps, dtype=args.dtype, tf32=not args.no_tf32,
+            compile=args.compile,
+        )
+        record.update(model=args.model, gflop_per_img=round(gflop, 2))
+        if torch.device(args.device).type == "cpu":
+            bound = CPU_SGEMM_GFLOPS / gflop
+            record.update(flop_bound_imgs_per_s=round(bound, 3), fraction_of_bound=round(record["imgs_per_s"] / bound, 3))
+        emit(record)
+
+
 def _dilation_arg(value: str) -> str:
     if value != "split" and not (value.isdigit() and int(value) >= 1):
         raise argparse.ArgumentTypeError(f"--dilation must be a positive integer or 'split', got {value!r}")
@@ -356,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--amp", choices=("false", "bf16"), default="false")
     ts.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ts.set_defaults(func=bench_train_step)
+
+    gen = modes.add_parser("generator", help="G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)")
+    gen.add_argument("--model", default="stylenat_256", help="a configs/model name")
+    gen.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    gen.add_argument("--reps", type=int, default=5, help="timed calls (the reference protocol uses 500)")
+    gen.add_argument("--warmup", type=int, default=1, help="untimed calls (the reference protocol uses 10)")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    gen.add_argument("--no-tf32", action="store_true")
+    gen.add_argument("--compile", action="store_true")
+    gen.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    gen.set_defaults(func=bench_generator)
     return parser
 
 
