@@ -5,8 +5,10 @@ Two backends, picked per call:
 * ``torch``: pure PyTorch, every device, relative position bias (RPB) supported. Queries are cut into
   tiles (per dilation group); each tile attends to the halo of keys covering all its windows, with an
   additive mask (-inf outside a query's window, RPB inside). A custom autograd function runs this in
-  chunks and recomputes the attention in the backward (flash-attention style), so nothing of size
-  ``tokens x halo`` outlives a chunk: memory stays lean and the CPU works in cache.
+  cache-sized chunks and, unless they are small, recomputes the attention probabilities in the
+  backward (flash-attention style) rather than keeping ``tokens x halo`` logits alive: memory stays
+  lean. On the CPU this measured faster than scaled_dot_product_attention with the same masks under
+  autograd (which keeps every chunk's attention and a mask per head alive).
 * ``natten``: NATTEN's fused CUDA kernels (``natten.na2d``, natten >= 0.20) when natten imports, the
   tensors are on CUDA and no RPB is given (NATTEN >= 0.20 has no RPB).
 
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -36,9 +39,9 @@ ENV_VAR = "STYLENAT_NA_BACKEND"
 _CPU_CHUNK_ELEMS = 1 << 20
 _GPU_CHUNK_ELEMS = 1 << 27
 
-# The backward recomputes attention probabilities unless keeping them takes at most this much memory
-# (small maps, where recomputation is a large share of the cost and the memory is modest).
-_SAVE_PROBS_BYTES = 0
+# The backward recomputes the attention probabilities (a matmul and a softmax per chunk, ~10% of a
+# forward+backward on the CPU) unless keeping them from the forward takes at most this much memory.
+_SAVE_PROBS_BYTES = 64 << 20
 
 _logged_backends: set[str] = set()
 
@@ -91,11 +94,20 @@ class _AxisPlan:
     slot: Tensor  # [L] (tile, position in tile) of every position, flattened as tile * T + i
 
 
-def _pick_tile(group_len: int, kernel_size: int) -> int:
-    """Queries per tile along an axis: whole groups when short, else small tiles (less halo waste)."""
-    if group_len <= 2 * kernel_size:
-        return group_len
-    return 8 if kernel_size <= 9 else kernel_size
+def _pick_tiles(height: int, width: int, kernel_size: int, dilation: int) -> tuple[int, int]:
+    """Queries per tile along (y, x).
+
+    Short groups (the dilated heads: StyleNAT's groups are 8 long) are one tile each, so the halo is the
+    whole group. Otherwise 4 x 8 tiles: a tile of T queries attends to a halo of T + k - 1 keys per axis,
+    so small tiles waste fewer logits, while the matmuls want many queries per tile; on a 2-core CPU
+    4 x 8 (32 queries, 10 x 14 keys for k=7) measured ~15% faster than 8 x 8 and 4 x 4.
+    """
+    tiles = []
+    for length, default in ((height, 4), (width, 8)):
+        group_len = -(-length // dilation)
+        # Bigger kernels get tiles of about half a kernel, which bounds the halo waste.
+        tiles.append(group_len if group_len <= 2 * kernel_size else max(default, (kernel_size + 1) // 2))
+    return tiles[0], tiles[1]
 
 
 @functools.lru_cache(maxsize=256)
@@ -157,6 +169,7 @@ class _Piece:
     out_slots: Tensor | None  # query slots that hold a real query (None: all of them)
     out_tokens: Tensor  # the tokens of those slots
     q_valid: Tensor | None  # [n_tiles, tile_q, 1] bool, False on repeated query slots (None: all real)
+    cache: dict = field(default_factory=dict, repr=False)  # index tables for stacked items
 
 
 @dataclass(frozen=True, eq=False)
@@ -265,65 +278,95 @@ def _chunks(plan: _Plan, batch: int, heads: int, device: torch.device):
             yield piece, (slice(b0, b1), slice(h0, h1))
 
 
-def _items(x: Tensor):
-    """The 2-D [tokens, D] blocks of a chunk x [cb, ch, tokens, D]."""
-    return [x[b, h] for b in range(x.shape[0]) for h in range(x.shape[1])]
+def _stacked(piece: _Piece, name: str, n: int, stride: int) -> Tensor:
+    """Index ``piece.<name>`` repeated over n stacked blocks of ``stride`` rows (cached per piece)."""
+    index = getattr(piece, name)
+    if n == 1:
+        return index
+    key = (name, n, stride)
+    if key not in piece.cache:
+        offsets = torch.arange(n, device=index.device) * stride
+        piece.cache[key] = (offsets[:, None] + index[None, :]).view(-1)
+    return piece.cache[key]
 
 
-def _per_item(x: Tensor, index: Tensor) -> bool:
-    """Loop over items? On the CPU, index_select / index_add_ along dim 0 of 2-D blocks beat the same
-    ops along an inner dim of the whole chunk once the blocks are not tiny; on accelerators one
-    batched launch wins."""
-    return x.device.type == "cpu" and index.numel() * x.shape[-1] >= 1 << 14
+def _flat(x: Tensor) -> Tensor | None:
+    """[..., D] as rows [-1, D] when that is a view and the row ops below are best done flat: on the
+    CPU one index op along dim 0 beats the same op along an inner dim (or a loop over items); on
+    accelerators the batched inner-dim op is fine and avoids the stacked index tables."""
+    return x.view(-1, x.shape[-1]) if x.device.type == "cpu" and x.is_contiguous() else None
 
 
-def _gather(x: Tensor, index: Tensor, rows: int) -> Tensor:
-    """Token rows of x [cb, ch, tokens, D] (any strides) -> tiles [cb, ch, n_tiles, rows, D]."""
-    cb, ch, _, dim = x.shape
-    if _per_item(x, index):
-        out = x.new_empty(cb, ch, index.numel(), dim)
-        for src, dst in zip(_items(x), _items(out)):
-            torch.index_select(src, 0, index, out=dst)
+class _Scratch:
+    """Scratch buffers reused by every chunk of one call. Fresh multi-MB temporaries per chunk cost
+    page faults on the CPU (the allocator hands freed memory back to the OS); reusing them does not."""
+
+    def __init__(self, like: Tensor):
+        self.like, self.buffers = like, {}
+
+    def __call__(self, name: str, shape) -> Tensor:
+        numel = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = self.buffers[name] = self.like.new_empty(numel)
+        return buf[:numel].view(shape)
+
+
+def _gather(x: Tensor, piece: _Piece, name: str, rows: int, out: Tensor) -> Tensor:
+    """Token rows of x [cb, ch, tokens, D] (any strides) -> tiles [cb, ch, n_tiles, rows, D], in out."""
+    cb, ch, tokens, dim = x.shape
+    flat = _flat(x)
+    if flat is not None:
+        torch.index_select(flat, 0, _stacked(piece, name, cb * ch, tokens), out=out.view(-1, dim))
     else:
-        out = x.index_select(2, index)
+        torch.index_select(x, 2, getattr(piece, name), out=out.view(cb, ch, -1, dim))
     return out.view(cb, ch, -1, rows, dim)
 
 
 def _untile(x: Tensor, piece: _Piece, out: Tensor) -> None:
     """Write query-slot values x [cb, ch, n_tiles, rows, D] to their tokens in out [cb, ch, tokens, D]."""
+    cb, ch, tokens, _ = out.shape
+    src, dst = _flat(x), _flat(out)
+    if src is not None and dst is not None:
+        if piece.out_slots is not None:
+            src = src.index_select(0, _stacked(piece, "out_slots", cb * ch, piece.n_tiles * x.shape[3]))
+        dst.index_copy_(0, _stacked(piece, "out_tokens", cb * ch, tokens), src)
+        return
     x = x.flatten(2, 3)
     if piece.out_slots is not None:
         x = x.index_select(2, piece.out_slots)
-    if _per_item(x, piece.out_tokens):
-        for src, dst in zip(_items(x), _items(out)):
-            dst.index_copy_(0, piece.out_tokens, src)
-    else:
-        out.index_copy_(2, piece.out_tokens, x)
+    out.index_copy_(2, piece.out_tokens, x)
 
 
-def _fold(x: Tensor, index: Tensor, out: Tensor) -> None:
+def _fold(x: Tensor, piece: _Piece, out: Tensor) -> None:
     """Add key-slot gradients x [cb, ch, n_tiles, rows, D] into out [cb, ch, tokens, D] (halos overlap)."""
-    x = x.flatten(2, 3)
-    if _per_item(x, index):
-        for src, dst in zip(_items(x), _items(out)):
-            dst.index_add_(0, index, src)
+    cb, ch, tokens, _ = out.shape
+    src, dst = _flat(x), _flat(out)
+    if src is not None and dst is not None:
+        dst.index_add_(0, _stacked(piece, "k_index", cb * ch, tokens), src)
     else:
-        out.index_add_(2, index, x)
+        out.index_add_(2, piece.k_index, x.flatten(2, 3))
 
 
-def _probs(qt: Tensor, kt: Tensor, mask: Tensor) -> Tensor:
+def _probs(qt: Tensor, kt: Tensor, mask: Tensor, logits: Tensor, out: Tensor) -> Tensor:
     """Attention probabilities of a chunk of tiles; mask [ch, tile_q, tile_k] broadcasts over tiles.
 
     softmax rather than exp(logits - logsumexp): on the CPU torch.exp takes a slow path on the many
     -inf (underflowing) entries, softmax's kernel does not.
     """
-    logits = torch.matmul(qt, kt.transpose(-1, -2))
-    return torch.softmax(logits.add_(mask.unsqueeze(1)), dim=-1)
+    torch.matmul(qt, kt.transpose(-1, -2), out=logits)
+    return torch.softmax(logits.add_(mask.unsqueeze(1)), dim=-1, out=out)
 
 
 def _tokens(x: Tensor) -> Tensor:
     """[B, heads, H, W, D] -> [B, heads, H*W, D], a view whenever H, W, D are laid out densely."""
     return x.flatten(2, 3)
+
+
+def _chunk_shapes(plan: _Plan, piece: _Piece, items, dim: int):
+    """Shapes of one chunk's query tiles, key tiles and logits."""
+    lead = (items[0].stop - items[0].start, items[1].stop - items[1].start, piece.n_tiles)
+    return (*lead, plan.tile_q, dim), (*lead, plan.tile_k, dim), (*lead, plan.tile_q, plan.tile_k)
 
 
 class _TiledNA(torch.autograd.Function):
@@ -335,20 +378,30 @@ class _TiledNA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float):
-        batch, heads = q.shape[:2]
+        batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
+        if q.device.type == "cpu":  # dense rows for the flat index ops (see _flat)
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         qf, kf, vf = _tokens(q), _tokens(k), _tokens(v)
         out = q.new_empty(q.shape)
         of = _tokens(out)
         masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
         n_slots = sum(p.n_tiles for p in plan.pieces) * plan.tile_q * plan.tile_k
         keep = any(ctx.needs_input_grad) and batch * heads * n_slots * q.element_size() <= _SAVE_PROBS_BYTES
-        kept = []
+        kept, scratch = [], _Scratch(q)
         for piece, items in _chunks(plan, batch, heads, q.device):
-            qt = _gather(qf[items], piece.q_index, plan.tile_q).mul_(scale)
-            kt = _gather(kf[items], piece.k_index, plan.tile_k)
-            vt = _gather(vf[items], piece.k_index, plan.tile_k)
-            probs = _probs(qt, kt, masks[items[1] if rpb is not None else slice(None), piece.kind])
-            _untile(torch.matmul(probs, vt), piece, of[items])
+            q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
+            qt = _gather(qf[items], piece, "q_index", plan.tile_q, scratch("q", q_shape)).mul_(scale)
+            kt = _gather(kf[items], piece, "k_index", plan.tile_k, scratch("k", k_shape))
+            vt = _gather(vf[items], piece, "k_index", plan.tile_k, scratch("v", k_shape))
+            mask = masks[items[1] if rpb is not None else slice(None), piece.kind]
+            probs = _probs(
+                qt,
+                kt,
+                mask,
+                scratch("logits", p_shape),
+                q.new_empty(p_shape) if keep else scratch("p", p_shape),
+            )
+            _untile(torch.matmul(probs, vt, out=scratch("o", q_shape)), piece, of[items])
             if keep:
                 kept.append(probs)
         ctx.save_for_backward(q, k, v, rpb, out)
@@ -361,7 +414,9 @@ class _TiledNA(torch.autograd.Function):
         q, k, v, rpb, out = ctx.saved_tensors
         plan, scale, kept = ctx.plan, ctx.scale, ctx.kept
         ctx.kept = None
-        batch, heads = q.shape[:2]
+        batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
+        if grad_out.device.type == "cpu":
+            grad_out = grad_out.contiguous()
         qf, kf, vf, gof, of = _tokens(q), _tokens(k), _tokens(v), _tokens(grad_out), _tokens(out)
         grad_q, grad_k, grad_v = q.new_empty(q.shape), q.new_zeros(q.shape), q.new_zeros(q.shape)
         gqf, gkf, gvf = _tokens(grad_q), _tokens(grad_k), _tokens(grad_v)
@@ -370,23 +425,28 @@ class _TiledNA(torch.autograd.Function):
         if kept is None:
             masks = _window_mask(plan, ctx.kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
         grad_masks = q.new_zeros(heads, *plan.bias_index.shape) if need_rpb else None
+        scratch = _Scratch(q)
         for i, (piece, items) in enumerate(_chunks(plan, batch, heads, q.device)):
-            qt = _gather(qf[items], piece.q_index, plan.tile_q).mul_(scale)
-            kt = _gather(kf[items], piece.k_index, plan.tile_k)
-            vt = _gather(vf[items], piece.k_index, plan.tile_k)
-            got = _gather(gof[items], piece.q_index, plan.tile_q)
+            q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
+            qt = _gather(qf[items], piece, "q_index", plan.tile_q, scratch("q", q_shape)).mul_(scale)
+            kt = _gather(kf[items], piece, "k_index", plan.tile_k, scratch("k", k_shape))
+            vt = _gather(vf[items], piece, "k_index", plan.tile_k, scratch("v", k_shape))
+            got = _gather(gof[items], piece, "q_index", plan.tile_q, scratch("do", q_shape))
             if piece.q_valid is not None:  # repeated query slots must not count twice: dO = 0
-                got = got * piece.q_valid
+                got.mul_(piece.q_valid)
             # delta_i = sum_j P_ij dP_ij = dO_i . O_i
-            delta = (got * _gather(of[items], piece.q_index, plan.tile_q)).sum(-1, keepdim=True)
+            ot = _gather(of[items], piece, "q_index", plan.tile_q, scratch("o", q_shape))
+            delta = ot.mul_(got).sum(-1, keepdim=True)
             if kept is None:
-                probs = _probs(qt, kt, masks[items[1] if rpb is not None else slice(None), piece.kind])
+                mask = masks[items[1] if rpb is not None else slice(None), piece.kind]
+                probs = _probs(qt, kt, mask, scratch("logits", p_shape), scratch("p", p_shape))
             else:
                 probs = kept[i]
-            _fold(torch.matmul(probs.transpose(-1, -2), got), piece.k_index, gvf[items])
-            gs = torch.matmul(got, vt.transpose(-1, -2)).sub_(delta).mul_(probs)  # dL/dlogits
-            _untile(torch.matmul(gs, kt).mul_(scale), piece, gqf[items])
-            _fold(torch.matmul(gs.transpose(-1, -2), qt), piece.k_index, gkf[items])
+            _fold(torch.matmul(probs.transpose(-1, -2), got, out=scratch("dk", k_shape)), piece, gvf[items])
+            gs = torch.matmul(got, vt.transpose(-1, -2), out=scratch("logits", p_shape))
+            gs.sub_(delta).mul_(probs)  # dL/dlogits
+            _untile(torch.matmul(gs, kt, out=scratch("o", q_shape)).mul_(scale), piece, gqf[items])
+            _fold(torch.matmul(gs.transpose(-1, -2), qt, out=scratch("dk", k_shape)), piece, gkf[items])
             if need_rpb:
                 grad_masks[items[1], piece.kind] += gs.sum(dim=(0, 2))
         grad_rpb = _bias_grad(grad_masks, plan, rpb) if need_rpb else None
@@ -396,10 +456,7 @@ class _TiledNA(torch.autograd.Function):
 def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None):
     _, _, height, width, _ = q.shape
     if tiles is None:
-        tiles = (
-            _pick_tile(-(-height // dilation), kernel_size),
-            _pick_tile(-(-width // dilation), kernel_size),
-        )
+        tiles = _pick_tiles(height, width, kernel_size, dilation)
     plan = _plan(height, width, kernel_size, dilation, tuple(tiles), q.device)
     if rpb is not None:
         rpb = rpb.to(q.dtype)

@@ -4,25 +4,29 @@
 relative position bias) with a block-sparse fused flex-attention kernel:
 
 * The H*W tokens are flattened. With dilation d > 1 they are first reordered so that every dilation group
-  (the tokens sharing ``row % d`` and ``col % d``, a (H/d)x(W/d) sub-image) is contiguous and rasterised:
-  every window then lives inside one contiguous run of tokens, which keeps the block mask as sparse at
-  dilation 8 as at dilation 1. The output is put back in the original order.
+  (the tokens sharing ``row % d`` and ``col % d``, a (H/d)x(W/d) sub-image) is contiguous: every window
+  then lives inside one contiguous run of tokens, which keeps the block mask as sparse at dilation 8 as at
+  dilation 1. Inside a group tokens are rasterised; groups wider than a block (128) may instead be cut into
+  4x32 or 8x16 tiles, whichever touches the fewest key blocks (256x256, k=7: 14 -> 8.2 key blocks per
+  query block). The output is put back in the original order.
 * The window rule is evaluated by ``mask_mod`` from small per-token integer tables (group, position in the
   group, window start/end in group units). Nothing in the compiled graph depends on the kernel size or the
-  dilation as a Python constant, so one compiled kernel serves every (k, d) (and, once torch's automatic
-  dynamic shapes kick in after the first shape change, every feature-map size).
+  dilation as a Python constant: problems with the same tensor shapes share one compiled kernel, and on
+  CUDA (automatic dynamic shapes) one kernel serves every map size after the first recompile.
 * ``score_mod`` adds ``rpb[h, dy + k - 1, dx + k - 1]`` with dy, dx in group units, read from the same kind
   of tables (one flat index per query plus one per key).
-* The ``BlockMask`` is built analytically from the k*k window of every query (no dense Q x KV mask, so it
-  scales to 256x256 maps and beyond) and cached per (H, W, k, d, device). Its blocks match what
-  ``create_block_mask`` builds from the same ``mask_mod`` (tested).
+* The ``BlockMask`` is built analytically from the k*k window of every query (no dense Q x KV mask, which
+  ``create_block_mask`` would materialise: 4 G booleans at 256x256) on the target device, and cached per
+  (H, W, k, d, device). Its blocks equal what ``create_block_mask`` builds from the same ``mask_mod``
+  (tested).
 
 Platform support (torch 2.14, measured): on the CPU the compiled flex kernel runs forward only, in float32,
 float16 and bfloat16 (no float64, no backward: torch raises "FlexAttention does not support backward on
 CPU"). Calls the flex kernel cannot serve -- CPU with autograd needed, CPU float64, or a device flex does not
 support -- fall back to ``stylenat.ops.na2d(..., backend="torch")`` (logged once); ``flex_unavailable``
-returns the reason so a dispatcher can decide before calling. On CUDA forward and backward (including the
-RPB gradient) are flex's fused Triton kernels.
+returns the reason so a dispatcher can decide before calling. The CPU compiles with static shapes (one C++
+compile, 10-25 s, per new problem shape; see ``_compiled``). On CUDA forward and backward (including the
+RPB gradient) are flex's fused Triton kernels (not exercised here: no GPU; see the ``gpu`` tests).
 """
 
 from __future__ import annotations
@@ -39,15 +43,16 @@ logger = logging.getLogger(__name__)
 # Flex attention's sparse block size (tokens per query / key block of the BlockMask).
 BLOCK_SIZE = 128
 
-# Queries per chunk while building a BlockMask (bounds the temporary [chunk, k*k] index tensors).
-_MASK_CHUNK_TOKENS = 1 << 16
+# Queries per chunk while building a BlockMask (bounds the temporary [chunk, k*k] index tensors and the
+# [chunk / BLOCK_SIZE, n_blocks] pair counts).
+_MASK_CHUNK_TOKENS = 1 << 15
 
 # Recompile budget for our flex_attention calls (torch's default, 8, is shared by every call site of
 # flex_attention; a model with many feature-map sizes and static shapes on the CPU can exceed it, after
 # which torch silently runs flex's dense eager reference).
 _RECOMPILE_LIMIT = 64
 
-_compiled_flex: dict[bool, object] = {}
+_compiled_flex: dict[bool | None, object] = {}
 _logged: set[str] = set()
 
 
@@ -62,8 +67,9 @@ def _flex_module():
 def _compiled(device_type: str):
     """``torch.compile(flex_attention)``, created once per shape policy on first use.
 
-    CUDA: automatic dynamic shapes (one recompile on the first shape change, then one kernel serves every
-    map size, kernel size and dilation: nothing in the graph depends on them as Python constants).
+    CUDA: automatic dynamic shapes (one recompile on the first shape change, after which one kernel should
+    serve every map size, kernel size and dilation: nothing in the graph depends on them as Python
+    constants; not measured here, no GPU).
     CPU: static shapes, one compile per problem. torch 2.14's C++ flex template miscompiles dynamic shapes
     (it renames its split-size symbol with a plain string replace, so ``ks4`` also rewrites ``ks49`` into
     ``cur_qSplitSize9``: "C++ compile error ... was not declared in this scope").
@@ -89,6 +95,11 @@ def _run_compiled(device_type: str, *args, **kwargs) -> Tensor:
         return attend(*args, **kwargs)
 
 
+def available(device: str | torch.device = "cpu") -> bool:
+    """Whether this torch has flex attention for ``device`` (per-call limits: ``flex_unavailable``)."""
+    return _flex_module() is not None and torch.device(device).type in ("cuda", "cpu", "xpu")
+
+
 def flex_unavailable(
     q: Tensor,
     rpb: Tensor | None = None,
@@ -102,6 +113,8 @@ def flex_unavailable(
     device = q.device.type
     if device not in ("cuda", "cpu", "xpu"):
         return f"flex attention does not run on {device}"
+    if device != "cpu" and q.shape[-1] < 16:
+        return f"flex attention's {device} kernels need a head dim >= 16, got {q.shape[-1]}"
     if device == "cpu":
         if compile and q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return f"flex attention on the CPU supports float32/float16/bfloat16, not {q.dtype}"
@@ -135,22 +148,47 @@ class _FlexPlan:
     kv_bias: Tensor  # [L_pad] flat RPB index part per key: jy*(2k-1) + jx
 
 
-def _layout(height: int, width: int, kernel_size: int, dilation: int):
-    """Token order and per-token tables, all indexed by flex position (tokens are y * W + x)."""
-    gy, jy, sy = _axis(height, kernel_size, dilation)
-    gx, jx, sx = _axis(width, kernel_size, dilation)
-    token = torch.arange(height * width).view(height, width)
-    if dilation == 1:
-        perm = None
-        order = token.reshape(-1)
-    else:
-        # group-major (gy, gx), then raster inside the group's sub-image
-        key = ((gy[:, None] * dilation + gx[None, :]) * height + jy[:, None]) * width + jx[None, :]
-        order = token.reshape(-1)[key.reshape(-1).argsort()]
-        perm = order
+# Candidate tiles (rows, cols) of BLOCK_SIZE tokens for groups wider than a block. Narrower groups are
+# rasterised (a block then holds whole rows, which measured best); wider ones try tiles too and keep
+# whichever order needs the fewest key blocks (256x256, k=7: 14 -> 8.2 key blocks per query block).
+_WIDE_TILES = ((4, 32), (8, 16))
+
+
+def _order(height: int, width: int, dilation: int, tile: tuple[int, int] | None) -> Tensor:
+    """Original token (y * W + x) at each flex position: dilation groups contiguous (group-major by
+    (y % d, x % d)); inside a group raster order, or ``tile``-major then raster inside each tile."""
+    iy, ix = torch.arange(height), torch.arange(width)
+    gy, jy, gx, jx = iy % dilation, iy // dilation, ix % dilation, ix // dilation
+    th, tw = tile if tile is not None else (1, width)
+    key = (gy[:, None] * dilation + gx[None, :]) * height + jy[:, None] // th
+    key = (key * width + jx[None, :] // tw) * th + jy[:, None] % th
+    key = key * tw + jx[None, :] % tw
+    return key.reshape(-1).argsort()
+
+
+def _block_pairs(order: Tensor, height: int, width: int, kernel_size: int, dilation: int):
+    """Unique (q block, kv block) ids (q * n_blocks + kv) touched by the windows, with their pair counts."""
+    length = height * width
+    _, _, sy = _axis(height, kernel_size, dilation)
+    _, _, sx = _axis(width, kernel_size, dilation)
+    pos = torch.empty_like(order).scatter_(0, order, torch.arange(length))  # token -> flex position
     rows, cols = order // width, order % width
-    group = gy[rows] * dilation + gx[cols]
-    return perm, rows, cols, group, jy[rows], jx[cols], sy[rows], sx[cols]
+    n_blocks = -(-length // BLOCK_SIZE)
+    m = torch.arange(kernel_size)
+    pair_ids, pair_counts = [], []
+    chunk = max(BLOCK_SIZE, _MASK_CHUNK_TOKENS // BLOCK_SIZE * BLOCK_SIZE)
+    for t0 in range(0, length, chunk):
+        t = torch.arange(t0, min(t0 + chunk, length))
+        key_rows = rows[t, None] % dilation + dilation * (sy[rows[t], None] + m)  # [n, k]
+        key_cols = cols[t, None] % dilation + dilation * (sx[cols[t], None] + m)
+        keys = pos[(key_rows[:, :, None] * width + key_cols[:, None, :]).reshape(len(t), -1)]  # [n, k*k]
+        q0 = t0 // BLOCK_SIZE  # chunks start on block boundaries: count block pairs with a local bincount
+        local = (t[:, None] // BLOCK_SIZE - q0) * n_blocks + keys // BLOCK_SIZE
+        counts = torch.bincount(local.reshape(-1), minlength=-(-len(t) // BLOCK_SIZE) * n_blocks)
+        hit = counts.nonzero().squeeze(1)
+        pair_ids.append(hit + q0 * n_blocks)
+        pair_counts.append(counts[hit])
+    return torch.cat(pair_ids), torch.cat(pair_counts)  # chunks are block aligned: no duplicates
 
 
 def _block_lists(pairs_q: Tensor, pairs_kv: Tensor, n_q_blocks: int, n_kv_blocks: int):
@@ -168,34 +206,40 @@ def _block_lists(pairs_q: Tensor, pairs_kv: Tensor, n_q_blocks: int, n_kv_blocks
 
 @functools.lru_cache(maxsize=128)
 def _plan(height: int, width: int, kernel_size: int, dilation: int, device: str) -> _FlexPlan:
+    with torch.device(device):  # build on the target device (seconds on the CPU for 512x512 maps)
+        return _build_plan(height, width, kernel_size, dilation, device)
+
+
+def _build_plan(height: int, width: int, kernel_size: int, dilation: int, device: str) -> _FlexPlan:
     flex = _flex_module()
     length = height * width
     k = kernel_size
     span = 2 * k - 1
-    perm, rows, cols, group, jy, jx, sy, sx = _layout(height, width, k, dilation)
-    inv_perm = None if perm is None else torch.empty_like(perm).scatter_(0, perm, torch.arange(length))
-    pos = torch.arange(length) if inv_perm is None else inv_perm  # original token -> flex position
 
-    # Block structure from every query's k*k window: count the (query, key) pairs per block pair.
+    # Token order: the candidate whose windows touch the fewest (q block, kv block) pairs.
+    tiles = [None] + (list(_WIDE_TILES) if -(-width // dilation) > BLOCK_SIZE else [])
+    best = None
+    for tile in tiles:
+        order = _order(height, width, dilation, tile)
+        ids, cnt = _block_pairs(order, height, width, k, dilation)
+        if best is None or ids.numel() < best[1].numel():
+            best = (order, ids, cnt)
+    order, ids, cnt = best
+    identity = bool((order == torch.arange(length)).all())
+    perm = None if identity else order
+    inv_perm = None if identity else torch.empty_like(order).scatter_(0, order, torch.arange(length))
+
+    # Block lists: partial blocks evaluate mask_mod, full ones (every pair in a window) skip it.
     n_blocks = -(-length // BLOCK_SIZE)
-    m = torch.arange(k)
-    pair_ids, pair_counts = [], []
-    chunk = max(BLOCK_SIZE, _MASK_CHUNK_TOKENS // BLOCK_SIZE * BLOCK_SIZE)
-    for t0 in range(0, length, chunk):
-        t = torch.arange(t0, min(t0 + chunk, length))
-        key_rows = rows[t, None] % dilation + dilation * (sy[t, None] + m)  # [n, k]
-        key_cols = cols[t, None] % dilation + dilation * (sx[t, None] + m)
-        keys = pos[(key_rows[:, :, None] * width + key_cols[:, None, :]).reshape(len(t), -1)]  # [n, k*k]
-        ids = (t[:, None] // BLOCK_SIZE) * n_blocks + keys // BLOCK_SIZE
-        uniq, cnt = torch.unique(ids, return_counts=True)
-        pair_ids.append(uniq)
-        pair_counts.append(cnt)
-    ids, cnt = torch.cat(pair_ids), torch.cat(pair_counts)  # chunks are block aligned: no duplicates
     full = cnt == BLOCK_SIZE * BLOCK_SIZE
     partial_q, partial_kv = ids[~full] // n_blocks, ids[~full] % n_blocks
     full_q, full_kv = ids[full] // n_blocks, ids[full] % n_blocks
     kv_num, kv_idx = _block_lists(partial_q, partial_kv, n_blocks, n_blocks)
     full_num, full_idx = _block_lists(full_q, full_kv, n_blocks, n_blocks)
+
+    gy, jy, sy = (t[order // width] for t in _axis(height, k, dilation))
+    gx, jx, sx = (t[order % width] for t in _axis(width, k, dilation))
+    group = gy * dilation + gx
 
     # Per-token tables for mask_mod / score_mod, padded to whole blocks with never-matching entries.
     padded = n_blocks * BLOCK_SIZE
@@ -310,12 +354,11 @@ def na2d_flex(
     score_mod = None
     if rpb is not None:
         bias = rpb.reshape(heads, -1)
-        last = bias.shape[1] - 1
         q_bias, kv_bias = plan.q_bias, plan.kv_bias
 
         def score_mod(score, b, h, q_idx, kv_idx):
             # clamp: masked-out pairs (other groups, far keys) must still index inside rpb
-            return score + bias[h, (q_bias[q_idx] + kv_bias[kv_idx]).clamp(0, last)]
+            return score + bias[h, (q_bias[q_idx] + kv_bias[kv_idx]).clamp(0, bias.shape[1] - 1)]
 
     args = (tokens(q), tokens(k), tokens(v))
     kwargs = dict(score_mod=score_mod, block_mask=plan.block_mask, scale=scale)

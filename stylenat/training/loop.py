@@ -53,10 +53,14 @@ class RunSetup:
     run_dir: Path
     resume_path: Path | None
     state: dict | None
+    dataset: object | None
 
 
-def prepare_run(cfg, env: dist.DistEnv) -> RunSetup:
-    """Validate the config, find and check the state to resume; touches no file."""
+def prepare_run(cfg, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
+    """Validate the config, open the data set, find and check the state to resume; writes nothing.
+
+    ``with_data=False`` skips the data set (benchmarks that feed their own batches).
+    """
     config = resolve_config(cfg)
     check_config(config)
     opts = TrainOptions.from_dict(config["train"])
@@ -71,12 +75,13 @@ def prepare_run(cfg, env: dist.DistEnv) -> RunSetup:
     if resume_path is not None:
         state = ckpt.load_state(resume_path)
         ckpt.check_compatible(state, config, resume_path)
-    return RunSetup(config, opts, env, run_dir, resume_path, state)
+    dataset = build_training_dataset(config) if with_data else None
+    return RunSetup(config, opts, env, run_dir, resume_path, state, dataset)
 
 
-def build_training_data(config: dict, opts: TrainOptions, env: dist.DistEnv, start_index: int):
-    """The data set (the demo faces when dataset.path is null) and this rank's resumable batch stream."""
-    from stylenat.data import build_dataset, build_loader, demo_dataset_path
+def build_training_dataset(config: dict):
+    """The data set of ``dataset.*`` (the demo faces when dataset.path is null), in G's pixel space."""
+    from stylenat.data import build_dataset, demo_dataset_path
 
     data_cfg = config["dataset"]
     path = data_cfg.get("path")
@@ -90,7 +95,14 @@ def build_training_data(config: dict, opts: TrainOptions, env: dist.DistEnv, sta
     )
     if len(dataset) == 0:
         raise ValueError(f"dataset.path={path} holds no images")
-    stream = build_loader(
+    return dataset
+
+
+def build_stream(dataset, config: dict, opts: TrainOptions, env: dist.DistEnv, start_index: int):
+    """This rank's endless, resumable batch stream, starting at global position ``start_index``."""
+    from stylenat.data import build_loader
+
+    return build_loader(
         dataset,
         opts.per_gpu_batch(env.world_size),
         rank=env.rank,
@@ -99,7 +111,6 @@ def build_training_data(config: dict, opts: TrainOptions, env: dist.DistEnv, sta
         start_index=start_index,
         num_workers=opts.workers,
     )
-    return dataset, stream
 
 
 def build_networks(config: dict) -> tuple[nn.Module, nn.Module]:
@@ -171,10 +182,12 @@ class Trainer:
             dist.broadcast_module(self.D)
             self.G_ema.load_state_dict(self.G.state_dict())
         self.G_fwd, self.D_fwd = self._maybe_compile()
+        self.dataset = setup.dataset
         if stream is None:
-            self.dataset, self.stream = build_training_data(self.config, opts, self.env, self.images_seen)
-        else:
-            self.dataset, self.stream = None, stream
+            if self.dataset is None:
+                raise ValueError("Trainer needs a data set (prepare_run(with_data=True)) or a stream")
+            stream = build_stream(self.dataset, self.config, opts, self.env, self.images_seen)
+        self.stream = stream
         self._stats = _StatAccumulator(self.device)
 
     # ------------------------------------------------------------------ backends

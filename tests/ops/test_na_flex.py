@@ -1,9 +1,10 @@
 """The flex-attention NA backend against the brute-force oracle.
 
 Compiled flex on the CPU (torch 2.14) is forward-only, float32/float16/bfloat16, static shapes: every new
-problem shape costs a C++ compile (seconds), so the compiled tests share three shapes and vary kernel size
-and dilation inside them (same tensor shapes: no recompile). The full (shape, k, d, rpb) grid runs through
-flex's eager path (``compile=False``), which evaluates the very same mask_mod / score_mod / token order.
+problem shape costs a C++ compile (10-25 s on a loaded 2-core machine), so the compiled tests use two
+shapes and vary kernel size and dilation inside them (same tensor shapes: no recompile). The full
+(shape, k, d, rpb) grid runs through flex's eager path (``compile=False``), which evaluates the very same
+mask_mod / score_mod / token order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ pytest.importorskip(
 
 from torch.nn.attention.flex_attention import create_block_mask  # noqa: E402
 
-from stylenat.ops.na_flex import block_mask, flex_unavailable, na2d_flex  # noqa: E402
+from stylenat.ops.na_flex import _plan, available, block_mask, flex_unavailable, na2d_flex  # noqa: E402
 
 try:
     from stylenat.ops.na_reference import na2d_reference
@@ -53,9 +54,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without to
 B, HEADS, DIM = 2, 2, 8
 
 
-def _inputs(height, width, kernel_size, use_rpb, dtype=torch.float32, device="cpu", seed=0):
+def _inputs(height, width, kernel_size, use_rpb, dtype=torch.float32, device="cpu", seed=0, dim=DIM):
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, HEADS, height, width, DIM, generator=gen, dtype=dtype) for _ in range(3))
+    q, k, v = (torch.randn(B, HEADS, height, width, dim, generator=gen, dtype=dtype) for _ in range(3))
     rpb = (
         torch.randn(HEADS, 2 * kernel_size - 1, 2 * kernel_size - 1, generator=gen, dtype=dtype)
         if use_rpb
@@ -63,6 +64,10 @@ def _inputs(height, width, kernel_size, use_rpb, dtype=torch.float32, device="cp
     )
     move = (lambda t: None if t is None else t.to(device)) if device != "cpu" else (lambda t: t)
     return move(q), move(k), move(v), move(rpb)
+
+
+# Groups wider than a block: tokens are reordered into (4, 32) / (8, 16) tiles when that is sparser.
+WIDE = [(4, 260, 3, 1), (8, 300, 5, 1), (6, 270, 3, 2)]
 
 
 def _grid():
@@ -84,7 +89,16 @@ def _rows(num, idx):
 
 @pytest.mark.parametrize(
     "height,width,kernel_size,dilation",
-    [(9, 13, 3, 2), (12, 20, 7, 1), (40, 50, 3, 1), (40, 50, 5, 4), (33, 47, 3, 5), (64, 64, 7, 8)],
+    [
+        (9, 13, 3, 2),
+        (12, 20, 7, 1),
+        (40, 50, 3, 1),
+        (40, 50, 5, 4),
+        (33, 47, 3, 5),
+        (64, 64, 7, 8),
+        (15, 15, 15, 1),  # the window is the whole map: has a full block
+        *WIDE,
+    ],
 )
 def test_block_mask_matches_create_block_mask(height, width, kernel_size, dilation):
     ours = block_mask(height, width, kernel_size, dilation)
@@ -97,6 +111,10 @@ def test_block_mask_matches_create_block_mask(height, width, kernel_size, dilati
     assert _rows(ours.full_kv_num_blocks[0, 0], ours.full_kv_indices[0, 0]) == _rows(
         ref.full_kv_num_blocks[0, 0], ref.full_kv_indices[0, 0]
     )
+
+
+def test_full_blocks_are_found():
+    assert block_mask(15, 15, 15, 1).full_kv_num_blocks.sum().item() == 1
 
 
 def test_dilation_groups_keep_the_block_mask_sparse():
@@ -117,6 +135,17 @@ def test_eager_matches_reference(height, width, kernel_size, dilation):
         out = na2d_flex(q, k, v, kernel_size, dilation, rpb=rpb, compile=False)
         ref = na2d_reference(q, k, v, kernel_size, dilation, rpb=rpb)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("height,width,kernel_size,dilation", [*WIDE, (15, 15, 15, 1)])
+def test_eager_matches_reference_tiled_and_full(height, width, kernel_size, dilation):
+    if width > 128:
+        assert _plan(height, width, kernel_size, dilation, "cpu").perm is not None  # tiled order in use
+    q, k, v, rpb = _inputs(height, width, kernel_size, True)
+    out = na2d_flex(q, k, v, kernel_size, dilation, rpb=rpb, compile=False)
+    torch.testing.assert_close(
+        out, na2d_reference(q, k, v, kernel_size, dilation, rpb=rpb), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_eager_scale():
@@ -144,10 +173,10 @@ def compiled_cpu():
 
 
 COMPILED_CASES = [
-    # (H, W, rpb, [(k, d), ...]): one compile per row; the (k, d) of a row share every tensor shape
+    # (H, W, rpb, [(k, d), ...]): one compile per row (static shapes on the CPU); the (k, d) of a row share
+    # every tensor shape, so they reuse the row's kernel
     (9, 13, True, [(3, 2), (3, 1), (3, 3)]),
-    (16, 16, False, [(5, 3), (5, 1), (3, 2), (7, 2)]),
-    (12, 20, True, [(7, 1)]),
+    (12, 20, False, [(7, 1), (5, 2), (3, 3), (3, 1)]),
 ]
 
 
@@ -176,6 +205,7 @@ def test_compiled_forward_matches_reference(compiled_cpu, height, width, use_rpb
 
 
 def test_unavailable_reasons():
+    assert available("cpu") and not available("meta")
     q, k, v, rpb = _inputs(9, 13, 3, True)
     assert flex_unavailable(q, rpb, k, v) is None
     assert "backward" in flex_unavailable(q.requires_grad_(), rpb, k, v)
@@ -184,6 +214,7 @@ def test_unavailable_reasons():
     assert "backward" in flex_unavailable(q.detach(), rpb.requires_grad_(), k, v)
     assert "float64" in flex_unavailable(q.detach().double(), compile=True)
     assert flex_unavailable(q.detach().double(), compile=False) is None
+    assert "does not run on meta" in flex_unavailable(torch.empty(1, 1, 9, 13, 8, device="meta"))
 
 
 def test_cpu_backward_falls_back_to_torch_backend():
@@ -228,7 +259,7 @@ GPU_CASES = [(16, 16, 5, 3), (12, 20, 7, 1), (64, 64, 7, 8), (33, 47, 3, 5)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("height,width,kernel_size,dilation", GPU_CASES)
 def test_cuda_forward(dtype, height, width, kernel_size, dilation):
-    q, k, v, rpb = _inputs(height, width, kernel_size, True, device="cuda")
+    q, k, v, rpb = _inputs(height, width, kernel_size, True, device="cuda", dim=32)  # flex CUDA: D >= 16
     ref = na2d_reference(q, k, v, kernel_size, dilation, rpb=rpb)
     with torch.no_grad():
         out = na2d_flex(q.to(dtype), k.to(dtype), v.to(dtype), kernel_size, dilation, rpb=rpb.to(dtype))
@@ -245,7 +276,7 @@ def test_cuda_forward(dtype, height, width, kernel_size, dilation):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("height,width,kernel_size,dilation", GPU_CASES)
 def test_cuda_backward_with_rpb(dtype, height, width, kernel_size, dilation):
-    q, k, v, rpb = _inputs(height, width, kernel_size, True, device="cuda")
+    q, k, v, rpb = _inputs(height, width, kernel_size, True, device="cuda", dim=32)  # flex CUDA: D >= 16
     grad = torch.randn_like(q)
     leaves = [t.to(dtype).requires_grad_() for t in (q, k, v, rpb)]
     out = na2d_flex(*leaves[:3], kernel_size, dilation, rpb=leaves[3])

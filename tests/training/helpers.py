@@ -46,12 +46,12 @@ def run_train(args: list[str], cwd: Path | None = None, env: dict | None = None,
     """Run train.py (optionally under torchrun) in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("STYLENAT_DEBUG", None)
+    full_env.setdefault("OMP_NUM_THREADS", "1")  # pytest-xdist already runs one test per core
     if torchrun:
         cmd = [
             PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
             str(REPO / "train.py"), *args,
         ]
-        full_env.setdefault("OMP_NUM_THREADS", "1")
     else:
         cmd = [PYTHON, str(REPO / "train.py"), *args]
     return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
