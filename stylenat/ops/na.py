@@ -3,12 +3,13 @@
 Two backends, picked per call:
 
 * ``torch``: pure PyTorch, every device, relative position bias (RPB) supported. Queries are cut into
-  tiles (per dilation group); each tile attends to the halo of keys covering all its windows, with an
-  additive mask (-inf outside a query's window, RPB inside). A custom autograd function runs this in
-  cache-sized chunks and, unless they are small, recomputes the attention probabilities in the
-  backward (flash-attention style) rather than keeping ``tokens x halo`` logits alive: memory stays
-  lean. On the CPU this measured faster than scaled_dot_product_attention with the same masks under
-  autograd (which keeps every chunk's attention and a mask per head alive).
+  tiles (per dilation group); a tile attends to the halo of keys covering all its windows (tile + k - 1
+  keys per axis, clamped inward) through an additive mask: -inf outside a query's window, RPB inside.
+  Tiles with the same window pattern share one small mask. A custom autograd function runs the tiles
+  in chunks of bounded size with explicit matmuls and softmax (on the CPU faster than
+  scaled_dot_product_attention with a float mask, and the RPB gradient is just the summed logit
+  gradient); the backward recomputes the probabilities unless they are small, so nothing of size
+  tokens x halo outlives a chunk.
 * ``natten``: NATTEN's fused CUDA kernels (``natten.na2d``, natten >= 0.20) when natten imports, the
   tensors are on CUDA and no RPB is given (NATTEN >= 0.20 has no RPB).
 
@@ -24,6 +25,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -298,8 +300,7 @@ def _flat(x: Tensor) -> Tensor | None:
 
 
 class _Scratch:
-    """Scratch buffers reused by every chunk of one call. Fresh multi-MB temporaries per chunk cost
-    page faults on the CPU (the allocator hands freed memory back to the OS); reusing them does not."""
+    """Named scratch buffers for the chunks of a call, grown on demand and reused."""
 
     def __init__(self, like: Tensor):
         self.like, self.buffers = like, {}
@@ -310,6 +311,21 @@ class _Scratch:
         if buf is None or buf.numel() < numel:
             buf = self.buffers[name] = self.like.new_empty(numel)
         return buf[:numel].view(shape)
+
+
+_cpu_scratch = threading.local()
+
+
+def _scratch(like: Tensor) -> _Scratch:
+    """Scratch space for one call. On the CPU it persists per thread and dtype (a few MB, bounded by the
+    chunk budget): fresh multi-MB temporaries cost page faults on every call, as the C allocator hands
+    freed memory back to the OS. Accelerators have caching allocators; there it is per call."""
+    if like.device.type != "cpu":
+        return _Scratch(like)
+    per_dtype = _cpu_scratch.__dict__.setdefault("by_dtype", {})
+    if like.dtype not in per_dtype:
+        per_dtype[like.dtype] = _Scratch(torch.empty(0, dtype=like.dtype))
+    return per_dtype[like.dtype]
 
 
 def _gather(x: Tensor, piece: _Piece, name: str, rows: int, out: Tensor) -> Tensor:
@@ -377,7 +393,7 @@ class _TiledNA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float):
+    def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float, grad: bool):
         batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
         if q.device.type == "cpu":  # dense rows for the flat index ops (see _flat)
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -386,8 +402,8 @@ class _TiledNA(torch.autograd.Function):
         of = _tokens(out)
         masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
         n_slots = sum(p.n_tiles for p in plan.pieces) * plan.tile_q * plan.tile_k
-        keep = any(ctx.needs_input_grad) and batch * heads * n_slots * q.element_size() <= _SAVE_PROBS_BYTES
-        kept, scratch = [], _Scratch(q)
+        keep = grad and batch * heads * n_slots * q.element_size() <= _SAVE_PROBS_BYTES
+        kept, scratch = [], _scratch(q)
         for piece, items in _chunks(plan, batch, heads, q.device):
             q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
             qt = _gather(qf[items], piece, "q_index", plan.tile_q, scratch("q", q_shape)).mul_(scale)
@@ -425,7 +441,7 @@ class _TiledNA(torch.autograd.Function):
         if kept is None:
             masks = _window_mask(plan, ctx.kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
         grad_masks = q.new_zeros(heads, *plan.bias_index.shape) if need_rpb else None
-        scratch = _Scratch(q)
+        scratch = _scratch(q)
         for i, (piece, items) in enumerate(_chunks(plan, batch, heads, q.device)):
             q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
             qt = _gather(qf[items], piece, "q_index", plan.tile_q, scratch("q", q_shape)).mul_(scale)
@@ -450,7 +466,7 @@ class _TiledNA(torch.autograd.Function):
             if need_rpb:
                 grad_masks[items[1], piece.kind] += gs.sum(dim=(0, 2))
         grad_rpb = _bias_grad(grad_masks, plan, rpb) if need_rpb else None
-        return grad_q, grad_k, grad_v, grad_rpb, None, None, None
+        return grad_q, grad_k, grad_v, grad_rpb, None, None, None, None
 
 
 def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None):
@@ -460,7 +476,9 @@ def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None):
     plan = _plan(height, width, kernel_size, dilation, tuple(tiles), q.device)
     if rpb is not None:
         rpb = rpb.to(q.dtype)
-    return _TiledNA.apply(q, k, v, rpb, plan, kernel_size, scale)
+    # Whether a backward can follow (ctx.needs_input_grad ignores no_grad mode).
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb))
+    return _TiledNA.apply(q, k, v, rpb, plan, kernel_size, scale, grad)
 
 
 # ----------------------------------------------------------------------------------------------------
