@@ -176,10 +176,11 @@ def _run_isolated(args, impl: str, pass_: str) -> dict:
 
 def bench_na(args) -> None:
     """Our na2d against the gather oracle, forward and forward+backward."""
-    # The oracle materialises k*k keys and values per token (plus their gradients); skip it when that
-    # alone would exceed --oracle-max-gb rather than swamp a shared machine.
+    # The oracle materialises k*k keys and values per token plus their gradients (measured peak ~3x one
+    # gathered [B, heads, H, W, k*k, D] tensor); skip it when that would exceed --oracle-max-gb rather
+    # than swamp a shared machine.
     item = torch.tensor([], dtype=DTYPES[args.dtype]).element_size()
-    oracle_gb = 6 * args.batch * args.heads * args.res**2 * args.kernel**2 * args.dim * item / 2**30
+    oracle_gb = 3 * args.batch * args.heads * args.res**2 * args.kernel**2 * args.dim * item / 2**30
     run_oracle = not args.no_oracle and oracle_gb <= args.oracle_max_gb
     if not args.no_oracle and not run_oracle:
         emit(
@@ -332,21 +333,30 @@ def bench_generator(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs" / "model"),
-                               version_base=None):
+    with initialize_config_dir(
+        config_dir=str(Path(__file__).resolve().parents[1] / "configs" / "model"), version_base=None
+    ):
         cfg = compose(config_name=args.model)
     torch.manual_seed(0)
     G = build_generator(cfg).eval().requires_grad_(False).to(args.device)
     gflop = generator_flops(G, batch=1) / 1e9
     for batch in args.batch:
         record = measure_generator_throughput(
-            G, batch=batch, warmup=args.warmup, reps=args.reps, dtype=args.dtype, tf32=not args.no_tf32,
+            G,
+            batch=batch,
+            warmup=args.warmup,
+            reps=args.reps,
+            dtype=args.dtype,
+            tf32=not args.no_tf32,
             compile=args.compile,
         )
         record.update(model=args.model, gflop_per_img=round(gflop, 2))
         if torch.device(args.device).type == "cpu":
             bound = CPU_SGEMM_GFLOPS / gflop
-            record.update(flop_bound_imgs_per_s=round(bound, 3), fraction_of_bound=round(record["imgs_per_s"] / bound, 3))
+            record.update(
+                flop_bound_imgs_per_s=round(bound, 3),
+                fraction_of_bound=round(record["imgs_per_s"] / bound, 3),
+            )
         emit(record)
 
 
@@ -393,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ts.set_defaults(func=bench_train_step)
 
-    gen = modes.add_parser("generator", help="G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)")
+    gen = modes.add_parser(
+        "generator", help="G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)"
+    )
     gen.add_argument("--model", default="stylenat_256", help="a configs/model name")
     gen.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     gen.add_argument("--reps", type=int, default=5, help="timed calls (the reference protocol uses 500)")

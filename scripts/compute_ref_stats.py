@@ -30,8 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("out", help="output .npz")
     p.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
     p.add_argument("--max-images", type=int, default=None, help="use exactly N images (default: all)")
-    p.add_argument("--subset", choices=["first", "random"], default=None,
-                   help="which N images with --max-images (default: first for stylegan, random for pytorch_fid)")
+    p.add_argument(
+        "--subset",
+        choices=["first", "random"],
+        default=None,
+        help="which N images with --max-images (default: first for stylegan, random for pytorch_fid)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random subset")
     p.add_argument("--features", action="store_true", help="also store the features (for KID)")
     p.add_argument("--weights", default=None, help="Inception weights file (default: the usual search)")

@@ -19,7 +19,10 @@ def user_errors_to_exit(fn):
             if os.environ.get("STYLENAT_DEBUG"):
                 raise
             message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-            print(f"error: {message.strip().splitlines()[0] if message.strip() else type(err).__name__}", file=sys.stderr)
+            print(
+                f"error: {message.strip().splitlines()[0] if message.strip() else type(err).__name__}",
+                file=sys.stderr,
+            )
             sys.exit(2)
 
     return wrapper

@@ -3,8 +3,6 @@
 import json
 from pathlib import Path
 
-import torch
-
 from stylenat.sampling import seed_latents
 
 
@@ -41,12 +39,24 @@ def run_metrics(cfg, G, device, rank=0):
     results = []
     for spec in specs:
         record = compute_metric(
-            spec, generator_fn, extractor=extractor, num_gen=cfg.num_gen, batch_size=cfg.batch, device=device,
-            seed_start=cfg.seed_start, real_seed=cfg.real_seed, allow_mismatch=cfg.allow_mismatch, **real,
+            spec,
+            generator_fn,
+            extractor=extractor,
+            num_gen=cfg.num_gen,
+            batch_size=cfg.batch,
+            device=device,
+            seed_start=cfg.seed_start,
+            real_seed=cfg.real_seed,
+            allow_mismatch=cfg.allow_mismatch,
+            **real,
         )
         record.update(checkpoint=str(cfg.checkpoint), truncation_psi=cfg.truncation_psi)
         if rank == 0:
-            out = Path(cfg.results) if cfg.results else Path(cfg.checkpoint).parent / f"metric-{spec.name}.jsonl"
+            out = (
+                Path(cfg.results)
+                if cfg.results
+                else Path(cfg.checkpoint).parent / f"metric-{spec.name}.jsonl"
+            )
             append_jsonl(out, record)
             print(json.dumps({k: record[k] for k in ("metric", "value", "protocol", "num_gen", "num_real")}))
         results.append(record)

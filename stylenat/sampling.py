@@ -121,8 +121,12 @@ def run_generate(cfg):
         save_image(make_grid(images, cfg.grid_cols), outdir / "grid.png")
     if cfg.mixing.enabled:
         figure = style_mixing_figure(
-            G, parse_seeds(cfg.mixing.row_seeds), parse_seeds(cfg.mixing.col_seeds), cfg.mixing.crossover,
-            cfg.truncation_psi, device,
+            G,
+            parse_seeds(cfg.mixing.row_seeds),
+            parse_seeds(cfg.mixing.col_seeds),
+            cfg.mixing.crossover,
+            cfg.truncation_psi,
+            device,
         )
         save_image(figure, outdir / "mixing.png")
     if cfg.interpolation.enabled:
@@ -130,5 +134,7 @@ def run_generate(cfg):
         save_image(make_grid(frames, cols=cfg.interpolation.steps), outdir / "interpolation.png")
         if cfg.interpolation.gif:
             pil = [Image.fromarray(f) for f in frames]
-            pil[0].save(outdir / "interpolation.gif", save_all=True, append_images=pil[1:], duration=80, loop=0)
+            pil[0].save(
+                outdir / "interpolation.gif", save_all=True, append_images=pil[1:], duration=80, loop=0
+            )
     return outdir

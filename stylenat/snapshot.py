@@ -76,7 +76,9 @@ def load_state_dict_strict(module, state_dict, source):
     if missing:
         raise CheckpointError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing in all)")
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
+        raise CheckpointError(
+            f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)"
+        )
     for key, value in own.items():
         if tuple(state_dict[key].shape) != tuple(value.shape):
             raise CheckpointError(

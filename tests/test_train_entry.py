@@ -10,8 +10,22 @@ import stylenat
 from tests.training.helpers import TINY, run_train, steps_kimg
 
 LOG_KEYS = {
-    "kimg", "step", "images_seen", "d_loss", "g_loss", "r1", "bcr", "d_real", "d_fake",
-    "lr_g", "lr_d", "sec_per_kimg", "sec_per_step", "peak_mem_mb", "world_size", "timestamp",
+    "kimg",
+    "step",
+    "images_seen",
+    "d_loss",
+    "g_loss",
+    "r1",
+    "bcr",
+    "d_real",
+    "d_fake",
+    "lr_g",
+    "lr_d",
+    "sec_per_kimg",
+    "sec_per_step",
+    "peak_mem_mb",
+    "world_size",
+    "timestamp",
 }
 
 
@@ -28,12 +42,22 @@ def _one_line_error(proc, *fragments):
 @pytest.mark.slow
 def test_tiny_run_writes_every_artefact_and_refuses_a_mismatched_resume(tmp_path):
     run = tmp_path / "run"
-    proc = run_train([*TINY, f"run_dir={run}", f"train.total_kimg={steps_kimg(3)}", "train.keep_states=1", "train.state_every_kimg=0.004"])
+    proc = run_train(
+        [
+            *TINY,
+            f"run_dir={run}",
+            f"train.total_kimg={steps_kimg(3)}",
+            "train.keep_states=1",
+            "train.state_every_kimg=0.004",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in run.iterdir())
     assert "config.yaml" in names and "log.jsonl" in names and "reals.png" in names
     assert "samples-000000.000.png" in names and "samples-000000.012.png" in names
-    assert [n for n in names if n.startswith("training-state-")] == ["training-state-000000.012.pt"]  # keep_states=1
+    assert [n for n in names if n.startswith("training-state-")] == [
+        "training-state-000000.012.pt"
+    ]  # keep_states=1
     assert "network-snapshot-000000.012.pt" in names
 
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -61,11 +85,17 @@ def test_tiny_run_writes_every_artefact_and_refuses_a_mismatched_resume(tmp_path
     "args, fragments",
     [
         (["dataset=ffhq256"], ["dataset.path is required"]),
-        (["dataset=folder", "dataset.path=/no/such/dir", "dataset.resolution=16", *TINY[2:]], ["/no/such/dir", "does not exist"]),
+        (
+            ["dataset=folder", "dataset.path=/no/such/dir", "dataset.resolution=16", *TINY[2:]],
+            ["/no/such/dir", "does not exist"],
+        ),
         (["train.bogus=1"], ["train.bogus"]),
         (["dataset=nope"], ["dataset/nope"]),
         (["dataset.resolution=64"], ["dataset.resolution=64 does not match model.resolution=32"]),
-        (["train.batch=6", "train.batch_per_gpu=4"], ["train.batch=6 is not a multiple of train.batch_per_gpu=4"]),
+        (
+            ["train.batch=6", "train.batch_per_gpu=4"],
+            ["train.batch=6 is not a multiple of train.batch_per_gpu=4"],
+        ),
         (["--bogus"], ["--bogus"]),
     ],
 )

@@ -38,7 +38,9 @@ class ImageFiles:
         elif self.path.is_file() and zipfile.is_zipfile(self.path):
             self.kind = "zip"
             with zipfile.ZipFile(self.path) as z:
-                names = [n for n in z.namelist() if n.lower().endswith(IMAGE_EXTENSIONS) and not n.endswith("/")]
+                names = [
+                    n for n in z.namelist() if n.lower().endswith(IMAGE_EXTENSIONS) and not n.endswith("/")
+                ]
         elif self.path.exists():
             raise ValueError(f"not an image folder or zip archive: {self.path}")
         else:

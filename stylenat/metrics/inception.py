@@ -693,4 +693,3 @@ def build_inception(seed: int = 0, device: str | torch.device = "cpu") -> Incept
     model.weights_sha256 = model.weights_digest
     model.weights_source = f"random(seed={seed})"
     return model.to(device)
-

@@ -21,7 +21,9 @@ def kernel_inception_distance(
     x_all = np.asarray(gen_features, dtype=np.float64)
     y_all = np.asarray(real_features, dtype=np.float64)
     if x_all.ndim != 2 or y_all.ndim != 2 or x_all.shape[1] != y_all.shape[1]:
-        raise ValueError(f"expected feature matrices [N, D] with equal D, got {x_all.shape} and {y_all.shape}")
+        raise ValueError(
+            f"expected feature matrices [N, D] with equal D, got {x_all.shape} and {y_all.shape}"
+        )
     if num_subsets < 1:
         raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
     n = x_all.shape[1]

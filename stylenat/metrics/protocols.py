@@ -28,7 +28,9 @@ def _check_images(images: torch.Tensor, protocol: str) -> None:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"protocol {protocol!r} expects a torch.Tensor, got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"protocol {protocol!r} expects images [N, 3, H, W], got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"protocol {protocol!r} expects images [N, 3, H, W], got shape {tuple(images.shape)}"
+        )
 
 
 @dataclass(frozen=True)

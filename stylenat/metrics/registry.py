@@ -59,7 +59,9 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in [
-        MetricSpec("fid50k_full", "fid", 50000, "stylegan", None, description="StyleGAN2-ADA: 50k gen vs all reals"),
+        MetricSpec(
+            "fid50k_full", "fid", 50000, "stylegan", None, description="StyleGAN2-ADA: 50k gen vs all reals"
+        ),
         MetricSpec(
             "fid50k",
             "fid",
@@ -69,7 +71,14 @@ METRICS: dict[str, MetricSpec] = {
             "random",
             description="StyleNAT paper (pytorch-fid): 50k gen vs a seeded random 50k subset of reals",
         ),
-        MetricSpec("kid50k_full", "kid", 50000, "stylegan", None, description="StyleGAN2-ADA KID: 50k gen vs all reals"),
+        MetricSpec(
+            "kid50k_full",
+            "kid",
+            50000,
+            "stylegan",
+            None,
+            description="StyleGAN2-ADA KID: 50k gen vs all reals",
+        ),
         MetricSpec("fid10k", "fid", 10000, "stylegan", None, description="quick check: 10k gen vs all reals"),
         MetricSpec("fid1k", "fid", 1000, "stylegan", None, description="quick check: 1k gen vs all reals"),
     ]
@@ -132,8 +141,22 @@ def _take(batches: Iterable[torch.Tensor], limit: int | None) -> Iterator[torch.
             return
 
 
-def _real_statistics(spec, proto, extractor, ref_stats, real_data, *, batch_size, device, real_seed,
-                     allow_mismatch, use_cache, progress, rank, distributed) -> FeatureStatistics:
+def _real_statistics(
+    spec,
+    proto,
+    extractor,
+    ref_stats,
+    real_data,
+    *,
+    batch_size,
+    device,
+    real_seed,
+    allow_mismatch,
+    use_cache,
+    progress,
+    rank,
+    distributed,
+) -> FeatureStatistics:
     need_features = spec.kind == "kid"
     sha = getattr(extractor, "weights_sha256", "")
     digest = getattr(extractor, "weights_digest", "")
@@ -153,7 +176,9 @@ def _real_statistics(spec, proto, extractor, ref_stats, real_data, *, batch_size
                 f"of {stats.num_images}"
             )
         if need_features and stats.features is None:
-            raise ValueError(f"{spec.name} needs real features; {origin} holds only mu/sigma (save with features)")
+            raise ValueError(
+                f"{spec.name} needs real features; {origin} holds only mu/sigma (save with features)"
+            )
         return stats
     if isinstance(real_data, (str, os.PathLike, ImageFiles)):
         leader_first = distributed and use_cache
@@ -186,7 +211,9 @@ def _real_statistics(spec, proto, extractor, ref_stats, real_data, *, batch_size
         desc="real images",
     )
     if spec.max_real is not None and stats.num_images < spec.max_real:
-        raise ValueError(f"{spec.name} needs {spec.max_real} real images, the real data gave only {stats.num_images}")
+        raise ValueError(
+            f"{spec.name} needs {spec.max_real} real images, the real data gave only {stats.num_images}"
+        )
     return stats
 
 
@@ -230,9 +257,19 @@ def compute_metric(
     rank, world_size, distributed = _dist_context(rank, world_size)
 
     real = _real_statistics(
-        spec, proto, extractor, ref_stats, real_data, batch_size=batch_size, device=device,
-        real_seed=real_seed, allow_mismatch=allow_mismatch, use_cache=use_cache, progress=progress,
-        rank=rank, distributed=distributed,
+        spec,
+        proto,
+        extractor,
+        ref_stats,
+        real_data,
+        batch_size=batch_size,
+        device=device,
+        real_seed=real_seed,
+        allow_mismatch=allow_mismatch,
+        use_cache=use_cache,
+        progress=progress,
+        rank=rank,
+        distributed=distributed,
     )
     t_real = time.perf_counter()
 
@@ -240,16 +277,25 @@ def compute_metric(
     first = rank * per_rank  # index of this rank's first seed; slices past num_gen are padding
     acc = FeatureAccumulator()
     kept: list[tuple[np.ndarray, np.ndarray]] = []
-    with tqdm(total=num_gen, desc=f"{spec.name} generated", unit="img", disable=not (progress and rank == 0),
-              leave=False) as bar:
+    with tqdm(
+        total=num_gen,
+        desc=f"{spec.name} generated",
+        unit="img",
+        disable=not (progress and rank == 0),
+        leave=False,
+    ) as bar:
         for offset in range(0, per_rank, batch_size):
             count = min(batch_size, per_rank - offset)
-            seeds = torch.arange(seed_start + first + offset, seed_start + first + offset + count, dtype=torch.int64)
+            seeds = torch.arange(
+                seed_start + first + offset, seed_start + first + offset + count, dtype=torch.int64
+            )
             with torch.no_grad():
                 images = generator_fn(seeds)
             if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] != count:
                 shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-                raise ValueError(f"generator_fn returned {shape} for {count} seeds; expected [{count}, 3, H, W]")
+                raise ValueError(
+                    f"generator_fn returned {shape} for {count} seeds; expected [{count}, 3, H, W]"
+                )
             feats = extract_features(extractor, proto.from_generator(images), proto.name, device)
             parts = _all_gather(feats) if distributed else [feats]
             for r, part in enumerate(parts):

@@ -255,7 +255,11 @@ def reference_statistics(
     cache_file = stats_cache_dir() / f"{key}.npz"
     if use_cache and cache_file.is_file():
         stats = FeatureStatistics.load(cache_file)
-        if stats.protocol == proto.name and stats.weights_sha256 == weights and stats.num_images == len(indices):
+        if (
+            stats.protocol == proto.name
+            and stats.weights_sha256 == weights
+            and stats.num_images == len(indices)
+        ):
             logger.info("reference statistics from cache %s", cache_file)
             return stats
         logger.warning("ignoring stale statistics cache entry %s", cache_file)
@@ -310,7 +314,9 @@ def check_statistics(
     msg = f"{origin} were computed with " + " and ".join(problems)
     if not allow_mismatch:
         raise StatisticsMismatchError(msg + "; recompute them or pass allow_mismatch=True")
-    warnings.warn(f"USING MISMATCHED STATISTICS: {msg}; the metric is not comparable", UserWarning, stacklevel=2)
+    warnings.warn(
+        f"USING MISMATCHED STATISTICS: {msg}; the metric is not comparable", UserWarning, stacklevel=2
+    )
     logger.warning("USING MISMATCHED STATISTICS: %s", msg)
     stats.mismatch = msg
     return stats

@@ -68,8 +68,14 @@ def generator_flops(G, batch: int = 1) -> float:
 
 
 def measure_generator_throughput(
-    G, batch: int = 1, warmup: int = 10, reps: int = 500, dtype: str = "float32", tf32: bool = True,
-    compile: bool = False, seed: int = 0,
+    G,
+    batch: int = 1,
+    warmup: int = 10,
+    reps: int = 500,
+    dtype: str = "float32",
+    tf32: bool = True,
+    compile: bool = False,
+    seed: int = 0,
 ) -> dict:
     """Images/s of G(z) (mapping + synthesis), the reference protocol: batch 1, 10 untimed + 500 timed calls,
     CUDA events on a GPU, perf_counter on the CPU. Returns the figures and every setting that affects them."""

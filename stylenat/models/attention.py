@@ -76,7 +76,9 @@ class HydraNeighborhoodAttention(nn.Module):
         for g, (heads, kernel, dilation) in enumerate(zip(self.group_heads, self.kernels, self.dilations)):
             sl = slice(start, start + heads)
             rpb = self.rpb[g] if self.rpb is not None else None
-            outputs.append(na2d(q[:, sl], k[:, sl], v[:, sl], kernel, dilation, rpb=rpb, backend=self.backend))
+            outputs.append(
+                na2d(q[:, sl], k[:, sl], v[:, sl], kernel, dilation, rpb=rpb, backend=self.backend)
+            )
             start += heads
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))

@@ -43,7 +43,9 @@ class GeneratorConfig:
     head_channels: int = 32  # heads = max(C // head_channels, min_heads)
     mlp_ratio: float = 4.0
     kernels: list = field(default_factory=lambda: [[3]] + [[7]] * 8)  # per stage; the 4x4 entry is unused
-    dilations: list = field(default_factory=lambda: [[1], [1], [1, 2], [1, 4], [1, 8], [1, 16], [1, 32], [1, 64], [1, 128]])
+    dilations: list = field(
+        default_factory=lambda: [[1], [1], [1, 2], [1, 4], [1, 8], [1, 16], [1, 32], [1, 64], [1, 128]]
+    )
     use_rpb: bool = True
     output_normalization: str = "imagenet"  # pixel space of synthesis(): what D sees in training
     na_backend: str = "auto"
@@ -71,7 +73,11 @@ class GeneratorConfig:
         return int(math.log2(self.resolution)) - 1
 
     def stage_channels(self):
-        return list(self.channels) if self.channels is not None else paper_channels(self.resolution, self.channel_multiplier)
+        return (
+            list(self.channels)
+            if self.channels is not None
+            else paper_channels(self.resolution, self.channel_multiplier)
+        )
 
     def validate(self):
         r = self.resolution
@@ -189,7 +195,9 @@ class Stage(nn.Module):
             return HydraNeighborhoodAttention(dim, heads, kernels, dilations, cfg.use_rpb, cfg.na_backend)
 
         self.size = size
-        self.blocks = nn.ModuleList(TransformerBlock(dim, cfg.w_dim, make_attn(), cfg.mlp_ratio) for _ in range(2))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, cfg.w_dim, make_attn(), cfg.mlp_ratio) for _ in range(2)
+        )
         self.upsample = BilinearUpsample(dim, next_dim, 2 * size) if next_dim is not None else None
         self.checkpoint_blocks = cfg.checkpoint_blocks
 
@@ -253,7 +261,9 @@ class Generator(nn.Module):
         if ws.ndim == 2:
             ws = ws.unsqueeze(1).expand(-1, self.n_latent, -1)
         if ws.ndim != 3 or ws.shape[1:] != (self.n_latent, self.w_dim):
-            raise ValueError(f"expected ws of shape [batch, {self.n_latent}, {self.w_dim}], got {list(ws.shape)}")
+            raise ValueError(
+                f"expected ws of shape [batch, {self.n_latent}, {self.w_dim}], got {list(ws.shape)}"
+            )
         x = self.const.expand(ws.shape[0], -1, -1, -1).to(ws.dtype)
         rgb = None
         for s, (stage, to_rgb) in enumerate(zip(self.stages, self.to_rgbs)):

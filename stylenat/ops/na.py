@@ -43,7 +43,7 @@ _GPU_CHUNK_ELEMS = 1 << 27
 
 # The backward recomputes the attention probabilities (a matmul and a softmax per chunk, ~10% of a
 # forward+backward on the CPU) unless keeping them from the forward takes at most this much memory.
-_SAVE_PROBS_BYTES = 64 << 20
+_SAVE_PROBS_BYTES = 128 << 20
 
 _logged_backends: set[str] = set()
 
@@ -154,10 +154,74 @@ def _axis_plan(length: int, kernel_size: int, dilation: int, tile: int) -> _Axis
 
 def _dedupe(rel: Tensor) -> tuple[list[int], Tensor]:
     """Kind of every axis tile (tiles with the same window pattern share one) and the patterns."""
-    kinds: dict[bytes, int] = {}
-    ids = [kinds.setdefault(t.numpy().tobytes(), len(kinds)) for t in rel]
+    kinds: dict[tuple, int] = {}
+    ids = [kinds.setdefault(tuple(t.flatten().tolist()), len(kinds)) for t in rel]
     first = {kind: i for i, kind in reversed(list(enumerate(ids)))}
     return ids, rel[[first[kind] for kind in range(len(kinds))]]
+
+
+def _affine(pos: Tensor) -> tuple[int, int, int] | None:
+    """(start, tile_step, step) with pos[m, i] == start + tile_step * m + step * i, or None."""
+    n, t = pos.shape
+    start = int(pos[0, 0])
+    tile_step = int(pos[1, 0] - pos[0, 0]) if n > 1 else 0
+    step = int(pos[0, 1] - pos[0, 0]) if t > 1 else 0
+    fit = start + tile_step * torch.arange(n)[:, None] + step * torch.arange(t)[None, :]
+    return (start, tile_step, step) if torch.equal(fit, pos) else None
+
+
+def _disjoint_every(pos: Tensor) -> int:
+    """Smallest m such that tiles m apart never share a position (so their halos can be added at once)."""
+    sets = [set(row.tolist()) for row in pos]
+    for m in range(1, len(sets) + 1):
+        if all(sets[a].isdisjoint(sets[b]) for a in range(len(sets)) for b in range(a + m, len(sets), m)):
+            return m
+    return len(sets)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The tiles of a piece as an affine grid: per axis, position = start + tile_step * tile + step * i.
+    Its query tiles and key halos are then strided views of the feature map: copies and in-place adds
+    of views replace index_select / index_add_ (about twice as fast on the CPU)."""
+
+    shape: tuple[int, int]  # tiles along y, x
+    q_runs: tuple[tuple[int, int, int], tuple[int, int, int]]  # (start, tile_step, step) along y, x
+    k_runs: tuple[tuple[int, int, int], tuple[int, int, int]]
+    q_size: tuple[int, int]  # tile
+    k_size: tuple[int, int]  # halo
+    fold_every: tuple[int, int]  # halos of tiles this many tiles apart along y (x) are disjoint
+
+    def view(self, x: Tensor, keys: bool, first=(0, 0), every=(1, 1)) -> Tensor:
+        """Tiles of x [cb, ch, H, W, D] as [cb, ch, ny, nx, rows, cols, D]; with first/every, only the
+        tiles first[a] + every[a] * n along each axis a."""
+        (y0, y_tile, y_step), (x0, x_tile, x_step) = self.k_runs if keys else self.q_runs
+        rows, cols = self.k_size if keys else self.q_size
+        n_y, n_x = (len(range(first[a], self.shape[a], every[a])) for a in range(2))
+        s_b, s_h, s_y, s_x, s_d = x.stride()
+        return x.as_strided(
+            (x.shape[0], x.shape[1], n_y, n_x, rows, cols, x.shape[4]),
+            (s_b, s_h, y_tile * every[0] * s_y, x_tile * every[1] * s_x, y_step * s_y, x_step * s_x, s_d),
+            x.storage_offset() + (y0 + first[0] * y_tile) * s_y + (x0 + first[1] * x_tile) * s_x,
+        )
+
+
+def _grid(py: _AxisPlan, px: _AxisPlan, ty: list[int], tx: list[int]) -> _Grid | None:
+    """The affine grid of the tiles ty x tx (row-major), or None when positions are not affine."""
+    q_runs = (_affine(py.q_pos[ty]), _affine(px.q_pos[tx]))
+    k_runs = (_affine(py.k_pos[ty]), _affine(px.k_pos[tx]))
+    if None in q_runs or None in k_runs:
+        return None
+    if any(run[2] == 0 and size > 1 for run, size in zip(k_runs, (py.halo, px.halo))):
+        return None  # a halo repeating a key (short groups): in-place adds would collide
+    return _Grid(
+        shape=(len(ty), len(tx)),
+        q_runs=q_runs,
+        k_runs=k_runs,
+        q_size=(py.tile, px.tile),
+        k_size=(py.halo, px.halo),
+        fold_every=(_disjoint_every(py.k_pos[ty]), _disjoint_every(px.k_pos[tx])),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,11 +230,11 @@ class _Piece:
 
     kind: int
     n_tiles: int
+    slot0: int  # first query slot of the piece in the call's slot space (pieces in order)
     q_index: Tensor  # [n_tiles * tile_q] token of every query slot (tokens are y * W + x)
     k_index: Tensor  # [n_tiles * tile_k] token of every key slot
-    out_slots: Tensor | None  # query slots that hold a real query (None: all of them)
-    out_tokens: Tensor  # the tokens of those slots
     q_valid: Tensor | None  # [n_tiles, tile_q, 1] bool, False on repeated query slots (None: all real)
+    grid: _Grid | None  # strided layout of the tiles when they form an affine grid
     cache: dict = field(default_factory=dict, repr=False)  # index tables for stacked items
 
 
@@ -183,6 +247,10 @@ class _Plan:
     tile_k: int
     pieces: tuple[_Piece, ...]
     bias_index: Tensor  # [kinds, tile_q, tile_k] flat RPB index, (2k-1)^2 outside the window
+    n_slots: int  # query slots of all pieces
+    token_slot: Tensor  # [H * W] the slot holding each token's query
+    direct: bool  # every piece is an affine grid of real queries: results go straight to the tokens
+    cache: dict = field(default_factory=dict, repr=False)
 
 
 @functools.lru_cache(maxsize=256)
@@ -198,37 +266,45 @@ def _plan(height: int, width: int, kernel_size: int, dilation: int, tiles: tuple
     rx = rel_x[None, :, None, :, None, :]  # [1, kinds_x, 1, tx, 1, hx]
     bias_index = torch.where((ry >= 0) & (rx >= 0), ry * span + rx, span * span)
 
-    by_kind: dict[int, list[tuple[int, int]]] = {}
-    for ty, ky in enumerate(kind_y):
-        for tx, kx in enumerate(kind_x):
-            by_kind.setdefault(ky * len(rel_x) + kx, []).append((ty, tx))
+    # A piece: rows of y tiles of one kind x all x tiles of one kind (a rectangle of tiles, row-major).
     budget = _GPU_CHUNK_ELEMS if torch.device(device).type != "cpu" else _CPU_CHUNK_ELEMS
     per_piece = max(1, budget // (tile_q * tile_k))
-    pieces = []
-    for kind, tile_list in by_kind.items():
-        for i in range(0, len(tile_list), per_piece):
-            ty, tx = torch.tensor(tile_list[i : i + per_piece]).unbind(1)
-            q_index = py.q_pos[ty][:, :, None] * width + px.q_pos[tx][:, None, :]
-            k_index = py.k_pos[ty][:, :, None] * width + px.k_pos[tx][:, None, :]
-            valid = (py.q_valid[ty][:, :, None] & px.q_valid[tx][:, None, :]).reshape(-1)
-            q_index = q_index.reshape(-1)
-            slots = None if bool(valid.all()) else valid.nonzero().squeeze(1).to(device)
-            pieces.append(
-                _Piece(
-                    kind=kind,
-                    n_tiles=len(ty),
-                    q_index=q_index.to(device),
-                    k_index=k_index.reshape(-1).to(device),
-                    out_slots=slots,
-                    out_tokens=q_index[valid].to(device),
-                    q_valid=None if slots is None else valid.view(len(ty), tile_q, 1).to(device),
+    pieces, slot0 = [], 0
+    token_slot = torch.empty(height * width, dtype=torch.long)
+    for ky in range(len(rel_y)):
+        tiles_y = [t for t, kind in enumerate(kind_y) if kind == ky]
+        for kx in range(len(rel_x)):
+            tiles_x = [t for t, kind in enumerate(kind_x) if kind == kx]
+            rows = max(1, per_piece // len(tiles_x))
+            for r in range(0, len(tiles_y), rows):
+                part_y = tiles_y[r : r + rows]
+                ty = torch.tensor(part_y).repeat_interleave(len(tiles_x))
+                tx = torch.tensor(tiles_x).repeat(len(part_y))
+                q_index = (py.q_pos[ty][:, :, None] * width + px.q_pos[tx][:, None, :]).reshape(-1)
+                k_index = py.k_pos[ty][:, :, None] * width + px.k_pos[tx][:, None, :]
+                valid = (py.q_valid[ty][:, :, None] & px.q_valid[tx][:, None, :]).reshape(-1)
+                token_slot[q_index[valid]] = slot0 + valid.nonzero().squeeze(1)
+                all_valid = bool(valid.all())
+                pieces.append(
+                    _Piece(
+                        kind=ky * len(rel_x) + kx,
+                        n_tiles=len(ty),
+                        slot0=slot0,
+                        q_index=q_index.to(device),
+                        k_index=k_index.reshape(-1).to(device),
+                        q_valid=None if all_valid else valid.view(len(ty), tile_q, 1).to(device),
+                        grid=_grid(py, px, part_y, tiles_x),
+                    )
                 )
-            )
+                slot0 += q_index.numel()
     return _Plan(
         tile_q=tile_q,
         tile_k=tile_k,
         pieces=tuple(pieces),
         bias_index=bias_index.reshape(-1, tile_q, tile_k).to(device),
+        n_slots=slot0,
+        token_slot=token_slot.to(device),
+        direct=all(p.grid is not None and p.q_valid is None for p in pieces),
     )
 
 
@@ -280,16 +356,16 @@ def _chunks(plan: _Plan, batch: int, heads: int, device: torch.device):
             yield piece, (slice(b0, b1), slice(h0, h1))
 
 
-def _stacked(piece: _Piece, name: str, n: int, stride: int) -> Tensor:
-    """Index ``piece.<name>`` repeated over n stacked blocks of ``stride`` rows (cached per piece)."""
-    index = getattr(piece, name)
+def _stacked(owner: _Piece | _Plan, name: str, n: int, stride: int) -> Tensor:
+    """Index ``owner.<name>`` repeated over n stacked blocks of ``stride`` rows (cached by the owner)."""
+    index = getattr(owner, name)
     if n == 1:
         return index
     key = (name, n, stride)
-    if key not in piece.cache:
+    if key not in owner.cache:
         offsets = torch.arange(n, device=index.device) * stride
-        piece.cache[key] = (offsets[:, None] + index[None, :]).view(-1)
-    return piece.cache[key]
+        owner.cache[key] = (offsets[:, None] + index[None, :]).view(-1)
+    return owner.cache[key]
 
 
 def _flat(x: Tensor) -> Tensor | None:
@@ -328,40 +404,85 @@ def _scratch(like: Tensor) -> _Scratch:
     return per_dtype[like.dtype]
 
 
-def _gather(x: Tensor, piece: _Piece, name: str, rows: int, out: Tensor) -> Tensor:
-    """Token rows of x [cb, ch, tokens, D] (any strides) -> tiles [cb, ch, n_tiles, rows, D], in out."""
-    cb, ch, tokens, dim = x.shape
+def _gather(x: Tensor, piece: _Piece, keys: bool, out: Tensor) -> Tensor:
+    """Query tiles (or key halos) of x [cb, ch, H, W, D] -> out, viewed [cb, ch, n_tiles, rows, D]."""
+    cb, ch, _, _, dim = x.shape
+    if piece.grid is not None:
+        grid = piece.grid
+        size = grid.k_size if keys else grid.q_size
+        out.view(cb, ch, *grid.shape, *size, dim).copy_(grid.view(x, keys))
+        return out
+    name, x = ("k_index" if keys else "q_index"), x.flatten(2, 3)
     flat = _flat(x)
     if flat is not None:
-        torch.index_select(flat, 0, _stacked(piece, name, cb * ch, tokens), out=out.view(-1, dim))
+        torch.index_select(flat, 0, _stacked(piece, name, cb * ch, x.shape[2]), out=out.view(-1, dim))
     else:
         torch.index_select(x, 2, getattr(piece, name), out=out.view(cb, ch, -1, dim))
-    return out.view(cb, ch, -1, rows, dim)
+    return out
 
 
-def _untile(x: Tensor, piece: _Piece, out: Tensor) -> None:
-    """Write query-slot values x [cb, ch, n_tiles, rows, D] to their tokens in out [cb, ch, tokens, D]."""
-    cb, ch, tokens, _ = out.shape
-    src, dst = _flat(x), _flat(out)
-    if src is not None and dst is not None:
-        if piece.out_slots is not None:
-            src = src.index_select(0, _stacked(piece, "out_slots", cb * ch, piece.n_tiles * x.shape[3]))
-        dst.index_copy_(0, _stacked(piece, "out_tokens", cb * ch, tokens), src)
-        return
-    x = x.flatten(2, 3)
-    if piece.out_slots is not None:
-        x = x.index_select(2, piece.out_slots)
-    out.index_copy_(2, piece.out_tokens, x)
+def _from_slots(slots: Tensor, plan: _Plan) -> Tensor:
+    """Query-slot values [B, heads, n_slots, D] -> tokens [B, heads, H*W, D]. Results go to a slot-space
+    buffer chunk by chunk and come back in one gather: far cheaper than scattering every chunk into the
+    tokens (index_copy_ is slow and serial on the CPU)."""
+    batch, heads, n_slots, dim = slots.shape
+    flat = _flat(slots)
+    if flat is not None:
+        out = flat.index_select(0, _stacked(plan, "token_slot", batch * heads, n_slots))
+        return out.view(batch, heads, -1, dim)
+    return slots.index_select(2, plan.token_slot)
 
 
 def _fold(x: Tensor, piece: _Piece, out: Tensor) -> None:
-    """Add key-slot gradients x [cb, ch, n_tiles, rows, D] into out [cb, ch, tokens, D] (halos overlap)."""
-    cb, ch, tokens, _ = out.shape
+    """Add key-slot gradients x [cb, ch, n_tiles, rows, D] into out [cb, ch, H, W, D] (halos overlap)."""
+    cb, ch, _, _, dim = out.shape
+    if piece.grid is not None:
+        grid = piece.grid
+        tiles = x.view(cb, ch, *grid.shape, *grid.k_size, dim)
+        every_y, every_x = grid.fold_every
+        # Two distinct tiles of one class differ by a multiple of every_y rows or every_x columns of
+        # tiles, so their halos are disjoint and one in-place add per class is safe.
+        for fy in range(every_y):
+            for fx in range(every_x):
+                part = tiles[:, :, fy::every_y, fx::every_x]
+                grid.view(out, keys=True, first=(fy, fx), every=grid.fold_every).add_(part)
+        return
+    out, x = out.flatten(2, 3), x.flatten(2, 3)
     src, dst = _flat(x), _flat(out)
     if src is not None and dst is not None:
-        dst.index_add_(0, _stacked(piece, "k_index", cb * ch, tokens), src)
+        dst.index_add_(0, _stacked(piece, "k_index", cb * ch, out.shape[2]), src)
     else:
-        out.index_add_(2, piece.k_index, x.flatten(2, 3))
+        out.index_add_(2, piece.k_index, x)
+
+
+class _QueryResults:
+    """Where chunks put their per-query results ([cb, ch, n_tiles, tile_q, D]): straight into the
+    [B, heads, H, W, D] result through the tiles' strided views when the plan allows it, else into a
+    query-slot buffer that one gather turns into tokens at the end (scattering every chunk with
+    index_copy_ is slow and serial on the CPU)."""
+
+    def __init__(self, like: Tensor, plan: _Plan):
+        self.plan, self.shape = plan, like.shape
+        batch, heads, *_, dim = like.shape
+        self.buffer = like.new_empty(like.shape if plan.direct else (batch, heads, plan.n_slots, dim))
+
+    def put(self, items, piece: _Piece, x: Tensor) -> None:
+        if self.plan.direct:
+            grid = piece.grid
+            x = x.view(*x.shape[:2], *grid.shape, *grid.q_size, x.shape[-1])
+            grid.view(self.buffer[items], keys=False).copy_(x)
+        else:
+            self.buffer[items][:, :, piece.slot0 : piece.slot0 + x.shape[2] * x.shape[3]] = x.flatten(2, 3)
+
+    def result(self) -> Tensor:
+        if self.plan.direct:
+            return self.buffer
+        return _from_slots(self.buffer, self.plan).view(self.shape)
+
+
+def _mask(masks: Tensor, rpb: Tensor | None, items, piece: _Piece) -> Tensor:
+    """A chunk's mask [ch or 1, tile_q, tile_k]: per head with RPB, shared without."""
+    return masks[items[1] if rpb is not None else slice(None), piece.kind]
 
 
 def _probs(qt: Tensor, kt: Tensor, mask: Tensor, logits: Tensor, out: Tensor) -> Tensor:
@@ -372,11 +493,6 @@ def _probs(qt: Tensor, kt: Tensor, mask: Tensor, logits: Tensor, out: Tensor) ->
     """
     torch.matmul(qt, kt.transpose(-1, -2), out=logits)
     return torch.softmax(logits.add_(mask.unsqueeze(1)), dim=-1, out=out)
-
-
-def _tokens(x: Tensor) -> Tensor:
-    """[B, heads, H, W, D] -> [B, heads, H*W, D], a view whenever H, W, D are laid out densely."""
-    return x.flatten(2, 3)
 
 
 def _chunk_shapes(plan: _Plan, piece: _Piece, items, dim: int):
@@ -397,29 +513,22 @@ class _TiledNA(torch.autograd.Function):
         batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
         if q.device.type == "cpu":  # dense rows for the flat index ops (see _flat)
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        qf, kf, vf = _tokens(q), _tokens(k), _tokens(v)
-        out = q.new_empty(q.shape)
-        of = _tokens(out)
+        results = _QueryResults(q, plan)
         masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
-        n_slots = sum(p.n_tiles for p in plan.pieces) * plan.tile_q * plan.tile_k
-        keep = grad and batch * heads * n_slots * q.element_size() <= _SAVE_PROBS_BYTES
+        n_logits = batch * heads * plan.n_slots * plan.tile_k
+        keep = grad and n_logits * q.element_size() <= _SAVE_PROBS_BYTES
         kept, scratch = [], _scratch(q)
         for piece, items in _chunks(plan, batch, heads, q.device):
             q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
-            qt = _gather(qf[items], piece, "q_index", plan.tile_q, scratch("q", q_shape)).mul_(scale)
-            kt = _gather(kf[items], piece, "k_index", plan.tile_k, scratch("k", k_shape))
-            vt = _gather(vf[items], piece, "k_index", plan.tile_k, scratch("v", k_shape))
-            mask = masks[items[1] if rpb is not None else slice(None), piece.kind]
-            probs = _probs(
-                qt,
-                kt,
-                mask,
-                scratch("logits", p_shape),
-                q.new_empty(p_shape) if keep else scratch("p", p_shape),
-            )
-            _untile(torch.matmul(probs, vt, out=scratch("o", q_shape)), piece, of[items])
+            qt = _gather(q[items], piece, False, scratch("q", q_shape)).mul_(scale)
+            kt = _gather(k[items], piece, True, scratch("k", k_shape))
+            vt = _gather(v[items], piece, True, scratch("v", k_shape))
+            probs_out = q.new_empty(p_shape) if keep else scratch("p", p_shape)
+            probs = _probs(qt, kt, _mask(masks, rpb, items, piece), scratch("logits", p_shape), probs_out)
+            results.put(items, piece, torch.matmul(probs, vt, out=scratch("o", q_shape)))
             if keep:
                 kept.append(probs)
+        out = results.result()
         ctx.save_for_backward(q, k, v, rpb, out)
         ctx.plan, ctx.kernel_size, ctx.scale, ctx.kept = plan, kernel_size, scale, kept if keep else None
         return out
@@ -433,9 +542,8 @@ class _TiledNA(torch.autograd.Function):
         batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
         if grad_out.device.type == "cpu":
             grad_out = grad_out.contiguous()
-        qf, kf, vf, gof, of = _tokens(q), _tokens(k), _tokens(v), _tokens(grad_out), _tokens(out)
-        grad_q, grad_k, grad_v = q.new_empty(q.shape), q.new_zeros(q.shape), q.new_zeros(q.shape)
-        gqf, gkf, gvf = _tokens(grad_q), _tokens(grad_k), _tokens(grad_v)
+        grad_q = _QueryResults(q, plan)
+        grad_k, grad_v = q.new_zeros(q.shape), q.new_zeros(q.shape)
         need_rpb = rpb is not None and ctx.needs_input_grad[3]
         masks = None
         if kept is None:
@@ -444,29 +552,31 @@ class _TiledNA(torch.autograd.Function):
         scratch = _scratch(q)
         for i, (piece, items) in enumerate(_chunks(plan, batch, heads, q.device)):
             q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
-            qt = _gather(qf[items], piece, "q_index", plan.tile_q, scratch("q", q_shape)).mul_(scale)
-            kt = _gather(kf[items], piece, "k_index", plan.tile_k, scratch("k", k_shape))
-            vt = _gather(vf[items], piece, "k_index", plan.tile_k, scratch("v", k_shape))
-            got = _gather(gof[items], piece, "q_index", plan.tile_q, scratch("do", q_shape))
+            qt = _gather(q[items], piece, False, scratch("q", q_shape)).mul_(scale)
+            kt = _gather(k[items], piece, True, scratch("k", k_shape))
+            vt = _gather(v[items], piece, True, scratch("v", k_shape))
+            got = _gather(grad_out[items], piece, False, scratch("do", q_shape))
             if piece.q_valid is not None:  # repeated query slots must not count twice: dO = 0
                 got.mul_(piece.q_valid)
             # delta_i = sum_j P_ij dP_ij = dO_i . O_i
-            ot = _gather(of[items], piece, "q_index", plan.tile_q, scratch("o", q_shape))
+            ot = _gather(out[items], piece, False, scratch("o", q_shape))
             delta = ot.mul_(got).sum(-1, keepdim=True)
             if kept is None:
-                mask = masks[items[1] if rpb is not None else slice(None), piece.kind]
+                mask = _mask(masks, rpb, items, piece)
                 probs = _probs(qt, kt, mask, scratch("logits", p_shape), scratch("p", p_shape))
             else:
                 probs = kept[i]
-            _fold(torch.matmul(probs.transpose(-1, -2), got, out=scratch("dk", k_shape)), piece, gvf[items])
+            _fold(
+                torch.matmul(probs.transpose(-1, -2), got, out=scratch("dk", k_shape)), piece, grad_v[items]
+            )
             gs = torch.matmul(got, vt.transpose(-1, -2), out=scratch("logits", p_shape))
             gs.sub_(delta).mul_(probs)  # dL/dlogits
-            _untile(torch.matmul(gs, kt, out=scratch("o", q_shape)).mul_(scale), piece, gqf[items])
-            _fold(torch.matmul(gs.transpose(-1, -2), qt, out=scratch("dk", k_shape)), piece, gkf[items])
+            grad_q.put(items, piece, torch.matmul(gs, kt, out=scratch("o", q_shape)).mul_(scale))
+            _fold(torch.matmul(gs.transpose(-1, -2), qt, out=scratch("dk", k_shape)), piece, grad_k[items])
             if need_rpb:
                 grad_masks[items[1], piece.kind] += gs.sum(dim=(0, 2))
         grad_rpb = _bias_grad(grad_masks, plan, rpb) if need_rpb else None
-        return grad_q, grad_k, grad_v, grad_rpb, None, None, None, None
+        return grad_q.result(), grad_k, grad_v, grad_rpb, None, None, None, None
 
 
 def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None):

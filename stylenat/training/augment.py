@@ -78,7 +78,12 @@ def random_cutout(x: torch.Tensor, generator=None, ratio: float = 0.5) -> torch.
     return x * keep.to(x.dtype)
 
 
-_OPS = {"flip": random_flip, "translation": random_translation, "color": random_color, "cutout": random_cutout}
+_OPS = {
+    "flip": random_flip,
+    "translation": random_translation,
+    "color": random_color,
+    "cutout": random_cutout,
+}
 
 
 def diff_augment(x: torch.Tensor, ops: Sequence[str] = AUGMENT_OPS, generator=None) -> torch.Tensor:

@@ -111,7 +111,9 @@ def load_state(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path} is not a stylenat training state (inference snapshots cannot be resumed)")
     if state.get("version") != STATE_VERSION:
-        raise ResumeError(f"{path} has training-state version {state.get('version')!r}, expected {STATE_VERSION}")
+        raise ResumeError(
+            f"{path} has training-state version {state.get('version')!r}, expected {STATE_VERSION}"
+        )
     return state
 
 

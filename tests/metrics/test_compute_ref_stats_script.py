@@ -35,9 +35,29 @@ def test_script_writes_stats_with_provenance(tmp_path, fid_helper_path):
     out = tmp_path / "ref.npz"
     env = {**os.environ, "STYLENAT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(data), str(out), "--protocol", "pytorch_fid", "--max-images", "6",
-         "--seed", "3", "--batch", "4", "--device", "cpu", "--weights", str(fid_helper_path), "--quiet"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(data),
+            str(out),
+            "--protocol",
+            "pytorch_fid",
+            "--max-images",
+            "6",
+            "--seed",
+            "3",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+            "--weights",
+            str(fid_helper_path),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     with np.load(out) as f:
@@ -52,16 +72,25 @@ def test_script_writes_stats_with_provenance(tmp_path, fid_helper_path):
     "argv, message",
     [
         (["{missing}", "{out}", "--protocol", "stylegan"], "error: image folder or zip not found"),
-        (["{data}", "{out}", "--protocol", "stylegan", "--max-images", "50"],
-         "error: requested 50 real images but the data set has only 8"),
+        (
+            ["{data}", "{out}", "--protocol", "stylegan", "--max-images", "50"],
+            "error: requested 50 real images but the data set has only 8",
+        ),
         (["{data}", "{tmp}/out.txt", "--protocol", "stylegan"], "error: output must end in .npz"),
-        (["{data}", "{out}", "--protocol", "stylegan", "--weights", "{missing}"],
-         "error: Inception weights file not found"),
+        (
+            ["{data}", "{out}", "--protocol", "stylegan", "--weights", "{missing}"],
+            "error: Inception weights file not found",
+        ),
     ],
 )
 def test_script_errors_are_one_line(tmp_path, argv, message):
     data = _images(tmp_path / "imgs")
-    fill = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "o.npz"), "data": str(data), "tmp": str(tmp_path)}
+    fill = {
+        "missing": str(tmp_path / "missing"),
+        "out": str(tmp_path / "o.npz"),
+        "data": str(data),
+        "tmp": str(tmp_path),
+    }
     with pytest.raises(SystemExit) as err:
         _script_main()([a.format(**fill) for a in argv])
     text = str(err.value.code)

@@ -49,7 +49,9 @@ def test_fid_of_a_set_with_itself_is_zero():
 def test_fid_from_features_is_exact(n1, n2):
     x, y = _features(n1, 32, 3), _features(n2, 32, 4, shift=0.2)
     (m1, s1), (m2, s2) = _stats(x), _stats(y)
-    assert frechet_distance_from_features(x, y) == pytest.approx(_fid_by_eigenvalues(m1, s1, m2, s2), rel=1e-7)
+    assert frechet_distance_from_features(x, y) == pytest.approx(
+        _fid_by_eigenvalues(m1, s1, m2, s2), rel=1e-7
+    )
 
 
 def test_fid_singular_fallback_and_imaginary_error(monkeypatch):

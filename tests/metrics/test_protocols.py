@@ -24,10 +24,13 @@ def test_tf_resize_known_values_and_difference_from_torch_interpolate():
     # 1-D ramp 0, 10, 20, 30 resized 4 -> 8: TF samples src = dst / 2 (edge clamped), torch (dst + .5) / 2 - .5
     x = torch.tensor([0.0, 10.0, 20.0, 30.0], dtype=torch.float64).view(1, 1, 1, 4).expand(1, 1, 4, 4)
     tf = tf_resize_bilinear(x, 8)[0, 0, 0]
-    torch.testing.assert_close(tf, torch.tensor([0.0, 5, 10, 15, 20, 25, 30, 30], dtype=torch.float64),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        tf, torch.tensor([0.0, 5, 10, 15, 20, 25, 30, 30], dtype=torch.float64), atol=1e-4, rtol=0
+    )
     th = torch_resize_bilinear(x, 8)[0, 0, 0]
-    torch.testing.assert_close(th, torch.tensor([0.0, 2.5, 7.5, 12.5, 17.5, 22.5, 27.5, 30], dtype=torch.float64))
+    torch.testing.assert_close(
+        th, torch.tensor([0.0, 2.5, 7.5, 12.5, 17.5, 22.5, 27.5, 30], dtype=torch.float64)
+    )
 
 
 def test_pytorch_fid_resize_is_torch_interpolate():

@@ -23,7 +23,9 @@ from tests.metrics.helpers import FakeExtractor, seeded_generator
 def _real_batches(n=48, shift=0.0, seed=100):
     gen = seeded_generator(shift)
     for start in range(0, n, 16):
-        yield ((gen(torch.arange(seed + start, seed + start + 16)) * 127.5 + 128).clamp(0, 255).to(torch.uint8))
+        yield (
+            (gen(torch.arange(seed + start, seed + start + 16)) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        )
 
 
 def test_registry_names_and_specs():
@@ -60,8 +62,15 @@ def test_compute_metric_fid_is_deterministic_and_recorded(tmp_path):
 
 
 def test_compute_metric_kid_from_real_batches():
-    r = compute_metric("kid50k_full", seeded_generator(), extractor=FakeExtractor(), real_data=_real_batches(),
-                       num_gen=32, batch_size=16, progress=False)
+    r = compute_metric(
+        "kid50k_full",
+        seeded_generator(),
+        extractor=FakeExtractor(),
+        real_data=_real_batches(),
+        num_gen=32,
+        batch_size=16,
+        progress=False,
+    )
     assert r["kind"] == "kid" and r["num_real"] == 48 and math.isfinite(r["value"])
 
 
@@ -71,19 +80,31 @@ def test_compute_metric_refuses_other_protocol_and_short_real_data(tmp_path):
     with pytest.raises(StatisticsMismatchError, match="protocol 'stylegan' but 'pytorch_fid' was requested"):
         compute_metric("fid50k", seeded_generator(), extractor=ext, ref_stats=ref, num_gen=8, progress=False)
     with pytest.raises(ValueError, match="fid50k needs 50000 real images, the real data gave only 48"):
-        compute_metric("fid50k", seeded_generator(), extractor=ext, real_data=_real_batches(), num_gen=8,
-                       progress=False)
+        compute_metric(
+            "fid50k", seeded_generator(), extractor=ext, real_data=_real_batches(), num_gen=8, progress=False
+        )
     with pytest.raises(ValueError, match="returned \\(2, 3, 8, 8\\) for 4 seeds"):
-        compute_metric("fid1k", lambda s: torch.zeros(2, 3, 8, 8), extractor=ext, ref_stats=ref, num_gen=4,
-                       progress=False)
+        compute_metric(
+            "fid1k",
+            lambda s: torch.zeros(2, 3, 8, 8),
+            extractor=ext,
+            ref_stats=ref,
+            num_gen=4,
+            progress=False,
+        )
     subset = compute_statistics(_real_batches(16), "stylegan", ext, subset="first", progress=False)
-    with pytest.raises(ValueError, match="fid1k needs statistics of all real images, .* 'first' subset of 16"):
-        compute_metric("fid1k", seeded_generator(), extractor=ext, ref_stats=subset, num_gen=4, progress=False)
+    with pytest.raises(
+        ValueError, match="fid1k needs statistics of all real images, .* 'first' subset of 16"
+    ):
+        compute_metric(
+            "fid1k", seeded_generator(), extractor=ext, ref_stats=subset, num_gen=4, progress=False
+        )
     with pytest.raises(ValueError, match="exactly one of ref_stats or real_data"):
         compute_metric("fid1k", seeded_generator(), extractor=ext, num_gen=4, progress=False)
     with pytest.raises(ValueError, match="needs an initialised torch.distributed"):
-        compute_metric("fid1k", seeded_generator(), extractor=ext, ref_stats=ref, num_gen=4, world_size=2,
-                       progress=False)
+        compute_metric(
+            "fid1k", seeded_generator(), extractor=ext, ref_stats=ref, num_gen=4, world_size=2, progress=False
+        )
 
 
 def _free_port():
@@ -97,8 +118,15 @@ def _worker(rank, world, port, ref, queue):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        r = compute_metric("kid50k_full", seeded_generator(), extractor=FakeExtractor(), ref_stats=ref,
-                           num_gen=37, batch_size=8, progress=False)
+        r = compute_metric(
+            "kid50k_full",
+            seeded_generator(),
+            extractor=FakeExtractor(),
+            ref_stats=ref,
+            num_gen=37,
+            batch_size=8,
+            progress=False,
+        )
         queue.put((rank, r["value"], r["num_gen"], r["world_size"]))
     finally:
         torch.distributed.destroy_process_group()
@@ -108,12 +136,20 @@ def test_compute_metric_sharded_over_two_ranks_matches_one_process():
     """Seeds are split across ranks and features all_gathered in seed order: same KID as one process."""
     ext = FakeExtractor()
     ref = compute_statistics(_real_batches(), "stylegan", ext, keep_features=True, progress=False)
-    single = compute_metric("kid50k_full", seeded_generator(), extractor=ext, ref_stats=ref, num_gen=37,
-                            batch_size=8, progress=False)
+    single = compute_metric(
+        "kid50k_full",
+        seeded_generator(),
+        extractor=ext,
+        ref_stats=ref,
+        num_gen=37,
+        batch_size=8,
+        progress=False,
+    )
     ctx = torch.multiprocessing.get_context("spawn")
     queue = ctx.SimpleQueue()
-    torch.multiprocessing.start_processes(_worker, args=(2, _free_port(), ref, queue), nprocs=2, join=True,
-                                          start_method="spawn")
+    torch.multiprocessing.start_processes(
+        _worker, args=(2, _free_port(), ref, queue), nprocs=2, join=True, start_method="spawn"
+    )
     results = sorted(queue.get() for _ in range(2))
     assert results[0][1] == pytest.approx(single["value"], rel=1e-9, abs=1e-12)
     assert np.isnan(results[1][1])  # only rank 0 reports the value

@@ -30,8 +30,14 @@ def _folder(path, n=6, size=20, seed=0):
 
 def _stats(protocol="stylegan", sha="a" * 64, digest="", n=5):
     rng = np.random.default_rng(0)
-    return FeatureStatistics(mu=rng.random(3), sigma=np.eye(3), num_images=n, protocol=protocol,
-                             weights_sha256=sha, weights_digest=digest)
+    return FeatureStatistics(
+        mu=rng.random(3),
+        sigma=np.eye(3),
+        num_images=n,
+        protocol=protocol,
+        weights_sha256=sha,
+        weights_digest=digest,
+    )
 
 
 @pytest.mark.parametrize("ddof", [0, 1])
@@ -56,7 +62,15 @@ def test_npz_roundtrip_with_metadata_and_features(tmp_path):
     np.testing.assert_array_equal(loaded.mu, s.mu)
     np.testing.assert_array_equal(loaded.features, s.features)
     with np.load(tmp_path / "s.npz") as f:  # what pytorch-fid / clean-fid read
-        assert {"mu", "sigma", "protocol", "num_images", "weights_sha256", "data_fingerprint", "version"} <= set(f.files)
+        assert {
+            "mu",
+            "sigma",
+            "protocol",
+            "num_images",
+            "weights_sha256",
+            "data_fingerprint",
+            "version",
+        } <= set(f.files)
 
 
 def test_plain_mu_sigma_npz_is_accepted_as_unknown_and_refused_by_default(tmp_path):
@@ -77,7 +91,9 @@ def test_check_refuses_other_protocol_or_weights():
     with pytest.raises(StatisticsMismatchError) as err:
         check_statistics(s, "pytorch_fid", "a" * 64)
     assert "'stylegan'" in str(err.value) and "'pytorch_fid'" in str(err.value)
-    with pytest.raises(StatisticsMismatchError, match="weights sha256 'aaaaaaaaaaaaaaaa' but 'bbbbbbbbbbbbbbbb'"):
+    with pytest.raises(
+        StatisticsMismatchError, match="weights sha256 'aaaaaaaaaaaaaaaa' but 'bbbbbbbbbbbbbbbb'"
+    ):
         check_statistics(s, "stylegan", "b" * 64, "d2")
     # same tensors read from another container (equal digests) are the same weights
     assert check_statistics(s, "stylegan", "b" * 64, "d1") is s
@@ -151,4 +167,8 @@ def test_throughput_measurement_reports_images_per_second():
     from stylenat.metrics import measure_inception_throughput
 
     r = measure_inception_throughput(FakeExtractor(), "pytorch_fid", batch_size=2, resolution=32, iters=1)
-    assert r["images_per_s"] > 0 and (r["protocol"], r["batch_size"], r["resolution"]) == ("pytorch_fid", 2, 32)
+    assert r["images_per_s"] > 0 and (r["protocol"], r["batch_size"], r["resolution"]) == (
+        "pytorch_fid",
+        2,
+        32,
+    )

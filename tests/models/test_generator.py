@@ -8,8 +8,15 @@ from stylenat.models.generator import Generator, GeneratorConfig, paper_channels
 from stylenat.ops.upfirdn import upfirdn2d
 
 TINY = dict(
-    resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels=[64, 64, 32, 32], min_heads=4,
-    kernels=[[3], [5], [5], [3]], dilations=[[1], [1], [1, 2], [1, 4]], output_normalization="minus_one_one",
+    resolution=32,
+    z_dim=32,
+    w_dim=32,
+    n_mlp=2,
+    channels=[64, 64, 32, 32],
+    min_heads=4,
+    kernels=[[3], [5], [5], [3]],
+    dilations=[[1], [1], [1, 2], [1, 4]],
+    output_normalization="minus_one_one",
 )
 
 
@@ -165,7 +172,10 @@ def sinusoidal_reference(size, channels):
     [
         (dict(resolution=48), "resolution must be a power of two >= 8, got 48"),
         (dict(resolution=33), "resolution must be a power of two >= 8, got 33"),
-        (dict(dilations=[[1], [1], [1, 4], [1, 4]]), r"stage 16x16: kernel_size 5 \* dilation 4 = 20 exceeds"),
+        (
+            dict(dilations=[[1], [1], [1, 4], [1, 4]]),
+            r"stage 16x16: kernel_size 5 \* dilation 4 = 20 exceeds",
+        ),
         (dict(kernels=[[3], [4], [5], [3]]), "kernel_size 4 must be odd"),
         (dict(na_backend="cuda-magic"), "unknown na_backend 'cuda-magic'"),
         (dict(output_normalization="zero_one"), "output_normalization 'zero_one'"),

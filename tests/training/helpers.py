@@ -42,15 +42,22 @@ def steps_kimg(steps: int, batch: int = 4) -> str:
     return f"{steps * batch / 1000:.3f}"
 
 
-def run_train(args: list[str], cwd: Path | None = None, env: dict | None = None, torchrun: int = 0, timeout: int = 300):
+def run_train(
+    args: list[str], cwd: Path | None = None, env: dict | None = None, torchrun: int = 0, timeout: int = 300
+):
     """Run train.py (optionally under torchrun) in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("STYLENAT_DEBUG", None)
     full_env.setdefault("OMP_NUM_THREADS", "1")  # pytest-xdist already runs one test per core
     if torchrun:
         cmd = [
-            PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
-            str(REPO / "train.py"), *args,
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={torchrun}",
+            str(REPO / "train.py"),
+            *args,
         ]
     else:
         cmd = [PYTHON, str(REPO / "train.py"), *args]

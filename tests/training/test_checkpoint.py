@@ -38,17 +38,31 @@ def test_resolve_resume(tmp_path):
 
 
 def test_config_differences_name_the_key():
-    saved = {"model": {"channels": [32, 32], "na_backend": "torch"}, "discriminator": {"sn": True}, "train": {"batch": 4}}
-    same = {"model": {"channels": [32, 32], "na_backend": "natten"}, "discriminator": {"sn": True}, "train": {"batch": 8}}
+    saved = {
+        "model": {"channels": [32, 32], "na_backend": "torch"},
+        "discriminator": {"sn": True},
+        "train": {"batch": 4},
+    }
+    same = {
+        "model": {"channels": [32, 32], "na_backend": "natten"},
+        "discriminator": {"sn": True},
+        "train": {"batch": 8},
+    }
     assert ckpt.config_differences(saved, same) == []  # runtime-only and train keys may change
     other = {"model": {"channels": [64, 32]}, "discriminator": {"sn": True}}
     assert ckpt.config_differences(saved, other) == [("model.channels", [32, 32], [64, 32])]
-    with pytest.raises(ckpt.ResumeError, match=r"model.channels differs \(checkpoint \[32, 32\], config \[64, 32\]\)"):
+    with pytest.raises(
+        ckpt.ResumeError, match=r"model.channels differs \(checkpoint \[32, 32\], config \[64, 32\]\)"
+    ):
         ckpt.check_compatible({"config": saved}, other, "x.pt")
 
 
 def test_state_round_trip_is_weights_only(tmp_path):
-    state = {"G": {"w": torch.ones(2)}, "config": {"a": [1, None, "x"]}, "rng": [ckpt.capture_rng(torch.device("cpu"))]}
+    state = {
+        "G": {"w": torch.ones(2)},
+        "config": {"a": [1, None, "x"]},
+        "rng": [ckpt.capture_rng(torch.device("cpu"))],
+    }
     path = tmp_path / "training-state-000000.004.pt"
     ckpt.save_state(state, path)
     loaded = ckpt.load_state(path)

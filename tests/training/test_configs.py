@@ -68,13 +68,22 @@ def test_every_train_discriminator_logger_composes(train, discriminator, logger)
 
 def test_recipe_numbers_from_the_spec():
     ffhq = compose("dataset=ffhq256")["train"]
-    assert ffhq["total_kimg"] == 64_000 and ffhq["lr_decay_start_kimg"] == 49_600 and ffhq["lr_decay_end_kimg"] == 64_000
+    assert (
+        ffhq["total_kimg"] == 64_000
+        and ffhq["lr_decay_start_kimg"] == 49_600
+        and ffhq["lr_decay_end_kimg"] == 64_000
+    )
     assert compose("dataset=ffhq256")["dataset"]["xflip"] is True
     hi = compose("dataset=ffhq1024")
     assert (hi["train"]["batch"], hi["train"]["batch_per_gpu"], hi["train"]["bcr_real"]) == (16, 2, 0.0)
     assert hi["train"]["lr_decay_start_kimg"] == 600_000 * 16 / 1000
     church = compose("dataset=church256")["train"]
-    assert (church["r1_gamma"], church["batch"], church["lr_decay_start_kimg"], church["total_kimg"]) == (5.0, 32, 41_600, 48_000)
+    assert (church["r1_gamma"], church["batch"], church["lr_decay_start_kimg"], church["total_kimg"]) == (
+        5.0,
+        32,
+        41_600,
+        48_000,
+    )
 
 
 def test_folder_follows_dataset_resolution():

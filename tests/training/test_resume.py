@@ -24,7 +24,9 @@ EXTRA = [
 
 
 def _train(run_dir, steps, *extra):
-    cfg = compose_config(CONFIG_DIR, [*TINY, *EXTRA, f"run_dir={run_dir}", f"train.total_kimg={steps_kimg(steps)}", *extra])
+    cfg = compose_config(
+        CONFIG_DIR, [*TINY, *EXTRA, f"run_dir={run_dir}", f"train.total_kimg={steps_kimg(steps)}", *extra]
+    )
     trainer = Trainer(prepare_run(cfg, CPU))
     trainer.fit()
     return trainer
@@ -68,9 +70,12 @@ def test_resume_refuses_another_model_and_writes_nothing(tmp_path):
     _train(tmp_path / "run", 1)
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
     cfg = compose_config(
-        CONFIG_DIR, [*TINY, *EXTRA, f"run_dir={tmp_path / 'run'}", "train.total_kimg=1", "model.channels=[32,32,16]"]
+        CONFIG_DIR,
+        [*TINY, *EXTRA, f"run_dir={tmp_path / 'run'}", "train.total_kimg=1", "model.channels=[32,32,16]"],
     )
-    with pytest.raises(ResumeError, match=r"model.channels differs \(checkpoint \[32, 32, 32\], config \[32, 32, 16\]\)"):
+    with pytest.raises(
+        ResumeError, match=r"model.channels differs \(checkpoint \[32, 32, 32\], config \[32, 32, 16\]\)"
+    ):
         prepare_run(cfg, CPU)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
 

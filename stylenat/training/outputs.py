@@ -1,0 +1,270 @@
+"""The periodic work around the training steps, all in one place: log records, sample grids,
+inference snapshots, training states (with every rank's RNG) and metrics.
+
+Rank 0 writes every file; the collective parts (loss reduction, sync check, RNG gathering, metrics)
+run on all ranks, which is why every rank calls ``after_step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from stylenat.training import checkpoint as ckpt
+from stylenat.training import distributed as dist
+from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_handler
+
+if TYPE_CHECKING:
+    from stylenat.training.loop import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def grid_latents(seed: int, count: int, z_dim: int) -> torch.Tensor:
+    """Fixed latents of the sample grids (the same after a resume)."""
+    g = torch.Generator().manual_seed(int(seed) + 123_456_789)
+    return torch.randn(count, z_dim, generator=g)
+
+
+class RunOutputs:
+    """The periodic work between steps: log records, sample grids, snapshots, training states, metrics."""
+
+    def __init__(self, trainer: Trainer):
+        self.t = trainer
+        self.main = trainer.env.is_main
+        self.sinks: list = []
+        self.progress = None
+        self._handler = None
+        self.grid_z = None
+
+    # context ---------------------------------------------------------------------------------------
+
+    def __enter__(self):
+        t = self.t
+        if self.main:
+            t.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_config(t.config, t.run_dir / "config.yaml")
+            self._handler = file_log_handler(t.run_dir)
+            logging.getLogger().addHandler(self._handler)
+            self.sinks.append(JsonlSink(t.run_dir / "log.jsonl"))
+            wandb_cfg = t.config["logger"].get("wandb")
+            if wandb_cfg:
+                sink = WandbSink(wandb_cfg, t.run_dir, t.config, run_id=t.wandb_id)
+                t.wandb_id = sink.run_id
+                self.sinks.append(sink)
+            self.progress = Progress(
+                t.opts.total_kimg, t.images_seen / 1000, bool(t.config["logger"].get("progress", True))
+            )
+            cols, rows = t.opts.sample_grid
+            self.grid_z = grid_latents(t.seed, cols * rows, t.G.z_dim)
+            if t.setup.state is None:
+                self._save_reals()
+                self._save_samples()
+        dist.barrier()
+        self.tick_start = (time.perf_counter(), t.images_seen, t.step_index)
+        if t.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(t.device)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        for sink in self.sinks:
+            sink.close(failed=exc_type is not None)
+        if self.progress is not None:
+            self.progress.close()
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+
+    # per step --------------------------------------------------------------------------------------
+
+    def after_step(self, before: int, done: bool) -> None:
+        """Run whatever is due after the step that moved the count from ``before`` (all ranks call it)."""
+        o, now = self.t.opts, self.t.images_seen
+
+        def due(every_kimg) -> bool:
+            if done:
+                return True
+            if not every_kimg:
+                return False
+            every = max(1, int(round(every_kimg * 1000)))
+            return before // every != now // every
+
+        if due(o.log_every_kimg):
+            self._log_tick()
+        elif self.progress is not None:
+            self.progress.update(now / 1000)
+        if self.main and due(o.image_every_kimg):
+            self._save_samples()
+        if self.main and due(o.snapshot_every_kimg):
+            self._save_snapshot()
+        if due(o.state_every_kimg):
+            self._save_state()
+        if o.metrics and (done or (o.metric_every_kimg and due(o.metric_every_kimg))):
+            self._run_metrics()
+
+    def _log_tick(self) -> None:
+        t = self.t
+        stats = t.stats.reduce()
+        digests = dist.check_in_sync(t.G, t.D, t.G_ema) if t.opts.sync_check else None
+        if not self.main:
+            return
+        start_time, start_images, start_step = self.tick_start
+        elapsed = time.perf_counter() - start_time
+        kimg_done = (t.images_seen - start_images) / 1000
+        lr = t.current_lr()
+        record = {
+            "kimg": t.images_seen / 1000,
+            "step": t.step_index,
+            "images_seen": t.images_seen,
+            **stats,
+            "lr_g": lr["g"],
+            "lr_d": lr["d"],
+            "sec_per_kimg": elapsed / kimg_done if kimg_done > 0 else None,
+            "sec_per_step": elapsed / max(1, t.step_index - start_step),
+            "peak_mem_mb": _peak_memory_mb(t.device),
+            "world_size": t.env.world_size,
+            "timestamp": time.time(),
+        }
+        if digests is not None:
+            record["param_digests"] = digests
+        for sink in self.sinks:
+            sink.log(record)
+        log.info(
+            "kimg %.3f step %d d_loss %.4f g_loss %.4f r1 %s sec/kimg %s",
+            record["kimg"],
+            record["step"],
+            stats["d_loss"] or float("nan"),
+            stats["g_loss"] or float("nan"),
+            _fmt(stats["r1"]),
+            _fmt(record["sec_per_kimg"]),
+        )
+        self.progress.update(record["kimg"], {k: stats[k] for k in ("d_loss", "g_loss", "r1")})
+        self.tick_start = (time.perf_counter(), t.images_seen, t.step_index)
+        if t.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(t.device)
+
+    # artefacts (rank 0 unless noted) -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _save_samples(self) -> None:
+        from torchvision.utils import save_image
+
+        t = self.t
+        images = []
+        for z in self.grid_z.split(t.batch_gpu):
+            images.append(t.G_ema(z.to(t.device)).float().cpu())
+        path = ckpt.artifact_path(t.run_dir, ckpt.SAMPLES_PREFIX, t.images_seen, "png")
+        save_image((torch.cat(images) + 1) / 2, path, nrow=t.opts.sample_grid[0], padding=0)
+        for sink in self.sinks:
+            sink.log_image(path, t.step_index)
+
+    def _save_reals(self) -> None:
+        from torchvision.utils import save_image
+
+        from stylenat.data import denormalize
+
+        t = self.t
+        if t.dataset is None:
+            return
+        cols, rows = t.opts.sample_grid
+        n = min(cols * rows, len(t.dataset))
+        reals = torch.stack([t.dataset[i] for i in range(n)])
+        save_image(
+            denormalize(reals, t.config["model"].get("output_normalization", "imagenet")),
+            t.run_dir / "reals.png",
+            nrow=cols,
+            padding=0,
+        )
+
+    def _save_snapshot(self) -> None:
+        from stylenat.snapshot import save_snapshot
+
+        t = self.t
+        path = ckpt.artifact_path(t.run_dir, ckpt.SNAPSHOT_PREFIX, t.images_seen)
+        save_snapshot(
+            path,
+            t.G_ema,
+            extra={"kimg": t.images_seen / 1000, "step": t.step_index, "run_dir": str(t.run_dir)},
+        )
+        log.info("saved %s", path.name)
+
+    def _save_state(self) -> None:
+        """Collective: every rank contributes its RNG states; rank 0 writes and prunes."""
+        t = self.t
+        rng = dist.all_gather_object(ckpt.capture_rng(t.device))
+        if self.main:
+            path = ckpt.artifact_path(t.run_dir, ckpt.STATE_PREFIX, t.images_seen)
+            ckpt.save_state({**t.state_dict(), "rng": rng}, path)
+            ckpt.prune(t.run_dir, ckpt.STATE_PREFIX, t.opts.keep_states)
+            log.info("saved %s", path.name)
+        dist.barrier()
+
+    def _run_metrics(self) -> None:
+        """``train.metrics`` on G_ema against the training data (collective: every rank generates a share).
+
+        Real statistics are cached by ``stylenat.metrics``; each result goes to the sinks as its own record.
+        """
+        from stylenat import metrics
+        from stylenat.sampling import seed_latents
+
+        t = self.t
+        if getattr(self, "_extractor", None) is None:
+            self._extractor = metrics.load_inception(device=t.device)
+        real = t.config["dataset"].get("path")
+        if real is None:
+            from stylenat.data import demo_dataset_path
+
+            real = demo_dataset_path()
+
+        def generate(seeds: torch.Tensor) -> torch.Tensor:
+            return t.G_ema(seed_latents(seeds.tolist(), t.G_ema.z_dim, t.device)).float()
+
+        for name in t.opts.metrics:
+            result = metrics.compute_metric(
+                name,
+                generate,
+                extractor=self._extractor,
+                real_data=real,
+                batch_size=t.batch_gpu,
+                device=t.device,
+                rank=t.env.rank,
+                world_size=t.env.world_size,
+                progress=False,
+            )
+            if self.main:
+                record = {
+                    "kimg": t.images_seen / 1000,
+                    "step": t.step_index,
+                    "timestamp": time.time(),
+                    "metric": name,
+                    name: result["value"],
+                    "protocol": result.get("protocol"),
+                    "metric_time_s": result.get("time_s"),
+                }
+                for sink in self.sinks:
+                    sink.log(record)
+                log.info("%s = %.4f at %.3f kimg", name, result["value"], record["kimg"])
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated in the tick, or the process's peak resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write_config(config: dict, path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    tmp.replace(path)
