@@ -18,19 +18,46 @@ class CheckpointError(ValueError):
     """A checkpoint or snapshot file that cannot be used; the message names the file and the problem."""
 
 
+class _WriteTracker:
+    """A writable file that remembers the OSError of a failed write: torch.save turns it into an
+    opaque RuntimeError ("unexpected pos ..."), and the caller should learn "No space left on device"."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def atomic_save(obj, path):
-    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves half a file."""
+    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves half a file.
+
+    A failed write (disk full, I/O error) removes the temp file, leaves any existing ``path`` untouched
+    and raises OSError naming ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tracker = None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            tracker = _WriteTracker(f)
+            torch.save(obj, tracker)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = tracker.error if tracker is not None and tracker.error is not None else err
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, f"cannot write {path}: {cause.strerror or cause}") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -68,7 +68,7 @@ def test_tiny_run_writes_every_artefact_and_refuses_a_mismatched_resume(tmp_path
     assert G(torch.randn(2, G.z_dim)).shape == (2, 3, 16, 16)
     state = torch.load(run / "training-state-000000.012.pt", weights_only=True)
     assert {"G", "D", "G_ema", "opt_G", "opt_D", "rng", "counters", "sampler", "config", "lr"} <= set(state)
-    assert state["counters"] == {"step": 3, "images_seen": 12} and len(state["rng"]) == 1
+    assert state["counters"] == {"step": 3, "images_seen": 12, "skipped_images": 0} and len(state["rng"]) == 1
     G_state = stylenat.load_generator(run / "training-state-000000.012.pt")  # G_ema of a training state
     assert all(torch.equal(a, b) for a, b in zip(G_state.state_dict().values(), G.state_dict().values()))
     assert Image.open(run / "samples-000000.012.png").size == (32, 32)  # 2 x 2 grid of 16 px

@@ -80,6 +80,45 @@ def resolve_resume(resume, run_dir: Path) -> Path | None:
     return path
 
 
+def load_resume_state(resume, run_dir: Path) -> tuple[Path | None, dict | None, list[Path]]:
+    """(path, state, unreadable newer states) to resume from; (None, None, []) for a fresh run.
+
+    ``resume`` naming a file loads exactly that file (an unreadable one is an error). Otherwise the
+    newest readable state of the directory (``resume`` or ``run_dir``) wins: an unreadable newer one
+    (truncated, corrupt) is skipped with a warning naming it, and when every state is unreadable the
+    error names them all and nothing is written.
+    """
+    explicit = resume not in (None, "") and not Path(str(resume)).expanduser().is_dir()
+    if explicit:
+        path = resolve_resume(resume, run_dir)
+        return path, load_state(path), []
+    directory = Path(str(resume)).expanduser() if resume not in (None, "") else Path(run_dir)
+    resolve_resume(resume, run_dir)  # a resume dir without states is an error
+    candidates = [p for _, p in reversed(list_artifacts(directory, STATE_PREFIX))]
+    unreadable: list[Path] = []
+    for path in candidates:
+        try:
+            return path, load_state(path), unreadable
+        except ResumeError as err:
+            log.warning("skipping unreadable training state %s (%s); trying the previous one", path, err)
+            unreadable.append(path)
+    if unreadable:
+        raise ResumeError(
+            f"all {len(unreadable)} training state(s) in {directory} are unreadable "
+            f"({', '.join(p.name for p in unreadable)}); nothing was written: move them aside to start "
+            "afresh, or pass resume=<file>"
+        )
+    return None, None, []
+
+
+def quarantine(paths: list[Path]) -> None:
+    """Rename unreadable states to ``<name>.corrupt`` so neither resume nor pruning trips on them again."""
+    for path in paths:
+        target = path.with_name(path.name + ".corrupt")
+        path.replace(target)
+        log.warning("renamed unreadable training state %s to %s", path.name, target.name)
+
+
 def prune(run_dir: Path, prefix: str, keep: int | None) -> list[Path]:
     """Delete all but the newest ``keep`` files of one kind (None keeps everything); returns the deleted."""
     if keep is None:

@@ -85,6 +85,27 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def abandon(err: BaseException) -> None:
+    """A rank failed: log which and why (every rank logs warnings and errors), then drop the process
+    group without the collective teardown, which would wait for ranks that are still computing."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world > 1:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        log.error(
+            "rank %d of %d stopped: %s%s", rank, world, type(err).__name__, f": {message}" if message else ""
+        )
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (returns a new tensor)."""
+    out = values.clone()
+    if _active():
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from stylenat.training import distributed as dist
 from stylenat.training.augment import diff_augment
 from stylenat.training.config import check_config, resolve_config
 from stylenat.training.ema import ema_beta, make_ema, update_ema
+from stylenat.training.guard import DivergenceError, RollbackPoint, StopSignals, all_finite, nonfinite_report
 from stylenat.training.losses import bcr_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 from stylenat.training.options import TrainOptions
 
@@ -51,6 +52,7 @@ class RunSetup:
     resume_path: Path | None
     state: dict | None
     dataset: object | None
+    unreadable_states: list[Path] = field(default_factory=list)  # newer states skipped as unreadable
 
 
 def prepare_run(cfg, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
@@ -67,13 +69,11 @@ def prepare_run(cfg, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
         raise ValueError("run_dir is required: pass run_dir=<directory>")
     config["run_dir"] = str(run_dir)
     run_dir = Path(run_dir).expanduser()
-    resume_path = ckpt.resolve_resume(config.get("resume"), run_dir)
-    state = None
-    if resume_path is not None:
-        state = ckpt.load_state(resume_path)
+    resume_path, state, unreadable = ckpt.load_resume_state(config.get("resume"), run_dir)
+    if state is not None:
         ckpt.check_compatible(state, config, resume_path)
     dataset = build_training_dataset(config) if with_data else None
-    return RunSetup(config, opts, env, run_dir, resume_path, state, dataset)
+    return RunSetup(config, opts, env, run_dir, resume_path, state, dataset, unreadable)
 
 
 def build_training_dataset(config: dict):
@@ -128,9 +128,11 @@ class StepRandom:
 
     def __init__(self, seed: int, rank: int):
         self.seed, self.rank = int(seed), int(rank)
+        self.retry = 0  # > 0 after the divergence guard skipped a step: the retried step draws afresh
 
     def __call__(self, step: int, round_index: int, purpose: str) -> torch.Generator:
-        key = f"{self.seed}/{step}/{self.rank}/{round_index}/{purpose}".encode()
+        retry = f"/retry{self.retry}" if self.retry else ""
+        key = f"{self.seed}/{step}/{self.rank}/{round_index}/{purpose}{retry}".encode()
         g = torch.Generator()
         g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1))
         return g
@@ -153,6 +155,7 @@ class Trainer:
         self.seed = int(self.config.get("seed", 0))
         self.random = StepRandom(self.seed, self.env.rank)
         self.step_index, self.images_seen = 0, 0
+        self.skipped_images = 0  # images of batches the divergence guard skipped (the stream moved on)
         self._configure_backends()
 
         self.G, self.D = build_networks(self.config)
@@ -162,11 +165,15 @@ class Trainer:
         self.ema_beta = ema_beta(opts.ema_decay, opts.ema_halflife_kimg, opts.batch)
         c = opts.lazy_r1_ratio
         lr = opts.learning_rates(0)
+        # Fused Adam (one kernel for all parameters) on CUDA; the CPU's default foreach path is as fast.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt_G = torch.optim.Adam(
-            self.G.parameters(), lr=lr["g"], betas=tuple(opts.betas), eps=opts.adam_eps
+            self.G.parameters(), lr=lr["g"], betas=tuple(opts.betas), eps=opts.adam_eps, **fused
         )
         d_betas = (opts.betas[0] ** c, opts.betas[1] ** c)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=lr["d"], betas=d_betas, eps=opts.adam_eps)
+        self.opt_D = torch.optim.Adam(
+            self.D.parameters(), lr=lr["d"], betas=d_betas, eps=opts.adam_eps, **fused
+        )
         self.wandb_id = None
         if setup.state is not None:
             self.load_state_dict(setup.state)
@@ -179,9 +186,15 @@ class Trainer:
         if stream is None:
             if self.dataset is None:
                 raise ValueError("Trainer needs a data set (prepare_run(with_data=True)) or a stream")
-            stream = build_stream(self.dataset, self.config, opts, self.env, self.images_seen)
+            stream = build_stream(self.dataset, self.config, opts, self.env, self.data_position)
         self.stream = stream
         self.stats = StatAccumulator(self.device)
+        self.rollback = None
+        if opts.nonfinite != "off":
+            self.rollback = RollbackPoint(
+                [self.G, self.D, self.G_ema], [self.opt_G, self.opt_D], [self.stats.sums, self.stats.counts]
+            )
+        self.rollbacks_in_a_row = 0
 
     # ------------------------------------------------------------------ backends
 
@@ -217,8 +230,12 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
             "lr": self.current_lr(),
-            "counters": {"step": self.step_index, "images_seen": self.images_seen},
-            "sampler": {"position": self.images_seen},
+            "counters": {
+                "step": self.step_index,
+                "images_seen": self.images_seen,
+                "skipped_images": self.skipped_images,
+            },
+            "sampler": {"position": self.data_position},
             "world_size": self.env.world_size,
             "model_config": self.G.model_config,
             "config": self.config,
@@ -237,6 +254,8 @@ class Trainer:
         self.opt_D.load_state_dict(state["opt_D"])
         self.step_index = int(state["counters"]["step"])
         self.images_seen = int(state["counters"]["images_seen"])
+        self.skipped_images = int(state["counters"].get("skipped_images", 0))
+        self.random.retry = self.skipped_images // self.opts.batch
         self.wandb_id = (state.get("logger") or {}).get("wandb_id")
         rng = state.get("rng") or []
         if len(rng) == self.env.world_size:
@@ -248,6 +267,11 @@ class Trainer:
                 self.env.world_size,
             )
         log.info("resumed from %s at %.3f kimg (step %d)", source, self.images_seen / 1000, self.step_index)
+
+    @property
+    def data_position(self) -> int:
+        """Images the data stream has delivered (skipped batches included): where a resume continues."""
+        return self.images_seen + self.skipped_images
 
     def current_lr(self) -> dict:
         return self.opts.learning_rates(self.images_seen)
@@ -348,6 +372,8 @@ class Trainer:
 
     def step(self) -> None:
         """One D step (+ lazy R1) and one G step on ``batch`` images, then G_ema; advances the counters."""
+        if self.rollback is not None:
+            self.rollback.capture()
         self._apply_lr()
         reals = [self.next_reals() for _ in range(self.rounds)]
         self.d_step(reals)
@@ -362,7 +388,7 @@ class Trainer:
     # ------------------------------------------------------------------ run
 
     def fit(self) -> Path:
-        """Train until ``train.total_kimg``; rank 0 writes every artefact. Returns the run dir."""
+        """Train until ``train.total_kimg`` or a stop signal; rank 0 writes every artefact. Returns the run dir."""
         total = self.opts.total_images
         if self.images_seen >= total:
             log.info(
@@ -373,12 +399,78 @@ class Trainer:
             return self.run_dir
         from stylenat.training.outputs import RunOutputs
 
-        with RunOutputs(self) as out:
+        with RunOutputs(self) as out, StopSignals() as signals:
             while self.images_seen < total:
                 before = self.images_seen
                 self.step()
+                nonfinite, stop = self._step_flags(signals)
+                if nonfinite:
+                    self._undo_nonfinite_step(out)
+                    continue
+                self.rollbacks_in_a_row = 0
                 out.after_step(before, done=self.images_seen >= total)
+                if stop and self.images_seen < total:
+                    out.stop(signals.requested or "a stop request on another rank")
+                    break
         return self.run_dir
+
+    # ------------------------------------------------------------------ faults
+
+    def _step_flags(self, signals: StopSignals) -> tuple[bool, bool]:
+        """(the step left a non-finite loss or weight, a stop signal arrived), agreed by every rank."""
+        flags = torch.zeros(2, device=self.device)
+        if self.rollback is not None:
+            params = [p for m in (self.G, self.D) for p in m.parameters()]
+            flags[0] = (~all_finite([*params, self.stats.sums])).float()
+        flags[1] = float(signals.requested is not None)
+        if self.env.distributed:
+            flags = dist.all_reduce_max(flags)
+        nonfinite, stop = flags.tolist()
+        return nonfinite > 0, stop > 0
+
+    def _undo_nonfinite_step(self, out) -> None:
+        """Restore the state from before the step; then skip its batch and go on, or save and stop."""
+        what = nonfinite_report(
+            {k: self.stats.sums[i] for i, k in enumerate(self.stats.KEYS)}, {"G": self.G, "D": self.D}
+        )
+        failed_step, failed_kimg = self.step_index - 1, (self.images_seen - self.opts.batch) / 1000
+        self.rollback.restore()
+        self.step_index -= 1
+        self.images_seen -= self.opts.batch
+        self.skipped_images += self.opts.batch  # the stream already delivered the step's batch
+        self.random.retry += 1
+        self.rollbacks_in_a_row += 1
+        limit = self.opts.nonfinite_max_rollbacks
+        stop = self.opts.nonfinite == "stop" or self.rollbacks_in_a_row > limit
+        out.log_event(
+            {
+                "event": "nonfinite",
+                "what": what,
+                "action": "stop" if stop else "rollback",
+                "failed_step": failed_step,
+            }
+        )
+        if not stop:
+            log.warning(
+                "non-finite %s in step %d (%.3f kimg): rolled back and skipped its batch (%d in a row, limit %d)",
+                what,
+                failed_step,
+                failed_kimg,
+                self.rollbacks_in_a_row,
+                limit,
+            )
+            return
+        path = out.save_state_now()
+        why = (
+            "train.nonfinite=stop"
+            if self.opts.nonfinite == "stop"
+            else f"{self.rollbacks_in_a_row} rollbacks in a row"
+        )
+        raise DivergenceError(
+            f"training diverged: non-finite {what} in step {failed_step} ({failed_kimg:.3f} kimg; {why}); "
+            f"saved {path.name if path else 'the state'} from before that step: resume it with a lower "
+            "learning rate, or with train.nonfinite=rollback to skip such batches"
+        )
 
 
 class StatAccumulator:
@@ -392,8 +484,12 @@ class StatAccumulator:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
-        self.counts = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
+        """Zero in place (the divergence guard's rollback point holds these tensors)."""
+        if not hasattr(self, "sums"):
+            self.sums = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
+            self.counts = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
+        self.sums.zero_()
+        self.counts.zero_()
 
     def add(self, key: str, value: torch.Tensor) -> None:
         i = self.KEYS.index(key)
@@ -436,9 +532,14 @@ def train(cfg) -> Path:
     try:
         setup = prepare_run(cfg, env)
         trainer = Trainer(setup)
-        return trainer.fit()
-    finally:
-        dist.shutdown()
+        result = trainer.fit()
+    except BaseException as err:
+        # Name the failing rank; leave the group without its teardown handshake, so the other ranks'
+        # pending collectives fail at once (connection closed) instead of waiting for the timeout.
+        dist.abandon(err)
+        raise
+    dist.shutdown()
+    return result
 
 
 def resolve_config_device(cfg) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from stylenat.training import checkpoint as ckpt
 from stylenat.training import distributed as dist
+from stylenat.training.guard import CheckpointWriteError, check_run_dir, clean_stale_temp_files, state_bytes
 from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_handler
 
 if TYPE_CHECKING:
@@ -41,17 +42,25 @@ class RunOutputs:
         self.progress = None
         self._handler = None
         self.grid_z = None
+        self.saved_state_at: int | None = None
 
     # context ---------------------------------------------------------------------------------------
 
     def __enter__(self):
         t = self.t
+        problem = self._check_run_dir() if self.main else None
+        problem = dist.broadcast_object(problem)  # every rank stops, not only the one that writes
+        if problem is not None:
+            raise CheckpointWriteError(problem)
         if self.main:
-            t.run_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_temp_files(t.run_dir)
+            if t.setup.state is not None:
+                self.saved_state_at = t.images_seen
+            ckpt.quarantine([p for p in t.setup.unreadable_states if p.parent == t.run_dir])
             _write_config(t.config, t.run_dir / "config.yaml")
             self._handler = file_log_handler(t.run_dir)
             logging.getLogger().addHandler(self._handler)
-            self.sinks.append(JsonlSink(t.run_dir / "log.jsonl"))
+            self.sinks.append(JsonlSink(t.run_dir / "log.jsonl", keep_through_images=t.images_seen))
             wandb_cfg = t.config["logger"].get("wandb")
             if wandb_cfg:
                 sink = WandbSink(wandb_cfg, t.run_dir, t.config, run_id=t.wandb_id)
@@ -70,6 +79,16 @@ class RunOutputs:
         if t.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(t.device)
         return self
+
+    def _check_run_dir(self) -> str | None:
+        """Why the run dir cannot take the next training state (twice its size: the new one is written
+        beside the old one), or None."""
+        t = self.t
+        try:
+            check_run_dir(t.run_dir, 2 * state_bytes([t.G, t.D, t.G_ema]))
+        except CheckpointWriteError as err:
+            return str(err)
+        return None
 
     def __exit__(self, exc_type, *exc) -> None:
         for sink in self.sinks:
@@ -100,10 +119,10 @@ class RunOutputs:
             self.progress.update(now / 1000)
         if self.main and due(o.image_every_kimg):
             self._save_samples()
+        if due(o.state_every_kimg):  # first: the state is what a resume needs
+            self._save_state()
         if self.main and due(o.snapshot_every_kimg):
             self._save_snapshot()
-        if due(o.state_every_kimg):
-            self._save_state()
         if o.metrics and (done or (o.metric_every_kimg and due(o.metric_every_kimg))):
             self._run_metrics()
 
@@ -186,23 +205,69 @@ class RunOutputs:
 
         t = self.t
         path = ckpt.artifact_path(t.run_dir, ckpt.SNAPSHOT_PREFIX, t.images_seen)
-        save_snapshot(
-            path,
-            t.G_ema,
-            extra={"kimg": t.images_seen / 1000, "step": t.step_index, "run_dir": str(t.run_dir)},
-        )
+        try:
+            save_snapshot(
+                path,
+                t.G_ema,
+                extra={"kimg": t.images_seen / 1000, "step": t.step_index, "run_dir": str(t.run_dir)},
+            )
+        except OSError as err:
+            raise CheckpointWriteError(
+                f"{err.strerror or err}; earlier snapshots and states are intact: free space in {t.run_dir} and resume"
+            ) from None
         log.info("saved %s", path.name)
 
-    def _save_state(self) -> None:
-        """Collective: every rank contributes its RNG states; rank 0 writes and prunes."""
+    def _save_state(self) -> Path | None:
+        """Collective: every rank contributes its RNG states; rank 0 writes and prunes. A failed write
+        (disk full) stops every rank with one error; the previous state stays as it was."""
         t = self.t
         rng = dist.all_gather_object(ckpt.capture_rng(t.device))
+        path, problem = ckpt.artifact_path(t.run_dir, ckpt.STATE_PREFIX, t.images_seen), None
         if self.main:
-            path = ckpt.artifact_path(t.run_dir, ckpt.STATE_PREFIX, t.images_seen)
-            ckpt.save_state({**t.state_dict(), "rng": rng}, path)
-            ckpt.prune(t.run_dir, ckpt.STATE_PREFIX, t.opts.keep_states)
-            log.info("saved %s", path.name)
-        dist.barrier()
+            previous = ckpt.find_latest_state(t.run_dir)
+            try:
+                ckpt.save_state({**t.state_dict(), "rng": rng}, path)
+            except OSError as err:
+                kept = (
+                    f"the previous state {previous.name} is intact" if previous else "no earlier state exists"
+                )
+                problem = f"{err.strerror or err}; {kept}: free space in {t.run_dir} and resume"
+            else:
+                ckpt.prune(t.run_dir, ckpt.STATE_PREFIX, t.opts.keep_states)
+                log.info("saved %s", path.name)
+        problem = dist.broadcast_object(problem)
+        if problem is not None:
+            raise CheckpointWriteError(problem)
+        self.saved_state_at = t.images_seen
+        return path
+
+    def save_state_now(self) -> Path | None:
+        """A training state at the current position unless one was just written there (collective)."""
+        if self.saved_state_at == self.t.images_seen:
+            return ckpt.artifact_path(self.t.run_dir, ckpt.STATE_PREFIX, self.t.images_seen)
+        return self._save_state()
+
+    def stop(self, reason: str) -> None:
+        """A stop signal: save a state at this step boundary (collective) and say how to continue."""
+        path = self.save_state_now()
+        self.log_event({"event": "stop", "reason": reason})
+        log.warning(
+            "stopped by %s at %.3f kimg; saved %s: run the same command to resume",
+            reason,
+            self.t.images_seen / 1000,
+            path.name if path else "the state",
+        )
+
+    def log_event(self, fields: dict) -> None:
+        """An event record (rollback, stop) in the log, at the current position (rank 0)."""
+        if not self.main:
+            return
+        t = self.t
+        record = {"kimg": t.images_seen / 1000, "step": t.step_index, "images_seen": t.images_seen, **fields}
+        record["timestamp"] = time.time()
+        for sink in self.sinks:
+            if isinstance(sink, JsonlSink):
+                sink.log(record)
 
     def _run_metrics(self) -> None:
         """``train.metrics`` on G_ema against the training data (collective: every rank generates a share).

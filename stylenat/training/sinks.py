@@ -17,10 +17,17 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 
 class JsonlSink:
-    """Appends one JSON object per record to a file, flushed at once (a crash loses nothing logged)."""
+    """Appends one JSON object per record to a file, flushed at once (a crash loses nothing logged).
 
-    def __init__(self, path: Path):
+    ``keep_through_images``: on a resume, records past the resumed position (written after the state
+    was saved, by the run that died) and a torn last line are dropped first, so the resumed run writes
+    each record exactly once.
+    """
+
+    def __init__(self, path: Path, keep_through_images: int | None = None):
         self.path = Path(path)
+        if keep_through_images is not None and self.path.is_file():
+            truncate_log(self.path, keep_through_images)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, record: Mapping) -> None:
@@ -32,6 +39,38 @@ class JsonlSink:
 
     def close(self, failed: bool = False) -> None:
         self._fh.close()
+
+
+def record_images(record: Mapping) -> int | None:
+    """The training position of a log record, in images."""
+    if "images_seen" in record:
+        return int(record["images_seen"])
+    if "kimg" in record:
+        return int(round(float(record["kimg"]) * 1000))
+    return None
+
+
+def truncate_log(path: Path, keep_through_images: int) -> int:
+    """Rewrite ``path`` (atomically) without records past ``keep_through_images`` or torn lines; returns
+    how many lines were dropped."""
+    kept, dropped = [], 0
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        position = record_images(record) if isinstance(record, dict) else None
+        if position is not None and position > keep_through_images:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        tmp = Path(path).with_name(f".{Path(path).name}.truncate.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        log.info("%s: dropped %d record(s) past the resumed position", Path(path).name, dropped)
+    return dropped
 
 
 class WandbSink:

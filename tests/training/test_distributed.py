@@ -23,7 +23,7 @@ def test_two_processes_stay_in_sync_and_resume_single_process(tmp_path):
     assert records[0]["param_digests"] != records[1]["param_digests"]  # the weights did move
     state = load_state(find_latest_state(run))
     assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert state["counters"] == {"step": 4, "images_seen": 16}
+    assert state["counters"] == {"step": 4, "images_seen": 16, "skipped_images": 0}
 
     proc = run_train([*common, f"train.total_kimg={steps_kimg(6)}"])
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -61,7 +61,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     # and the states on disk say the same
     a, b = load_state(find_latest_state(tmp_path / "full")), load_state(find_latest_state(tmp_path / "split"))
     assert _max_diff({k: a[k] for k in ("G", "D", "G_ema")}, {k: b[k] for k in ("G", "D", "G_ema")}) == 0.0
-    assert a["counters"] == b["counters"] == {"step": 5, "images_seen": 20}
+    assert a["counters"] == b["counters"] == {"step": 5, "images_seen": 20, "skipped_images": 0}
     assert a["lr"] == b["lr"] and a["sampler"] == {"position": 20}
 
 
