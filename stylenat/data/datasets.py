@@ -13,14 +13,45 @@ Formats
   Zip and LMDB handles are opened lazily in the process that reads (each DataLoader worker), and
   re-opened after a fork, because neither is fork-safe.
 
-Unreadable images (deterministic policy)
-  * folder: every candidate file is checked once at construction with ``PIL.Image.open(...).verify()``
-    (reads each file once; pass ``verify=False`` for a header-only check). Files that fail are skipped
-    with a ``DatasetWarning`` naming the file, so the index is fixed before any sample is drawn and is
-    the same in every rank and worker. A file that passes the check but fails to decode later (e.g. a
-    truncated JPEG: Pillow cannot verify JPEG) raises ``DatasetError`` naming it; nothing is ever
-    silently substituted.
-  * zip / LMDB are prepared formats: not verified up front; a bad member raises ``DatasetError`` naming it.
+Data faults (the policy; every message names the offending file, member or key)
+  The folder index is built once, in sorted order, before any sample is drawn, so it is identical in
+  every rank and worker; nothing is ever silently substituted at training time.
+
+  ==================================  =========================================================
+  fault                               outcome
+  ==================================  =========================================================
+  missing path                        ``DatasetError``: "dataset path P does not exist"
+  no usable image (empty folder,      ``DatasetError``, one line: "no images found under P (...)"
+  only foreign or broken files)       with the counts of skipped / ignored files
+  non-image file (.txt, .gif, ...)    ignored; one INFO log line with their count and an example
+  hidden file or directory,           ignored silently (``.x``, ``__MACOSX``)
+  manifest.json, dataset.json
+  directory named like an image       walked like any directory (it is not an image)
+  unreadable file (permissions,       skipped at indexing, one ``DatasetWarning`` per file naming
+  broken symlink), corrupt bytes,     it, plus one log line with the number skipped
+  truncated PNG / WebP / JPEG,
+  mode that cannot become RGB
+  L, LA, RGBA, P, I;16, I, CMYK ...   converted to 8-bit RGB (``images.to_rgb8``): alpha dropped,
+                                      not composited; 16-bit scaled by 1/257
+  image smaller than the resolution   upscaled (LANCZOS), one ``DatasetWarning`` at construction
+                                      with their count and the first one's name and size
+  non-square image                    center-cropped to the short side, then resized
+  file broken after indexing          ``DatasetError`` "cannot decode image P: ..." when it is
+  (changed, truncated, deleted)       read, also from a DataLoader worker (kept one line);
+                                      the run stops: fix the file and resume (removing it
+                                      changes the index, hence the order of later images)
+  data set smaller than one batch     allowed: the infinite sampler repeats images within a
+                                      batch; ``build_loader`` warns once naming both sizes
+  zip / LMDB: bad member or value,    not verified up front (prepared formats): ``DatasetError``
+  missing key                         naming the member / key when it is read
+  zip / LMDB: wrong image size        ``DatasetError`` naming both sizes (checked on the first
+                                      image at construction and on every load)
+  ==================================  =========================================================
+
+  Truncation checks: PNGs are ``verify()``-ed (the whole file is read once, chunk CRCs checked); a
+  truncated WebP already fails to open; Pillow cannot verify JPEG, so a JPEG not ending with its
+  end-of-image marker is decoded in full at indexing (only those). ``verify=False`` reads headers
+  only: broken files then fail when read, as above.
 
 Sizes
   * folder: non-square images are center-cropped to their short side, then resized to R with LANCZOS;

@@ -11,18 +11,24 @@ training loop's "images seen" counter (per-rank batches x batch size x world siz
 (or ``build_loader``) with ``start_index=images_seen`` and the same indices follow, in O(N) time,
 even with another world size. Record the count from the training loop (or ``BatchStream.position``),
 not from the sampler: a DataLoader pulls indices ahead of what the loop has consumed.
+
+A data set smaller than one batch is allowed (a few-image smoke test): the stream simply wraps, so a
+batch repeats images (from successive epochs). ``build_loader`` warns about it once (rank 0), naming both
+sizes, since for real training it almost always means the wrong path.
 """
 
 from __future__ import annotations
 
 import operator
 import random
+import signal
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from stylenat.data.errors import DatasetError
+from stylenat.data.errors import DatasetError, DatasetWarning
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -103,7 +109,11 @@ class InfiniteSampler(Sampler[int]):
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed Python and NumPy from the worker's torch seed (which the
-    loader derives from its seeded generator), for datasets or transforms that draw random numbers."""
+    loader derives from its seeded generator), for datasets or transforms that draw random numbers.
+
+    Workers ignore SIGINT: Ctrl-C reaches the whole process group, and the training process handles it
+    (a state at the step boundary) only if its workers keep serving batches until then."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
@@ -141,6 +151,25 @@ class BatchStream:
         return {"position": self.position}
 
 
+def warn_if_smaller_than_batch(dataset, global_batch: int, world_size: int = 1, rank: int = 0) -> bool:
+    """Warn (rank 0 only) when ``dataset`` has fewer items than one global batch; returns whether it has."""
+    n = len(dataset)
+    if n >= global_batch:
+        return False
+    if rank == 0:
+        images = getattr(dataset, "num_images", n)
+        items = f"{n} items ({images} images x 2 with x-flip)" if images != n else f"{n} images"
+        per = f" ({global_batch // world_size} per process x {world_size})" if world_size > 1 else ""
+        where = getattr(dataset, "path", None)
+        warnings.warn(
+            f"the data set{f' {where}' if where is not None else ''} holds {items}, fewer than one batch "
+            f"of {global_batch}{per}: images repeat within every batch",
+            DatasetWarning,
+            stacklevel=3,
+        )
+    return True
+
+
 def build_loader(
     dataset,
     batch_size: int,
@@ -161,6 +190,7 @@ def build_loader(
     batch_size = _check_int("batch_size", batch_size, 1)
     num_workers = _check_int("num_workers", num_workers, 0)
     sampler = InfiniteSampler(len(dataset), rank, world_size, shuffle, seed, start_index)
+    warn_if_smaller_than_batch(dataset, batch_size * sampler.world_size, sampler.world_size, rank)
     generator = torch.Generator()
     generator.manual_seed(seed * 1_000_003 + rank)
     kwargs = {}

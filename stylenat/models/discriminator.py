@@ -33,6 +33,7 @@ __all__ = [
     "WaveletDiscriminator",
     "build_discriminator",
     "channel_table",
+    "check_discriminator_config",
     "minibatch_stddev",
 ]
 
@@ -361,3 +362,73 @@ def build_discriminator(name: str, resolution: int, channel_multiplier: int = 2,
         allowed = ", ".join(repr(k) for k in sorted(DISCRIMINATORS))
         raise ValueError(f"unknown discriminator {name!r}; expected one of {allowed}") from None
     return cls(resolution, channel_multiplier=channel_multiplier, **kw)
+
+
+# Smallest resolution of each architecture (the wavelet D's last FromRGB needs 16, see its __init__).
+MIN_RESOLUTION = {"stylegan2": 8, "wavelet": 16}
+_CONFIG_KEYS = (
+    "name",
+    "channel_multiplier",
+    "sn",
+    "channel_max",
+    "channels",
+    "blur_kernel",
+    "stddev_group",
+    "stddev_feat",
+)
+
+
+def check_discriminator_config(cfg: Mapping, resolution) -> None:
+    """Check the Hydra ``discriminator`` group for a D of ``resolution`` before anything is built.
+
+    Each error is one line naming ``discriminator.<key>`` and its value (``ValueError``).
+    """
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def fail(key: str, what: str):
+        raise ValueError(f"discriminator.{key}={cfg.get(key)!r}: {what}")
+
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"discriminator={cfg!r}: expected a mapping of discriminator keys")
+    unknown = sorted(set(cfg) - set(_CONFIG_KEYS), key=str)
+    if unknown:
+        raise ValueError(f"unknown key discriminator.{unknown[0]} (known: {', '.join(_CONFIG_KEYS)})")
+    name = cfg.get("name", "wavelet")
+    if not isinstance(name, str) or name not in DISCRIMINATORS:
+        fail("name", f"expected one of {', '.join(sorted(DISCRIMINATORS))}")
+    minimum = MIN_RESOLUTION[name]
+    ok = is_int(resolution) and resolution >= minimum and resolution & (resolution - 1) == 0
+    if not ok:
+        fail("name", f"needs a power-of-two model.resolution >= {minimum}, got {resolution!r}")
+    if not is_int(cfg.get("channel_multiplier", 2)) or cfg.get("channel_multiplier", 2) < 1:
+        fail("channel_multiplier", "expected an integer >= 1")
+    if not isinstance(cfg.get("sn", name == "wavelet"), bool):
+        fail("sn", "expected true or false")
+    channel_max = cfg.get("channel_max")
+    if channel_max is not None and (not is_int(channel_max) or channel_max < 1):
+        fail("channel_max", "expected an integer >= 1 or null")
+    channels = cfg.get("channels")
+    if channels is not None:
+        if not isinstance(channels, Mapping):
+            fail("channels", "expected a mapping {resolution: channels}, e.g. {32: 64}, or null")
+        for k, v in channels.items():
+            try:
+                res = int(k)
+            except (TypeError, ValueError):
+                res = -1
+            if res < 4 or res > resolution or res & (res - 1):
+                fail("channels", f"key {k!r} is not a power-of-two resolution in 4..{resolution}")
+            if not is_int(v) or v < 1:
+                fail("channels", f"entry {k!r}: {v!r} is not an integer >= 1")
+    blur = cfg.get("blur_kernel", DEFAULT_BLUR_KERNEL)
+    ok = isinstance(blur, Sequence) and not isinstance(blur, str) and len(blur) > 0
+    if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in blur):
+        fail("blur_kernel", "expected a non-empty list of numbers")
+    for key in ("stddev_group", "stddev_feat"):
+        if not is_int(cfg.get(key, 4 if key == "stddev_group" else 1)) or cfg.get(key, 1) < 1:
+            fail(key, "expected an integer >= 1")
+    last = channel_table(resolution, cfg.get("channel_multiplier", 2), channel_max, channels)[4]
+    if last % cfg.get("stddev_feat", 1):
+        fail("stddev_feat", f"must divide the {last} channels at 4x4")

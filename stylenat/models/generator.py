@@ -19,7 +19,7 @@ from stylenat.ops.upfirdn import make_kernel, upfirdn2d
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_NORMALIZATIONS = ("imagenet", "minus_one_one")
-NA_BACKENDS = ("auto", "torch", "natten")
+NA_BACKENDS = ("auto", "torch", "natten", "flex")
 
 
 def paper_channels(resolution, channel_multiplier=2):
@@ -80,33 +80,91 @@ class GeneratorConfig:
         )
 
     def validate(self):
+        """Check types and ranges before any layer is built; each error is one line naming the key as
+        ``model.<key>`` (its Hydra name), its value and, for per-stage keys, the stage."""
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         r = self.resolution
-        if not isinstance(r, int) or r < 8 or r & (r - 1):
-            raise ValueError(f"resolution must be a power of two >= 8, got {r!r}")
+        if not is_int(r) or r < 8 or r & (r - 1):
+            raise ValueError(f"model.resolution must be a power of two >= 8, got {r!r}")
+        for key in ("z_dim", "w_dim", "n_mlp", "min_heads", "head_channels", "channel_multiplier"):
+            v = getattr(self, key)
+            if not is_int(v) or v < 1:
+                raise ValueError(f"model.{key}={v!r}: expected an integer >= 1")
+        for key in ("lr_mlp", "mlp_ratio"):
+            v = getattr(self, key)
+            if not is_number(v) or v <= 0:
+                raise ValueError(f"model.{key}={v!r}: expected a number > 0")
+        for key in ("use_rpb", "checkpoint_blocks"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"model.{key}={getattr(self, key)!r}: expected true or false")
         n = self.num_stages
-        if len(self.stage_channels()) != n:
-            raise ValueError(f"channels needs {n} entries for resolution {r}, got {self.stage_channels()}")
-        if len(self.kernels) < n or len(self.dilations) < n:
-            raise ValueError(
-                f"kernels/dilations need {n} stages for resolution {r}, got {len(self.kernels)}/{len(self.dilations)}"
-            )
+        channels = self.stage_channels()
+        if len(channels) != n:
+            raise ValueError(f"model.channels needs {n} entries for resolution {r}, got {channels}")
+        for key in ("kernels", "dilations"):
+            values = getattr(self, key)
+            if len(values) < n:
+                raise ValueError(
+                    f"model.{key}: kernels/dilations need {n} stages for resolution {r}, "
+                    f"got {len(self.kernels)}/{len(self.dilations)}"
+                )
         if self.output_normalization not in OUTPUT_NORMALIZATIONS:
             raise ValueError(
-                f"output_normalization {self.output_normalization!r} is not one of {OUTPUT_NORMALIZATIONS}"
+                f"model.output_normalization {self.output_normalization!r} is not one of {OUTPUT_NORMALIZATIONS}"
             )
         if self.na_backend not in NA_BACKENDS:
-            raise ValueError(f"unknown na_backend {self.na_backend!r}; expected one of {NA_BACKENDS}")
-        for s in range(1, n):
+            raise ValueError(
+                f"unknown na_backend {self.na_backend!r} (model.na_backend); expected one of {NA_BACKENDS}"
+            )
+        for s in range(n):
             size = 4 * 2**s
-            for k in self.kernels[s]:
+            stage = f"stage {size}x{size}"
+            dim = channels[s]
+            if not is_int(dim) or dim < 1:
+                raise ValueError(f"model.channels[{s}]={dim!r}: {stage}: expected an integer >= 1")
+            heads = max(dim // self.head_channels, self.min_heads)
+            if dim % heads:
+                raise ValueError(
+                    f"model.channels[{s}]={dim}: {stage}: {dim} channels are not divisible by {heads} heads "
+                    f"(heads = max(channels // model.head_channels, model.min_heads))"
+                )
+            if s == 0:
+                continue  # the 4x4 stage is full attention: its kernels/dilations entry is unused
+            kernels, dilations = self.kernels[s], self.dilations[s]
+            for key, values in (("kernels", kernels), ("dilations", dilations)):
+                if (
+                    not isinstance(values, (list, tuple))
+                    or not values
+                    or not all(is_int(v) and v >= 1 for v in values)
+                ):
+                    raise ValueError(f"model.{key}[{s}]={values!r}: {stage}: expected positive integers")
+            for k in kernels:
                 if k % 2 == 0:
-                    raise ValueError(f"stage {size}x{size}: kernel_size {k} must be odd")
-            for k in self.kernels[s]:
-                for d in self.dilations[s]:
+                    raise ValueError(f"model.kernels[{s}]={kernels}: {stage}: kernel_size {k} must be odd")
+            for k in kernels:
+                for d in dilations:
                     if k * d > size:
                         raise ValueError(
-                            f"stage {size}x{size}: kernel_size {k} * dilation {d} = {k * d} exceeds the feature map"
+                            f"model.kernels[{s}]={kernels} x model.dilations[{s}]={dilations}: {stage}: "
+                            f"kernel_size {k} * dilation {d} = {k * d} exceeds the feature map"
                         )
+            groups = max(len(kernels), len(dilations))
+            if len(kernels) != len(dilations) and 1 not in (len(kernels), len(dilations)):
+                raise ValueError(
+                    f"model.kernels[{s}]={kernels} x model.dilations[{s}]={dilations}: {stage}: "
+                    "give one kernel per dilation, or a single kernel or dilation for all"
+                )
+            if heads < groups:
+                raise ValueError(
+                    f"model.dilations[{s}]={dilations}: {stage}: {groups} head groups need at least "
+                    f"{groups} heads, the stage has {heads}"
+                )
         return self
 
 
@@ -125,6 +183,16 @@ class MappingNetwork(nn.Module):
         return self.layers(self.norm(z))
 
 
+def _fast_inference(x):
+    """Whether the no-autograd fast paths apply: no grad mode, no autocast, a float32/64 map."""
+    return (
+        not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled(x.device.type)
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+    )
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: x += Attn(AdaIN(x, w)); x += MLP(AdaIN(x, w))."""
 
@@ -136,8 +204,19 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x, w):
+        if _fast_inference(x):
+            return self._forward_no_grad(x, w)
         x = x + self.attn(self.norm1(x, w))
         return x + self.mlp(self.norm2(x, w))
+
+    def _forward_no_grad(self, x, w):
+        """The same block without autograd, lean on memory traffic: each AdaIN becomes a per-sample
+        (scale, shift) fused into the next projection, the MLP runs in cache-sized chunks and both
+        residual adds are in place (on new tensors: the caller's x is left alone)."""
+        scale, shift = self.norm1.coefficients(x, w)
+        x = self.attn(x, scale, shift).add_(x)
+        scale, shift = self.norm2.coefficients(x, w)
+        return self.mlp.add_to_(x, scale, shift)
 
 
 class BilinearUpsample(nn.Module):
@@ -153,7 +232,8 @@ class BilinearUpsample(nn.Module):
     def forward(self, x):
         x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
         x = self.proj(self.norm(x.permute(0, 2, 3, 1)))
-        return x + self.alpha * self.pos.to(x.dtype)
+        pos = self.alpha * self.pos.to(x.dtype)
+        return x.add_(pos) if _fast_inference(x) else x + pos
 
 
 class ToRGB(nn.Module):

@@ -78,17 +78,92 @@ def resolve_config(cfg) -> dict:
         raise ValueError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
 
 
-def check_config(config: dict) -> None:
-    """Cross-group checks Hydra cannot express."""
+def env_world_size() -> int:
+    """The number of training processes from the launcher's environment (``WORLD_SIZE``; 1 without torchrun)."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world_size = int(raw)
+    except ValueError:
+        world_size = 0
+    if world_size < 1:
+        raise ValueError(f"environment WORLD_SIZE={raw!r}: expected a positive integer")
+    return world_size
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_resolution(key: str, value) -> int:
+    if value is None:
+        raise ValueError(f"{key} is required: pass {key}=<power of two>")
+    if not _is_int(value) or value < 8 or value & (value - 1):
+        raise ValueError(f"{key}={value!r}: expected a power of two >= 8")
+    return value
+
+
+def _check_list_keys(model: dict) -> None:
+    """The shapes ``GeneratorConfig.from_dict`` needs before it can reshape the per-stage lists."""
+    for key in ("kernels", "dilations", "channels"):
+        v = model.get(key)
+        if v is None and key == "channels":
+            continue
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"model.{key}={v!r}: expected a list with one entry per stage (4x4 first)")
+        if key != "channels":
+            for i, entry in enumerate(v):
+                if not (_is_int(entry) or isinstance(entry, (list, tuple))):
+                    raise ValueError(f"model.{key}[{i}]={entry!r}: expected an integer or a list of integers")
+
+
+def check_config(config: dict, world_size: int | None = None) -> None:
+    """Check the types and ranges of the main keys before any data is read or network built.
+
+    Every failure is a one-line ``ValueError`` naming the key and its value. Covers: the groups exist;
+    ``dataset.resolution`` == ``model.resolution``, a power of two >= 8; ``dataset.path`` / ``xflip``;
+    ``seed``, ``device``; every ``train`` key (``TrainOptions``), with ``train.batch`` divisible over
+    ``world_size`` processes (default: env ``WORLD_SIZE``, else 1); the generator (``GeneratorConfig``:
+    per-stage kernel x dilation within each feature map, heads, ...) and the discriminator keys. Paths
+    are not opened here: a missing data set is reported later, by the data set itself.
+    """
     for key in ("model", "discriminator", "train", "dataset", "logger"):
         if not isinstance(config.get(key), dict):
             raise ValueError(f"config group {key!r} is missing (compose configs/config.yaml)")
-    data_res, model_res = config["dataset"].get("resolution"), config["model"].get("resolution")
+    data, model = config["dataset"], config["model"]
+    data_res = _check_resolution("dataset.resolution", data.get("resolution"))
+    model_res = _check_resolution("model.resolution", model.get("resolution"))
     if data_res != model_res:
         raise ValueError(
             f"dataset.resolution={data_res} does not match model.resolution={model_res}: "
             "pick a model of that resolution or set dataset.resolution"
         )
+    path = data.get("path")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise ValueError(
+            f"dataset.path={path!r}: expected a folder, .zip or LMDB path (or null for the demo)"
+        )
+    if not isinstance(data.get("xflip", False), bool):
+        raise ValueError(f"dataset.xflip={data.get('xflip')!r}: expected true or false")
+    seed = config.get("seed", 0)
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed!r}: expected an integer in [0, 2**32)")
+
+    from stylenat.training.distributed import DEVICES
+    from stylenat.training.options import TrainOptions
+
+    device = config.get("device", "auto")
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r}: expected one of {', '.join(DEVICES)}")
+
+    opts = TrainOptions.from_dict(config["train"])
+    opts.accumulation_rounds(env_world_size() if world_size is None else world_size)
+
+    from stylenat.models.discriminator import check_discriminator_config
+    from stylenat.models.generator import GeneratorConfig
+
+    _check_list_keys(model)
+    GeneratorConfig.from_dict(model).validate()
+    check_discriminator_config(config["discriminator"], model_res)
 
 
 def _groups(config_dir: Path) -> str:
@@ -124,7 +199,7 @@ def cli_main(config_dir: Path, argv: list[str]) -> int:
 
         print(OmegaConf.to_yaml(cfg))
         return 0
-    check_config(resolve_config(cfg))  # fail fast, before torch is imported
+    check_config(resolve_config(cfg))  # fail fast: before any data is read or network built
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from stylenat.training.distributed import env_rank

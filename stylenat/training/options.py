@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from stylenat.training.augment import check_ops
+from stylenat.training.augment import AUGMENT_OPS, check_ops
 
 AMP_MODES = (False, "bf16")
 
@@ -54,6 +54,8 @@ class TrainOptions:
     metrics: tuple
     metric_every_kimg: float | None
     sync_check: bool
+    nonfinite: str
+    nonfinite_max_rollbacks: int
 
     @classmethod
     def from_dict(cls, cfg: Mapping) -> TrainOptions:
@@ -67,7 +69,10 @@ class TrainOptions:
             raise ValueError(f"missing key train.{missing[0]}")
         values = dict(cfg)
         for key in ("betas", "bcr_augment", "sample_grid", "metrics"):
-            values[key] = tuple(values[key] or ())
+            v = values[key]
+            if v is not None and (isinstance(v, (str, bytes, Mapping)) or not hasattr(v, "__iter__")):
+                raise ValueError(f"train.{key}={v!r}: expected a list")
+            values[key] = tuple(v or ())
         opts = cls(**values)
         opts.validate()
         return opts
@@ -91,6 +96,9 @@ class TrainOptions:
                 f"expected a number {'>' if strict else '>='} {lo}" + (" or null" if allow_none else ""),
             )
 
+        def is_number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         def integer(key: str, lo: int, allow_none: bool = False) -> None:
             v = getattr(self, key)
             if v is None and allow_none:
@@ -108,7 +116,7 @@ class TrainOptions:
         number("g_lr", strict=True, allow_none=True)
         number("ttur_ratio", strict=True)
         need(
-            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            len(self.betas) == 2 and all(is_number(b) and 0.0 <= b < 1.0 for b in self.betas),
             "betas",
             "expected [beta1, beta2] in [0, 1)",
         )
@@ -130,11 +138,34 @@ class TrainOptions:
         integer("r1_every", 1)
         number("bcr_real")
         number("bcr_fake")
+        unknown_ops = [o for o in self.bcr_augment if o not in AUGMENT_OPS]
+        need(
+            not unknown_ops,
+            "bcr_augment",
+            f"unknown op {unknown_ops[:1]}; expected a subset of {list(AUGMENT_OPS)}",
+        )
         check_ops(self.bcr_augment)
         number("d_clip_grad", strict=True, allow_none=True)
         number("g_clip_grad", strict=True, allow_none=True)
-        need(0.0 <= self.style_mixing <= 1.0, "style_mixing", "expected a probability in [0, 1]")
-        need(0.0 <= self.w_avg_beta < 1.0, "w_avg_beta", "expected a value in [0, 1)")
+        need(
+            is_number(self.style_mixing) and 0.0 <= self.style_mixing <= 1.0,
+            "style_mixing",
+            "expected a probability in [0, 1]",
+        )
+        need(
+            is_number(self.w_avg_beta) and 0.0 <= self.w_avg_beta < 1.0,
+            "w_avg_beta",
+            "expected a value in [0, 1)",
+        )
+        number("ema_halflife_kimg", strict=True, allow_none=True)
+        if self.ema_halflife_kimg is None:
+            need(
+                is_number(self.ema_decay) and 0.0 <= self.ema_decay < 1.0,
+                "ema_decay",
+                "expected a value in [0, 1) (or set train.ema_halflife_kimg)",
+            )
+        elif self.ema_decay is not None:
+            number("ema_decay")
         need(self.amp in AMP_MODES, "amp", "expected false or bf16")
         need(isinstance(self.tf32, bool), "tf32", "expected true or false")
         need(isinstance(self.compile, bool), "compile", "expected true or false")
@@ -149,15 +180,24 @@ class TrainOptions:
             number(key, allow_none=True)
         integer("keep_states", 1, allow_none=True)
         need(
-            len(self.sample_grid) == 2 and all(isinstance(v, int) and v >= 1 for v in self.sample_grid),
+            len(self.sample_grid) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.sample_grid),
             "sample_grid",
             "expected [columns, rows] of positive integers",
         )
         need(isinstance(self.sync_check, bool), "sync_check", "expected true or false")
+        from stylenat.training.guard import NONFINITE_ACTIONS
+
+        need(
+            self.nonfinite in NONFINITE_ACTIONS,
+            "nonfinite",
+            f"expected one of {', '.join(NONFINITE_ACTIONS)}",
+        )
+        integer("nonfinite_max_rollbacks", 0)
         if self.metrics:
             from stylenat.metrics import available_metrics
 
-            unknown = [m for m in self.metrics if m not in available_metrics()]
+            unknown = [m for m in self.metrics if not isinstance(m, str) or m not in available_metrics()]
             need(
                 not unknown,
                 "metrics",
@@ -174,6 +214,11 @@ class TrainOptions:
         """Micro-batches per optimizer step per process; the total batch must split evenly."""
         per_gpu = self.per_gpu_batch(world_size)
         if self.batch % (per_gpu * world_size):
+            if self.batch_per_gpu is None:
+                raise ValueError(
+                    f"train.batch={self.batch} is not divisible by the world size {world_size} "
+                    "(processes, env WORLD_SIZE)"
+                )
             raise ValueError(
                 f"train.batch={self.batch} is not a multiple of train.batch_per_gpu={per_gpu} x {world_size} process(es)"
             )

@@ -63,6 +63,7 @@ def _env(fault: str = "") -> dict:
 
 
 def _spawn(run_dir: Path, steps: int, fault: str = "", *extra) -> subprocess.Popen:
+    """train.py in its own session (process group), as a shell runs a job."""
     args = [*TINY, *EVERY_STEP, f"run_dir={run_dir}", f"train.total_kimg={steps_kimg(steps)}", *extra]
     return subprocess.Popen(
         [PYTHON, str(RUNNER), *args],
@@ -71,6 +72,7 @@ def _spawn(run_dir: Path, steps: int, fault: str = "", *extra) -> subprocess.Pop
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -144,9 +146,15 @@ def test_sigkill_a_dozen_times_never_loses_a_state_or_a_step(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_saves_at_the_step_boundary_and_exits_0(tmp_path, sig):
     run_dir, total = tmp_path / "run", 200
-    proc = _spawn(run_dir, total, "", "train.state_every_kimg=null")  # no periodic states: the signal's only
+    # No periodic states: the signal's is the only one. SIGINT goes to the whole process group, as
+    # Ctrl-C in a terminal does, data-loader worker included; SIGTERM to the training process only.
+    extra = ["train.state_every_kimg=null"] + (["train.workers=1"] if sig == signal.SIGINT else [])
+    proc = _spawn(run_dir, total, "", *extra)
     assert _wait_for(lambda: (run_dir / "log.jsonl").exists() and _tick_steps(run_dir), timeout=120)
-    proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     start = time.monotonic()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
