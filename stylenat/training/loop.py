@@ -61,7 +61,7 @@ def prepare_run(cfg, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
     ``with_data=False`` skips the data set (benchmarks that feed their own batches).
     """
     config = resolve_config(cfg)
-    check_config(config)
+    check_config(config, env.world_size)
     opts = TrainOptions.from_dict(config["train"])
     opts.accumulation_rounds(env.world_size)
     run_dir = dist.broadcast_object(config.get("run_dir"))  # ${now:...} may differ between ranks
@@ -90,8 +90,6 @@ def build_training_dataset(config: dict):
         normalize=config["model"].get("output_normalization", "imagenet"),
         xflip=bool(data_cfg.get("xflip", False)),
     )
-    if len(dataset) == 0:
-        raise ValueError(f"dataset.path={path} holds no images")
     return dataset
 
 
