@@ -4,6 +4,8 @@ Most cases run ``train.py``'s own code in-process (``user_errors_to_exit(cli_mai
 itself replaced by a failure so that a config that wrongly passes cannot start a run.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -155,13 +157,12 @@ def test_config_errors_come_before_the_data_set(cli, tmp_path):
 
 def test_prepare_run_checks_the_config_before_opening_data(tmp_path, monkeypatch):
     missing = tmp_path / "no-such-folder"
-    monkeypatch.setenv("WORLD_SIZE", "3")
     cfg = compose_config(
         default_config_dir(), [*FOLDER, f"dataset.path={missing}", f"run_dir={tmp_path / 'r'}"]
     )
+    three_ranks = dataclasses.replace(CPU, world_size=3)
     with pytest.raises(ValueError, match=r"^train.batch=4 is not divisible by the world size 3"):
-        loop.prepare_run(cfg, CPU)
-    monkeypatch.delenv("WORLD_SIZE")
+        loop.prepare_run(cfg, three_ranks)
     with pytest.raises(ValueError, match=f"dataset path {missing} does not exist"):
         loop.prepare_run(cfg, CPU)  # a valid config reaches the data set, which reports the path
     assert not (tmp_path / "r").exists()
