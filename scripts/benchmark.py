@@ -4,8 +4,13 @@
 
 Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), ``train-step`` (one
 training step of the tiny and the 256 model: sec/kimg and peak memory), ``generator`` (sampling
-images/s, FLOPs per image and the fraction of the CPU's FLOP bound). Add a mode by writing
-``bench_<mode>(args)`` and registering its parser in ``build_parser``.
+images/s, FLOPs per image and the fraction of the CPU's FLOP bound; ``--compile`` adds torch.compile's
+compile time and steady-state speed-up over eager), ``scaling`` (generator time, peak memory and FLOPs
+per image as the output resolution grows at a fixed channel recipe, with the share of time in na2d).
+Add a mode by writing ``bench_<mode>(args)`` and registering its parser in ``build_parser``.
+
+    python scripts/benchmark.py generator --model stylenat_256 --batch 4 --reps 5 --compile
+    python scripts/benchmark.py scaling --resolutions 32 64 128 256 --batch 4
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from stylenat.ops.na import na2d  # noqa: E402
 from stylenat.ops.na_reference import na2d_reference  # noqa: E402
@@ -159,12 +165,31 @@ def _na_measure(args, impl: str, pass_: str) -> dict:
 
 
 def _na_child(args, impl, pass_, queue) -> None:
-    queue.put(_na_measure(args, impl, pass_))
+    try:
+        queue.put(_na_measure(args, impl, pass_))
+    except Exception as err:  # noqa: BLE001 - e.g. a forced backend that cannot run: report, go on
+        queue.put(_na_error(args, impl, pass_, err))
+
+
+def _na_error(args, impl: str, pass_: str, err: Exception) -> dict:
+    return {
+        "mode": "na",
+        "impl": "na2d" if impl == "op" else "oracle_gather",
+        "backend": args.backend if impl == "op" else "reference",
+        "pass": pass_,
+        "res": args.res,
+        "dilation": args.dilation,
+        "device": args.device,
+        "error": f"{type(err).__name__}: {err}"[:500],
+    }
 
 
 def _run_isolated(args, impl: str, pass_: str) -> dict:
     if torch.device(args.device).type == "cuda":
-        return _na_measure(args, impl, pass_)
+        try:
+            return _na_measure(args, impl, pass_)
+        except Exception as err:  # noqa: BLE001
+            return _na_error(args, impl, pass_, err)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_na_child, args=(args, impl, pass_, queue))
@@ -194,9 +219,9 @@ def bench_na(args) -> None:
     for pass_ in ("fwd", "fwd+bwd"):
         for impl in ("op", "oracle") if run_oracle else ("op",):
             record = _run_isolated(args, impl, pass_)
-            results[impl, pass_] = record["median_ms"]
+            results[impl, pass_] = record.get("median_ms")
             emit(record)
-    if run_oracle:
+    if run_oracle and None not in results.values():
         speedups = {p: round(results["oracle", p] / results["op", p], 2) for p in ("fwd", "fwd+bwd")}
         emit(
             {
@@ -324,32 +349,32 @@ def bench_train_step(args) -> None:
 CPU_SGEMM_GFLOPS = 220.0
 
 
-def bench_generator(args) -> None:
-    """Sampling images/s of a freshly initialised generator (mapping + synthesis) and its FLOP-bound fraction."""
+def _model_config(name: str) -> dict:
+    """A configs/model entry (Hydra defaults resolved) as a plain dict."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
+    with initialize_config_dir(config_dir=str(REPO / "configs" / "model"), version_base=None):
+        return OmegaConf.to_container(compose(config_name=name), resolve=True)
+
+
+def bench_generator(args) -> None:
+    """Sampling images/s of a freshly initialised generator (mapping + synthesis) and its FLOP-bound fraction;
+    with --compile also torch.compile's first call (compile) time and its steady-state speed-up over eager,
+    measured in the same process right after the eager figures."""
     from stylenat.metrics.throughput import generator_flops, measure_generator_throughput
     from stylenat.models.build import build_generator
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with initialize_config_dir(
-        config_dir=str(Path(__file__).resolve().parents[1] / "configs" / "model"), version_base=None
-    ):
-        cfg = compose(config_name=args.model)
     torch.manual_seed(0)
-    G = build_generator(cfg).eval().requires_grad_(False).to(args.device)
+    G = build_generator(_model_config(args.model)).eval().requires_grad_(False).to(args.device)
     gflop = generator_flops(G, batch=1) / 1e9
     for batch in args.batch:
-        record = measure_generator_throughput(
-            G,
-            batch=batch,
-            warmup=args.warmup,
-            reps=args.reps,
-            dtype=args.dtype,
-            tf32=not args.no_tf32,
-            compile=args.compile,
+        settings = dict(
+            batch=batch, warmup=args.warmup, reps=args.reps, dtype=args.dtype, tf32=not args.no_tf32
         )
+        record = measure_generator_throughput(G, compile=False, **settings)
         record.update(model=args.model, gflop_per_img=round(gflop, 2))
         if torch.device(args.device).type == "cpu":
             bound = CPU_SGEMM_GFLOPS / gflop
@@ -357,7 +382,200 @@ def bench_generator(args) -> None:
                 flop_bound_imgs_per_s=round(bound, 3),
                 fraction_of_bound=round(record["imgs_per_s"] / bound, 3),
             )
+        if args.compile:
+            record.update(_compiled_figures(G, settings, record))
         emit(record)
+
+
+def _compiled_figures(G, settings: dict, eager: dict) -> dict:
+    """torch.compile(G)'s first call and steady state next to the eager record; a failure is reported
+    (compile_error) rather than raised."""
+    from stylenat.metrics.throughput import measure_generator_throughput
+
+    # Two untimed calls at least: dynamo may recompile on the second call (guards on the first call's state).
+    warmup = max(2, settings["warmup"])
+    try:
+        compiled = measure_generator_throughput(G, compile=True, **{**settings, "warmup": warmup})
+    except Exception as err:  # noqa: BLE001 - inductor/C++ toolchain failures vary: report them
+        return {"compile_error": f"{type(err).__name__}: {err}"[:1000]}
+    finally:
+        torch._dynamo.reset()
+    batch = settings["batch"]
+    return {
+        "compile_first_call_s": compiled["first_call_s"],
+        "compile_s": round(compiled["first_call_s"] - eager["median_ms"] / 1e3, 3),
+        "compiled_warmup": warmup,
+        "compiled_median_ms": compiled["median_ms"],
+        "compiled_imgs_per_s": round(batch * 1e3 / compiled["median_ms"], 4),
+        "compile_speedup": round(eager["median_ms"] / compiled["median_ms"], 3),  # steady state, medians
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# mode: scaling
+# ----------------------------------------------------------------------------------------------------
+
+
+def _config_at(model: str, resolution: int) -> tuple[dict, str]:
+    """The model config with its output resolution changed and every stage setting kept: channels from
+    the config (its table, or its explicit list extended with its last entry), kernels extended with
+    their last entry, dilations of new stages [1, size / 8] (the paper's Hydra split)."""
+    from stylenat.models.generator import GeneratorConfig
+
+    cfg = _model_config(model)
+    n_stages = resolution.bit_length() - 2  # 4x4 .. resolution
+    paper = GeneratorConfig()
+    note = f"configs/model/{model}.yaml with resolution={resolution}"
+    if cfg.get("channels") is not None:
+        channels = list(cfg["channels"])
+        cfg["channels"] = (channels + [channels[-1]] * n_stages)[:n_stages]
+        note += f", channels {cfg['channels']}"
+    else:
+        note += f" (channels from its table, cm={cfg.get('channel_multiplier', 2)})"
+    kernels, dilations = list(cfg["kernels"]), list(cfg["dilations"])
+    kernels += [kernels[-1]] * (n_stages - len(kernels))
+    for s in range(len(dilations), n_stages):
+        size = 4 * 2**s
+        dilations.append(paper.dilations[s] if s < len(paper.dilations) else [1, size // 8])
+    cfg.update(resolution=resolution, kernels=kernels[:n_stages], dilations=dilations[:n_stages])
+    return cfg, note
+
+
+def _scaling_measure(args, resolution: int) -> dict:
+    from stylenat.metrics.throughput import generator_flops
+    from stylenat.models import attention
+    from stylenat.models.build import build_generator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg, note = _config_at(args.model, resolution)
+    torch.manual_seed(0)
+    G = build_generator(cfg).eval().requires_grad_(False).to(device)
+    z = torch.randn(args.batch, G.z_dim, device=device)
+
+    def call():
+        with torch.inference_mode():
+            G(z)
+
+    # Peak memory of the calls over the built model (first call's plans and caches included).
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        mem_kind = "cuda_max_allocated_minus_model"
+    else:
+        base = _max_rss_mb()
+        mem_kind = (
+            "cpu_max_rss_increase_over_model_in_fresh_process" if args.isolate else "cpu_max_rss_increase"
+        )
+    times = time_call(call, device, args.reps, warmup=max(1, args.warmup))
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 - base
+    else:
+        peak = _max_rss_mb() - base
+    gflop = generator_flops(G, batch=1) / 1e9
+
+    # Share of time in na2d: one extra call with the layer's na2d timed (synchronised on accelerators).
+    na_time, original = [0.0], attention.na2d
+
+    def timed_na2d(*a, **kw):
+        _sync(device)
+        start = time.perf_counter()
+        out = original(*a, **kw)
+        _sync(device)
+        na_time[0] += time.perf_counter() - start
+        return out
+
+    attention.na2d = timed_na2d
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        call()
+        _sync(device)
+        total = time.perf_counter() - start
+    finally:
+        attention.na2d = original
+    med = statistics.median(times)
+    return {
+        "mode": "scaling",
+        "model": args.model,
+        "config": note,
+        "resolution": resolution,
+        "batch": args.batch,
+        "reps": args.reps,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "g_params_m": round(sum(p.numel() for p in G.parameters()) / 1e6, 3),
+        "ms_per_img": round(med / args.batch, 2),
+        "imgs_per_s": round(args.batch * 1e3 / med, 4),
+        "median_ms_per_batch": round(med, 2),
+        "peak_mem_mb": round(peak, 1),
+        "peak_mem_mb_per_img": round(peak / args.batch, 1),
+        "peak_mem_kind": mem_kind,
+        "gflop_per_img": round(gflop, 2),
+        "na2d_share": round(na_time[0] / total, 3),
+    }
+
+
+def _scaling_child(args, resolution, queue) -> None:
+    try:
+        queue.put(_scaling_measure(args, resolution))
+    except Exception as err:  # noqa: BLE001 - report and let the other resolutions run
+        queue.put(
+            {"mode": "scaling", "resolution": resolution, "error": f"{type(err).__name__}: {err}"[:500]}
+        )
+
+
+def bench_scaling(args) -> None:
+    """Generator cost per image against the output resolution, one line per resolution, then growth ratios."""
+    device = torch.device(args.device)
+    resolutions = list(args.resolutions)
+    if args.resolutions_default and device.type == "cuda":
+        resolutions.append(1024)
+    args.isolate = device.type == "cpu" and not args.in_process
+    records = []
+    for resolution in resolutions:
+        if args.isolate:  # a fresh process per resolution, so the max RSS is its own
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_scaling_child, args=(args, resolution, queue))
+            proc.start()
+            record = queue.get()
+            proc.join()
+        else:
+            try:
+                record = _scaling_measure(args, resolution)
+            except Exception as err:  # noqa: BLE001
+                record = {
+                    "mode": "scaling",
+                    "resolution": resolution,
+                    "error": f"{type(err).__name__}: {err}"[:500],
+                }
+        records.append(record)
+        emit(record)
+    ok = [r for r in records if "error" not in r]
+    growth = []
+    for a, b in zip(ok, ok[1:]):
+        growth.append(
+            {
+                "from": a["resolution"],
+                "to": b["resolution"],
+                "pixels": round((b["resolution"] / a["resolution"]) ** 2, 2),
+                **{
+                    key: round(b[key] / a[key], 3) if a[key] else None
+                    for key in ("ms_per_img", "peak_mem_mb", "gflop_per_img")
+                },
+            }
+        )
+    emit(
+        {
+            "mode": "scaling",
+            "summary": "growth between consecutive resolutions",
+            "model": args.model,
+            "growth": growth,
+        }
+    )
 
 
 def _dilation_arg(value: str) -> str:
@@ -382,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--reps", type=int, default=5)
     na.add_argument("--device", default="cpu")
     na.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    na.add_argument("--backend", choices=("auto", "torch", "natten"), default="auto")
+    na.add_argument("--backend", choices=("auto", "torch", "natten", "flex"), default="auto")
     na.add_argument("--no-rpb", action="store_true", help="no relative position bias (lets natten run)")
     na.add_argument("--no-oracle", action="store_true")
     na.add_argument("--oracle-max-gb", type=float, default=6.0)
@@ -413,14 +631,48 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     gen.add_argument("--no-tf32", action="store_true")
-    gen.add_argument("--compile", action="store_true")
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile(G): first-call (compile) time and steady-state speed-up over eager",
+    )
     gen.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     gen.set_defaults(func=bench_generator)
+
+    sc = modes.add_parser("scaling", help="generator ms, peak memory and GFLOP per image against resolution")
+    sc.add_argument(
+        "--model", default="stylenat_256", help="a configs/model name; its resolution is replaced"
+    )
+    sc.add_argument(
+        "--resolutions",
+        type=int,
+        nargs="+",
+        default=None,
+        help="output sizes (default 32 64 128 256, plus 1024 on CUDA)",
+    )
+    sc.add_argument("--batch", type=int, default=4)
+    sc.add_argument("--reps", type=int, default=3)
+    sc.add_argument("--warmup", type=int, default=1, help="untimed calls (at least one)")
+    sc.add_argument("--device", default="cpu")
+    sc.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    sc.add_argument(
+        "--in-process",
+        action="store_true",
+        help="CPU: no fresh process per resolution (max RSS then accumulates)",
+    )
+    sc.set_defaults(func=bench_scaling)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.mode == "scaling":
+        args.resolutions_default = args.resolutions is None
+        if args.resolutions is None:
+            args.resolutions = [32, 64, 128, 256]
+        bad = [r for r in args.resolutions if r < 8 or r & (r - 1)]
+        if bad:
+            build_parser().error(f"--resolutions must be powers of two >= 8, got {bad}")
     args.func(args)
 
 

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylenat.models.layers import linear_add, sample_chunks, workspace
 from stylenat.ops import na2d
 
 
@@ -68,20 +69,61 @@ class HydraNeighborhoodAttention(nn.Module):
                     f"kernel_size {k} * dilation {d} = {k * d} exceeds the {height}x{width} feature map"
                 )
 
-    def forward(self, x):
+    def _qkv(self, x, scale=None, shift=None):
+        """The qkv projection of x, or (no autograd) of x * scale + shift with per-sample scale, shift
+        [B, C]: chunk by chunk straight into the projection, so the normalised map is never written out."""
+        if scale is None:
+            return self.qkv(x)
         B, H, W, C = x.shape
-        qkv = self.qkv(x).view(B, H, W, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
-        q, k, v = qkv.unbind(0)  # [B, heads, H, W, D]
+        flat, dtype = x.reshape(B, H * W, C), x.dtype
+        weight, bias = self.qkv.weight.t().to(dtype), self.qkv.bias.to(dtype)
+        out = workspace("qkv", (B, H * W, weight.shape[1]), x)  # dies inside this layer's call
+        chunks = sample_chunks(B, H * W, weight.shape[1])
+        inp = x.new_empty(max((s.stop - s.start) * (r.stop - r.start) for s, r in chunks), C)
+        scale, shift = scale.to(dtype)[:, None, :], shift.to(dtype)[:, None, :]
+        for samples, rows in chunks:
+            part = flat[samples, rows]
+            n = part.shape[0] * part.shape[1]
+            h = torch.addcmul(shift[samples], part, scale[samples], out=inp[:n].view(part.shape))
+            torch.addmm(bias, h.view(n, C), weight, out=out[samples, rows].view(n, -1))
+        return out.view(B, H, W, -1)
+
+    def _attend(self, x, scale=None, shift=None):
+        """Everything before the output projection: [B, H, W, C] heads in head order."""
+        B, H, W, C = x.shape
+        qkv = self._qkv(x, scale, shift).view(B, H, W, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # views [B, heads, H, W, D], no copies
+        # Without autograd (and outside torch.compile) every group writes into one token-major buffer
+        # [B, H, W, heads, D], the layout the projection reads: no concatenation, no permuting copy.
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        direct = not grad and not torch.compiler.is_compiling()
+        buffer = workspace("heads", (B, H, W, self.num_heads, self.head_dim), q) if direct else None
         outputs, start = [], 0
         for g, (heads, kernel, dilation) in enumerate(zip(self.group_heads, self.kernels, self.dilations)):
             sl = slice(start, start + heads)
             rpb = self.rpb[g] if self.rpb is not None else None
-            outputs.append(
-                na2d(q[:, sl], k[:, sl], v[:, sl], kernel, dilation, rpb=rpb, backend=self.backend)
+            target = None if buffer is None else buffer[:, :, :, sl].permute(0, 3, 1, 2, 4)
+            out = na2d(
+                q[:, sl], k[:, sl], v[:, sl], kernel, dilation, rpb=rpb, backend=self.backend, out=target
             )
+            outputs.append(out.permute(0, 2, 3, 1, 4))  # [B, H, W, heads_g, D]: a view for the torch op
             start += heads
-        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-        return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))
+        if buffer is not None:
+            return buffer.view(B, H, W, C)
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=3)
+        return out.reshape(B, H, W, C)
+
+    def forward(self, x):
+        return self.proj(self._attend(x))
+
+    @torch.no_grad()
+    def add_to(self, x, scale, shift, inplace=False):
+        """x + self(x * scale + shift) for per-sample scale, shift [B, C] (the AdaIN in front), without
+        autograd, as a new tensor or (inplace) into x: the affine is fused into the qkv projection and the
+        residual into the output one."""
+        return linear_add(self._attend(x, scale, shift), self.proj, x, inplace)
 
 
 def relative_position_index(size):
@@ -110,6 +152,12 @@ class MultiHeadSelfAttentionRPB(nn.Module):
     def check_size(self, height, width):
         if (height, width) != (self.size, self.size):
             raise ValueError(f"MHSA-RPB was built for {self.size}x{self.size} maps, got {height}x{width}")
+
+    @torch.no_grad()
+    def add_to(self, x, scale, shift, inplace=False):
+        """x + self(x * scale + shift) for per-sample scale, shift [B, C], without autograd (inplace: into x)."""
+        h = torch.addcmul(shift[:, None, None, :].to(x.dtype), x, scale[:, None, None, :].to(x.dtype))
+        return x.add_(self(h)) if inplace else x + self(h)
 
     def forward(self, x):
         B, H, W, C = x.shape

@@ -13,7 +13,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB
-from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
+from stylenat.models.layers import (
+    AdaptiveInstanceNorm,
+    EqualLinear,
+    Mlp,
+    PixelNorm,
+    fast_path,
+    sample_chunks,
+    sinusoidal_grid_2d,
+)
 from stylenat.ops.upfirdn import make_kernel, upfirdn2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -183,16 +191,6 @@ class MappingNetwork(nn.Module):
         return self.layers(self.norm(z))
 
 
-def _fast_inference(x):
-    """Whether the no-autograd fast paths apply: no grad mode, no autocast, a float32/64 map."""
-    return (
-        not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled(x.device.type)
-        and x.dtype in (torch.float32, torch.float64)
-        and x.is_contiguous()
-    )
-
-
 class TransformerBlock(nn.Module):
     """Pre-norm block: x += Attn(AdaIN(x, w)); x += MLP(AdaIN(x, w))."""
 
@@ -203,18 +201,18 @@ class TransformerBlock(nn.Module):
         self.norm2 = AdaptiveInstanceNorm(dim, w_dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, w):
-        if _fast_inference(x):
-            return self._forward_no_grad(x, w)
+    def forward(self, x, w, inplace=False):
+        """inplace: the caller owns x and lets the no-autograd path overwrite it (the synthesis loop does)."""
+        if fast_path(x):
+            return self._forward_no_grad(x, w, inplace)
         x = x + self.attn(self.norm1(x, w))
         return x + self.mlp(self.norm2(x, w))
 
-    def _forward_no_grad(self, x, w):
+    def _forward_no_grad(self, x, w, inplace=False):
         """The same block without autograd, lean on memory traffic: each AdaIN becomes a per-sample
         (scale, shift) fused into the next projection, the MLP runs in cache-sized chunks and both
-        residual adds are in place (on new tensors: the caller's x is left alone)."""
-        scale, shift = self.norm1.coefficients(x, w)
-        x = self.attn(x, scale, shift).add_(x)
+        residual adds go in place (into a new tensor unless inplace: the caller's x is left alone)."""
+        x = self.attn.add_to(x, *self.norm1.coefficients(x, w), inplace=inplace)
         scale, shift = self.norm2.coefficients(x, w)
         return self.mlp.add_to_(x, scale, shift)
 
@@ -231,9 +229,26 @@ class BilinearUpsample(nn.Module):
 
     def forward(self, x):
         x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
-        x = self.proj(self.norm(x.permute(0, 2, 3, 1)))
+        x = x.permute(0, 2, 3, 1)
         pos = self.alpha * self.pos.to(x.dtype)
-        return x.add_(pos) if _fast_inference(x) else x + pos
+        if fast_path(x):
+            return self._norm_proj_add(x, pos)
+        return self.proj(self.norm(x)) + pos
+
+    @torch.no_grad()
+    def _norm_proj_add(self, x, pos):
+        """proj(norm(x)) + pos in cache-sized row chunks (no autograd): neither the normalised map nor the
+        projection's output streams through memory on its own."""
+        batch, height, width, channels = x.shape
+        flat, pos = x.reshape(batch, height * width, channels), pos.reshape(height * width, -1)
+        out = x.new_empty(batch, height * width, pos.shape[-1])
+        weight = self.proj.weight.t().to(x.dtype)
+        for samples, rows in sample_chunks(batch, height * width, max(channels, pos.shape[-1])):
+            normed = self.norm(flat[samples, rows])
+            part = out[samples, rows]
+            torch.mm(normed.view(-1, channels), weight, out=part.view(-1, part.shape[-1]))
+            part.add_(pos[rows])
+        return out.view(batch, height, width, -1)
 
 
 class ToRGB(nn.Module):
@@ -281,12 +296,13 @@ class Stage(nn.Module):
         self.upsample = BilinearUpsample(dim, next_dim, 2 * size) if next_dim is not None else None
         self.checkpoint_blocks = cfg.checkpoint_blocks
 
-    def forward(self, x, w0, w1):
-        for block, w in zip(self.blocks, (w0, w1)):
+    def forward(self, x, w0, w1, inplace=False):
+        """inplace: the caller owns x (see TransformerBlock.forward); the second block always owns its input."""
+        for j, (block, w) in enumerate(zip(self.blocks, (w0, w1))):
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, w, use_reentrant=False)
             else:
-                x = block(x, w)
+                x = block(x, w, inplace=inplace or j > 0)
         return self.upsample(x) if self.upsample is not None else x
 
 
@@ -347,7 +363,8 @@ class Generator(nn.Module):
         x = self.const.expand(ws.shape[0], -1, -1, -1).to(ws.dtype)
         rgb = None
         for s, (stage, to_rgb) in enumerate(zip(self.stages, self.to_rgbs)):
-            x = stage(x, ws[:, 2 * s], ws[:, 2 * s + 1])
+            # from the second stage on x is the previous upsample's fresh output: the blocks may reuse it
+            x = stage(x, ws[:, 2 * s], ws[:, 2 * s + 1], inplace=s > 0)
             rgb = to_rgb(x, rgb)
         return rgb
 

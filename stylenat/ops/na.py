@@ -1,6 +1,7 @@
 """2-D neighborhood attention with NATTEN's exact semantics.
 
-Two backends, picked per call:
+Three backends, picked per call (``na2d(..., backend=)``; "auto" picks natten, then flex, then torch on
+CUDA, and torch on every other device):
 
 * ``torch``: pure PyTorch, every device, relative position bias (RPB) supported. Queries are cut into
   tiles (per dilation group); a tile attends to the halo of keys covering all its windows (tile + k - 1
@@ -12,6 +13,9 @@ Two backends, picked per call:
   tokens x halo outlives a chunk.
 * ``natten``: NATTEN's fused CUDA kernels (``natten.na2d``, natten >= 0.20) when natten imports, the
   tensors are on CUDA and no RPB is given (NATTEN >= 0.20 has no RPB).
+* ``flex``: ``torch.nn.attention.flex_attention`` compiled into a block-sparse fused kernel, RPB supported
+  (``stylenat.ops.na_flex``). Forward and backward on CUDA; forward only on the CPU (one C++ compile per
+  problem shape), so "auto" never picks it there, and forcing it where it cannot run raises.
 
 The window rule (per axis of length L, odd kernel k, dilation d, k*d <= L): token i is in group i mod d;
 inside its group (the L_g positions with the same remainder) its window is the k consecutive group
@@ -31,9 +35,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from stylenat.ops import na_flex
+from stylenat.ops.na_checks import check_na_args
+
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "natten")
+BACKENDS = ("auto", "torch", "natten", "flex")
 ENV_VAR = "STYLENAT_NA_BACKEND"
 
 # Chunk budget of the torch backend, in attention-logit elements. On the CPU a chunk should stay
@@ -250,6 +257,7 @@ class _Plan:
     n_slots: int  # query slots of all pieces
     token_slot: Tensor  # [H * W] the slot holding each token's query
     direct: bool  # every piece is an affine grid of real queries: results go straight to the tokens
+    strided: bool  # every piece is an affine grid: gathers read strided views (any input layout)
     cache: dict = field(default_factory=dict, repr=False)
 
 
@@ -305,6 +313,7 @@ def _plan(height: int, width: int, kernel_size: int, dilation: int, tiles: tuple
         n_slots=slot0,
         token_slot=token_slot.to(device),
         direct=all(p.grid is not None and p.q_valid is None for p in pieces),
+        strided=all(p.grid is not None for p in pieces),
     )
 
 
@@ -385,7 +394,10 @@ class _Scratch:
         numel = math.prod(shape)
         buf = self.buffers.get(name)
         if buf is None or buf.numel() < numel:
-            buf = self.buffers[name] = self.like.new_empty(numel)
+            # A normal tensor even when first made under inference_mode: the buffers outlive the call, and
+            # an inference tensor could not be written to by a later call outside inference_mode.
+            with torch.inference_mode(False):
+                buf = self.buffers[name] = self.like.new_empty(numel)
         return buf[:numel].view(shape)
 
 
@@ -404,13 +416,18 @@ def _scratch(like: Tensor) -> _Scratch:
     return per_dtype[like.dtype]
 
 
-def _gather(x: Tensor, piece: _Piece, keys: bool, out: Tensor) -> Tensor:
-    """Query tiles (or key halos) of x [cb, ch, H, W, D] -> out, viewed [cb, ch, n_tiles, rows, D]."""
+def _gather(x: Tensor, piece: _Piece, keys: bool, out: Tensor, scale: float | None = None) -> Tensor:
+    """Query tiles (or key halos) of x [cb, ch, H, W, D] -> out, viewed [cb, ch, n_tiles, rows, D],
+    times ``scale`` when given (fused into the copy)."""
     cb, ch, _, _, dim = x.shape
     if piece.grid is not None:
         grid = piece.grid
         size = grid.k_size if keys else grid.q_size
-        out.view(cb, ch, *grid.shape, *size, dim).copy_(grid.view(x, keys))
+        dst, src = out.view(cb, ch, *grid.shape, *size, dim), grid.view(x, keys)
+        if scale is None:
+            dst.copy_(src)
+        else:
+            torch.mul(src, scale, out=dst)
         return out
     name, x = ("k_index" if keys else "q_index"), x.flatten(2, 3)
     flat = _flat(x)
@@ -418,7 +435,26 @@ def _gather(x: Tensor, piece: _Piece, keys: bool, out: Tensor) -> Tensor:
         torch.index_select(flat, 0, _stacked(piece, name, cb * ch, x.shape[2]), out=out.view(-1, dim))
     else:
         torch.index_select(x, 2, getattr(piece, name), out=out.view(cb, ch, -1, dim))
-    return out
+    return out if scale is None else out.mul_(scale)
+
+
+def _token_major(shape, like: Tensor, zero: bool = False) -> Tensor:
+    """A new [B, heads, H, W, D] tensor stored as [B, H, W, heads, D]: the layout the attention layer
+    feeds to its output projection, so the result needs no permuting copy there."""
+    batch, heads, height, width, dim = shape
+    make = like.new_zeros if zero else like.new_empty
+    return make(batch, height, width, heads, dim).permute(0, 3, 1, 2, 4)
+
+
+def _like_input(x: Tensor, zero: bool = False) -> Tensor:
+    """A new tensor for a result or gradient shaped like input x: x's own layout when x is dense (a plain
+    tensor in, a plain tensor out; autograd accumulates such gradients into a leaf's .grad without a
+    re-layout copy), else (a strided view such as the attention layer's q, k, v of one qkv tensor)
+    token-major, the layout the layer's output projection reads."""
+    same = torch.empty_like(x)  # keeps x's strides exactly when x is non-overlapping and dense
+    if same.stride() == x.stride():
+        return same.zero_() if zero else same
+    return _token_major(x.shape, x, zero)
 
 
 def _from_slots(slots: Tensor, plan: _Plan) -> Tensor:
@@ -461,10 +497,13 @@ class _QueryResults:
     query-slot buffer that one gather turns into tokens at the end (scattering every chunk with
     index_copy_ is slow and serial on the CPU)."""
 
-    def __init__(self, like: Tensor, plan: _Plan):
-        self.plan, self.shape = plan, like.shape
+    def __init__(self, like: Tensor, plan: _Plan, out: Tensor | None = None):
+        self.plan, self.shape, self.out = plan, like.shape, out
         batch, heads, *_, dim = like.shape
-        self.buffer = like.new_empty(like.shape if plan.direct else (batch, heads, plan.n_slots, dim))
+        if plan.direct:
+            self.buffer = _like_input(like) if out is None else out
+        else:
+            self.buffer = like.new_empty(batch, heads, plan.n_slots, dim)
 
     def put(self, items, piece: _Piece, x: Tensor) -> None:
         if self.plan.direct:
@@ -477,7 +516,8 @@ class _QueryResults:
     def result(self) -> Tensor:
         if self.plan.direct:
             return self.buffer
-        return _from_slots(self.buffer, self.plan).view(self.shape)
+        tokens = _from_slots(self.buffer, self.plan).view(self.shape)
+        return tokens if self.out is None else self.out.copy_(tokens)
 
 
 def _mask(masks: Tensor, rpb: Tensor | None, items, piece: _Piece) -> Tensor:
@@ -501,6 +541,34 @@ def _chunk_shapes(plan: _Plan, piece: _Piece, items, dim: int):
     return (*lead, plan.tile_q, dim), (*lead, plan.tile_k, dim), (*lead, plan.tile_q, plan.tile_k)
 
 
+def _tiled_forward(q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float, keep: bool, out=None):
+    """The tiled forward: (output, the attention probabilities per chunk if keep else None). Writes into
+    ``out`` (any strides) when given."""
+    batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
+    results = _QueryResults(q, plan, out)
+    masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
+    kept, scratch = [], _scratch(q)
+    for piece, items in _chunks(plan, batch, heads, q.device):
+        q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
+        qt = _gather(q[items], piece, False, scratch("q", q_shape), scale)
+        kt = _gather(k[items], piece, True, scratch("k", k_shape))
+        vt = _gather(v[items], piece, True, scratch("v", k_shape))
+        probs_out = q.new_empty(p_shape) if keep else scratch("p", p_shape)
+        probs = _probs(qt, kt, _mask(masks, rpb, items, piece), scratch("logits", p_shape), probs_out)
+        results.put(items, piece, torch.matmul(probs, vt, out=scratch("o", q_shape)))
+        if keep:
+            kept.append(probs)
+    return results.result(), kept if keep else None
+
+
+def _dense_rows(plan: _Plan, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors as they should enter the tiled loops: contiguous on the CPU when some piece is gathered
+    with flat index ops (see _flat), else as they are (grid gathers read any strides)."""
+    if tensors[0].device.type == "cpu" and not plan.strided:
+        return tuple(t.contiguous() for t in tensors)
+    return tensors
+
+
 class _TiledNA(torch.autograd.Function):
     """Tiled neighborhood attention on q, k, v [B, heads, H, W, D].
 
@@ -509,28 +577,13 @@ class _TiledNA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float, grad: bool):
-        batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
-        if q.device.type == "cpu":  # dense rows for the flat index ops (see _flat)
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        results = _QueryResults(q, plan)
-        masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
-        n_logits = batch * heads * plan.n_slots * plan.tile_k
-        keep = grad and n_logits * q.element_size() <= _SAVE_PROBS_BYTES
-        kept, scratch = [], _scratch(q)
-        for piece, items in _chunks(plan, batch, heads, q.device):
-            q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
-            qt = _gather(q[items], piece, False, scratch("q", q_shape)).mul_(scale)
-            kt = _gather(k[items], piece, True, scratch("k", k_shape))
-            vt = _gather(v[items], piece, True, scratch("v", k_shape))
-            probs_out = q.new_empty(p_shape) if keep else scratch("p", p_shape)
-            probs = _probs(qt, kt, _mask(masks, rpb, items, piece), scratch("logits", p_shape), probs_out)
-            results.put(items, piece, torch.matmul(probs, vt, out=scratch("o", q_shape)))
-            if keep:
-                kept.append(probs)
-        out = results.result()
+    def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float):
+        q, k, v = _dense_rows(plan, q, k, v)
+        n_logits = q.shape[0] * q.shape[1] * plan.n_slots * plan.tile_k
+        keep = n_logits * q.element_size() <= _SAVE_PROBS_BYTES
+        out, kept = _tiled_forward(q, k, v, rpb, plan, kernel_size, scale, keep)
         ctx.save_for_backward(q, k, v, rpb, out)
-        ctx.plan, ctx.kernel_size, ctx.scale, ctx.kept = plan, kernel_size, scale, kept if keep else None
+        ctx.plan, ctx.kernel_size, ctx.scale, ctx.kept = plan, kernel_size, scale, kept
         return out
 
     @staticmethod
@@ -540,10 +593,12 @@ class _TiledNA(torch.autograd.Function):
         plan, scale, kept = ctx.plan, ctx.scale, ctx.kept
         ctx.kept = None
         batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
-        if grad_out.device.type == "cpu":
-            grad_out = grad_out.contiguous()
+        (grad_out,) = _dense_rows(plan, grad_out)
         grad_q = _QueryResults(q, plan)
-        grad_k, grad_v = q.new_zeros(q.shape), q.new_zeros(q.shape)
+        if plan.strided:
+            grad_k, grad_v = _like_input(k, zero=True), _like_input(v, zero=True)
+        else:  # dense rows for the flat index_add_ (see _fold)
+            grad_k, grad_v = q.new_zeros(q.shape), q.new_zeros(q.shape)
         need_rpb = rpb is not None and ctx.needs_input_grad[3]
         masks = None
         if kept is None:
@@ -552,7 +607,7 @@ class _TiledNA(torch.autograd.Function):
         scratch = _scratch(q)
         for i, (piece, items) in enumerate(_chunks(plan, batch, heads, q.device)):
             q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
-            qt = _gather(q[items], piece, False, scratch("q", q_shape)).mul_(scale)
+            qt = _gather(q[items], piece, False, scratch("q", q_shape), scale)
             kt = _gather(k[items], piece, True, scratch("k", k_shape))
             vt = _gather(v[items], piece, True, scratch("v", k_shape))
             got = _gather(grad_out[items], piece, False, scratch("do", q_shape))
@@ -576,19 +631,28 @@ class _TiledNA(torch.autograd.Function):
             if need_rpb:
                 grad_masks[items[1], piece.kind] += gs.sum(dim=(0, 2))
         grad_rpb = _bias_grad(grad_masks, plan, rpb) if need_rpb else None
-        return grad_q.result(), grad_k, grad_v, grad_rpb, None, None, None, None
+        return grad_q.result(), grad_k, grad_v, grad_rpb, None, None, None
 
 
-def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None):
+@torch.compiler.disable  # Python-side plans, caches and chunk loops: run eagerly inside a compiled model
+def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None, out=None):
     _, _, height, width, _ = q.shape
     if tiles is None:
         tiles = _pick_tiles(height, width, kernel_size, dilation)
     plan = _plan(height, width, kernel_size, dilation, tuple(tiles), q.device)
     if rpb is not None:
         rpb = rpb.to(q.dtype)
-    # Whether a backward can follow (ctx.needs_input_grad ignores no_grad mode).
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb))
-    return _TiledNA.apply(q, k, v, rpb, plan, kernel_size, scale, grad)
+    if _needs_grad(q, k, v, rpb):
+        return _TiledNA.apply(q, k, v, rpb, plan, kernel_size, scale)
+    # No backward can follow: skip the autograd.Function and its saved state.
+    q, k, v = _dense_rows(plan, q, k, v)
+    with torch.no_grad():
+        return _tiled_forward(q, k, v, rpb, plan, kernel_size, scale, False, out)[0]
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether a backward can follow (grad mode on and some input requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -637,15 +701,24 @@ def _na2d_natten(q, k, v, kernel_size, dilation, scale):
 # ----------------------------------------------------------------------------------------------------
 
 
-def available_backends(device: str | torch.device = "cpu") -> list[str]:
-    """Backends that can run on ``device`` (without RPB)."""
+def available_backends(device: str | torch.device = "cpu", grad: bool = True) -> list[str]:
+    """Backends that can run on ``device`` (without RPB): forward and backward, or with ``grad=False``
+    forward only too (flex attention compiles a forward-only kernel on the CPU)."""
+    device = torch.device(device)
     names = ["torch"]
-    if _natten_import()[0] is not None and torch.device(device).type == "cuda":
+    if _natten_import()[0] is not None and device.type == "cuda":
         names.append("natten")
+    if na_flex.available(device) and (device.type != "cpu" or not grad):
+        names.append("flex")
     return names
 
 
-def _resolve_backend(backend: str, q: Tensor, rpb: Tensor | None) -> str:
+def _flex_unavailable(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None) -> str | None:
+    """Why the flex backend cannot run this call, or None when it can."""
+    return na_flex.flex_unavailable(q, rpb, k, v)
+
+
+def _resolve_backend(backend: str, q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown na2d backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -655,36 +728,19 @@ def _resolve_backend(backend: str, q: Tensor, rpb: Tensor | None) -> str:
                 raise ValueError(f"{ENV_VAR}={env!r} is not a backend; expected one of {', '.join(BACKENDS)}")
             backend = env
     if backend == "auto":
-        return "natten" if _natten_unavailable(q, rpb) is None else "torch"
+        if q.device.type != "cuda":  # the CPU: flex has no backward and compiles per shape; torch wins
+            return "torch"
+        if _natten_unavailable(q, rpb) is None:
+            return "natten"
+        return "flex" if _flex_unavailable(q, k, v, rpb) is None else "torch"
+    reason = None
     if backend == "natten":
         reason = _natten_unavailable(q, rpb)
-        if reason is not None:
-            raise RuntimeError(f"na2d backend 'natten' is unavailable: {reason}")
+    elif backend == "flex":
+        reason = _flex_unavailable(q, k, v, rpb)
+    if reason is not None:
+        raise RuntimeError(f"na2d backend {backend!r} is unavailable: {reason}")
     return backend
-
-
-def _validate(q, k, v, kernel_size, dilation, rpb):
-    if q.dim() != 5:
-        raise ValueError(f"q must be [B, heads, H, W, D], got shape {tuple(q.shape)}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v shapes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size}")
-    if not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation}")
-    height, width = q.shape[2], q.shape[3]
-    if kernel_size * dilation > min(height, width):
-        raise ValueError(
-            f"kernel_size {kernel_size} * dilation {dilation} = {kernel_size * dilation} "
-            f"exceeds feature map {height}x{width}"
-        )
-    if rpb is not None:
-        span = 2 * kernel_size - 1
-        expected = (q.shape[1], span, span)
-        if tuple(rpb.shape) != expected:
-            raise ValueError(f"rpb must have shape {expected}, got {tuple(rpb.shape)}")
-        if rpb.device != q.device:
-            raise ValueError(f"rpb is on {rpb.device} but q is on {q.device}")
 
 
 def na2d(
@@ -696,20 +752,38 @@ def na2d(
     rpb: Tensor | None = None,
     scale: float | None = None,
     backend: str = "auto",
+    out: Tensor | None = None,
 ) -> Tensor:
     """2-D neighborhood attention (NATTEN semantics).
 
     q, k, v: [B, heads, H, W, D]; rpb: [heads, 2k-1, 2k-1] or None; scale defaults to D**-0.5 and
     multiplies q. logits = scale * q.k + rpb[h, dy + k - 1, dx + k - 1], softmax over the k*k window.
-    backend: "auto" (natten when it can run, else torch; env STYLENAT_NA_BACKEND overrides), "torch"
-    or "natten". Returns [B, heads, H, W, D].
+    backend: "auto" (on CUDA natten when it can run, else flex when it can, else torch; torch on every
+    other device; env STYLENAT_NA_BACKEND overrides), "torch", "natten" or "flex" (a forced backend that
+    cannot run the call raises RuntimeError saying why). out: an optional [B, heads, H, W, D] tensor of
+    any strides (e.g. a permuted slice of a [B, H, W, heads, D] buffer) that receives the result and is
+    returned, without autograd (the torch backend writes into it directly). Returns [B, heads, H, W, D]:
+    the torch backend stores it like q when q is dense, else (q a strided view, such as the attention
+    layer's q, k, v of one qkv tensor) token-major ([B, H, W, heads, D] memory).
     """
-    _validate(q, k, v, kernel_size, dilation, rpb)
+    check_na_args(q, k, v, kernel_size, dilation, rpb)
+    if out is not None:
+        if out.shape != q.shape or out.device != q.device or out.dtype != q.dtype:
+            raise ValueError(
+                f"out must match q ({tuple(q.shape)}, {q.dtype}, {q.device}), got "
+                f"({tuple(out.shape)}, {out.dtype}, {out.device})"
+            )
+        if _needs_grad(q, k, v, rpb):
+            raise RuntimeError("na2d(out=...) does not support autograd; call it without out")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    chosen = _resolve_backend(backend, q, rpb)
+    chosen = _resolve_backend(backend, q, k, v, rpb)
     if chosen not in _logged_backends:
         _logged_backends.add(chosen)
         logger.info("na2d: using the %s backend (first call on %s)", chosen, q.device.type)
+    if chosen == "torch":
+        return _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, out=out)
     if chosen == "natten":
-        return _na2d_natten(q, k, v, kernel_size, dilation, scale)
-    return _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale)
+        result = _na2d_natten(q, k, v, kernel_size, dilation, scale)
+    else:
+        result = na_flex.na2d_flex(q, k, v, kernel_size, dilation, rpb=rpb, scale=scale)
+    return result if out is None else out.copy_(result)

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from stylenat.ops.na_checks import check_na_args
+
 logger = logging.getLogger(__name__)
 
 # Flex attention's sparse block size (tokens per query / key block of the BlockMask).
@@ -293,28 +295,6 @@ def block_mask(height: int, width: int, kernel_size: int, dilation: int = 1, dev
 # ----------------------------------------------------------------------------------------------------
 
 
-def _validate(q, k, v, kernel_size, dilation, rpb):
-    if q.dim() != 5:
-        raise ValueError(f"q must be [B, heads, H, W, D], got shape {tuple(q.shape)}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v shapes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size}")
-    if not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation}")
-    height, width = q.shape[2], q.shape[3]
-    if kernel_size * dilation > min(height, width):
-        raise ValueError(
-            f"kernel_size {kernel_size} * dilation {dilation} = {kernel_size * dilation} "
-            f"exceeds feature map {height}x{width}"
-        )
-    if rpb is not None:
-        span = 2 * kernel_size - 1
-        expected = (q.shape[1], span, span)
-        if tuple(rpb.shape) != expected:
-            raise ValueError(f"rpb must have shape {expected}, got {tuple(rpb.shape)}")
-
-
 def na2d_flex(
     q: Tensor,
     k: Tensor,
@@ -333,7 +313,7 @@ def na2d_flex(
     Calls flex cannot serve (see ``flex_unavailable``: CPU + autograd, CPU float64) fall back to the
     ``torch`` backend of ``stylenat.ops.na2d``. Returns [B, heads, H, W, D].
     """
-    _validate(q, k, v, kernel_size, dilation, rpb)
+    check_na_args(q, k, v, kernel_size, dilation, rpb)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     reason = flex_unavailable(q, rpb, k, v, compile)
     if reason is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from stylenat.ops.na_checks import check_na_args
+
 
 def _axis_windows(length: int, kernel_size: int, dilation: int) -> tuple[Tensor, Tensor]:
     """Key positions [L, k] of each query's window and their RPB offsets [L, k] along one axis."""
@@ -31,6 +33,7 @@ def na2d_reference(
     scale: float | None = None,
 ) -> Tensor:
     """Same contract as ``stylenat.ops.na2d`` (q, k, v [B, heads, H, W, D]), computed by brute gather."""
+    check_na_args(q, k, v, kernel_size, dilation, rpb)
     height, width, dim = q.shape[2], q.shape[3], q.shape[4]
     scale = dim**-0.5 if scale is None else scale
     pos_y, rel_y = (t.to(q.device) for t in _axis_windows(height, kernel_size, dilation))

@@ -194,3 +194,98 @@ def test_wrong_latent_size_error():
         G(torch.randn(2, 64))
     with pytest.raises(ValueError, match=r"expected ws of shape \[batch, 8, 32\]"):
         G.synthesis(torch.randn(2, 5, 32))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The hand-fused no-autograd paths (chunked AdaIN/projections, in-place residuals) against the plain ops
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_no_grad_fast_path_matches_the_autograd_path():
+    G = tiny().eval()
+    for p in G.parameters():  # non-trivial alpha, biases and AdaIN betas
+        p.data.add_(0.05 * torch.randn_like(p))
+    ws = G.mapping(torch.randn(3, 32, generator=torch.Generator().manual_seed(2))).detach()
+    with torch.no_grad():
+        fast = G.synthesis(ws)
+    plain = G.synthesis(ws)  # grad mode: the plain module ops
+    assert plain.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(G.synthesis(ws), fast, rtol=0, atol=0)
+
+
+def test_fast_block_leaves_its_input_alone():
+    G = tiny().eval()
+    block = G.stages[2].blocks[0]
+    x = torch.randn(2, 16, 16, 32)
+    w = torch.randn(2, 32)
+    before = x.clone()
+    with torch.no_grad():
+        fast = block(x, w)
+    assert torch.equal(x, before)
+    plain = block(x, w.requires_grad_())
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_token_stats_and_adain_coefficients():
+    from stylenat.models.layers import AdaptiveInstanceNorm, token_stats
+
+    x = 3 + 2 * torch.randn(2, 33, 20, 8, dtype=torch.float64)  # rows not a multiple of the chunk
+    mean, var = token_stats(x)
+    want_var, want_mean = torch.var_mean(x, dim=(1, 2), correction=0)
+    torch.testing.assert_close(mean, want_mean.float())
+    torch.testing.assert_close(var, want_var.float())
+    norm = AdaptiveInstanceNorm(8, 16)
+    norm.affine.bias.data.normal_()
+    w = torch.randn(2, 16)
+    xf = x.float()
+    with torch.no_grad():
+        fast = norm(xf, w)
+        scale, shift = norm.coefficients(xf, w)
+    plain = norm(xf, w.requires_grad_())
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xf * scale[:, None, None] + shift[:, None, None], fast, rtol=1e-6, atol=1e-6)
+
+
+def test_sample_chunks_cover_every_row_once():
+    from stylenat.models.layers import sample_chunks
+
+    for batch, rows, width, budget in ((3, 1000, 64, 1 << 12), (5, 10, 8, 1 << 10), (2, 195, 128, 1 << 20)):
+        seen = torch.zeros(batch, rows, dtype=torch.long)
+        for samples, part in sample_chunks(batch, rows, width, budget):
+            assert samples.stop - samples.start == 1 or (part.start, part.stop) == (0, rows)
+            seen[samples, part] += 1
+        assert bool((seen == 1).all())
+    assert len(sample_chunks(5, 10, 8, 1 << 10)) == 1  # small maps: whole samples in one product
+
+
+@pytest.mark.parametrize("budget", [1 << 12, 1 << 20], ids=["row_chunks", "whole_samples"])
+def test_chunked_mlp_and_upsample_match_plain(monkeypatch, budget):
+    import stylenat.models.layers as layers
+
+    monkeypatch.setattr(layers, "CHUNK_ELEMS", budget)  # many chunks with a partial last one, or one
+    G = tiny().eval()
+    mlp, up = G.stages[3].blocks[1].mlp, G.stages[2].upsample
+    up.alpha.data.fill_(0.3)
+    x = torch.randn(2, 15, 13, 32)
+    scale, shift = torch.randn(2, 32), torch.randn(2, 32)
+    want = x + mlp(x * scale[:, None, None] + shift[:, None, None])
+    got = x.clone()
+    mlp.add_to_(got, scale, shift)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-5)
+    y = torch.randn(2, 16, 16, 32)
+    with torch.no_grad():
+        fast = up(y)
+    torch.testing.assert_close(fast, up(y.requires_grad_()).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_keeps_the_plain_path():
+    G = tiny().eval()
+    z = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        img = G(z)
+    with torch.no_grad():
+        ref = G(z)
+    assert torch.isfinite(img).all()
+    torch.testing.assert_close(img.float(), ref, rtol=0.1, atol=0.1)

@@ -209,6 +209,94 @@ def test_scale_multiplies_q():
 
 
 # ----------------------------------------------------------------------------------------------------
+# Layouts the attention layer feeds: strided q/k/v views of one qkv tensor, token-major out=
+# ----------------------------------------------------------------------------------------------------
+
+
+def _qkv_views(batch, height, width, heads, dim, seed=0, requires_grad=False):
+    """q, k, v [B, heads, H, W, D] as views of one [B, H, W, 3, heads, D] tensor (the layer's qkv output)."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, height, width, 3, heads, dim, generator=gen, dtype=torch.float64)
+    qkv.requires_grad_(requires_grad)
+    return qkv, qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+
+
+# (H, W, k, d, tiles, strided, direct): plans whose pieces are all affine grids (results straight into the
+# output), grids with partial tiles (results through the slot buffer), and pieces gathered by index
+LAYOUT_CASES = [
+    (16, 24, 5, 1, None, True, True),
+    (16, 16, 3, 4, None, True, True),
+    (9, 13, 3, 1, (2, 3), True, False),
+    (13, 11, 3, 2, None, False, False),
+]
+
+
+@pytest.mark.parametrize("height,width,kernel_size,dilation,tiles,strided,direct", LAYOUT_CASES)
+def test_strided_qkv_views_values_and_grads(height, width, kernel_size, dilation, tiles, strided, direct):
+    heads = 3
+    rpb = torch.randn(
+        heads, 2 * kernel_size - 1, 2 * kernel_size - 1, dtype=torch.float64, requires_grad=True
+    )
+    qkv, (q, k, v) = _qkv_views(2, height, width, heads, 4, requires_grad=True)
+    plan = na_module._plan(
+        height,
+        width,
+        kernel_size,
+        dilation,
+        tiles or na_module._pick_tiles(height, width, kernel_size, dilation),
+        torch.device("cpu"),
+    )
+    assert (plan.strided, plan.direct) == (strided, direct)
+    got = _na2d_torch(q, k, v, kernel_size, dilation, rpb, 0.5, tiles)
+    grad = torch.randn(got.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got_grads = torch.autograd.grad(got, (qkv, rpb), grad)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
+    want = na2d_reference(*leaves[:3], kernel_size, dilation, leaves[3], 0.5)
+    want_grads = torch.autograd.grad(want, leaves, grad)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got_grads[0], torch.stack(want_grads[:3], 3).permute(0, 2, 4, 3, 1, 5))
+    torch.testing.assert_close(got_grads[1], want_grads[3], rtol=0, atol=1e-10)
+    with torch.no_grad():  # the no-autograd path (no autograd.Function) gives the same values
+        torch.testing.assert_close(_na2d_torch(q, k, v, kernel_size, dilation, rpb, 0.5, tiles), want)
+
+
+@pytest.mark.parametrize("height,width,kernel_size,dilation,tiles,strided,direct", LAYOUT_CASES)
+def test_out_writes_into_a_token_major_buffer(height, width, kernel_size, dilation, tiles, strided, direct):
+    heads, dim = 4, 4
+    _, (q, k, v) = _qkv_views(2, height, width, heads, dim, seed=1)
+    rpb = torch.randn(2, 2 * kernel_size - 1, 2 * kernel_size - 1, dtype=torch.float64)
+    buffer = torch.full((2, height, width, heads, dim), float("nan"), dtype=torch.float64)
+    for sl in (slice(0, 2), slice(2, 4)):  # two head groups into one [B, H, W, heads, D] buffer
+        target = buffer[:, :, :, sl].permute(0, 3, 1, 2, 4)
+        got = _na2d_torch(q[:, sl], k[:, sl], v[:, sl], kernel_size, dilation, rpb, 0.5, tiles, out=target)
+        assert got.data_ptr() == target.data_ptr()
+    for sl in (slice(0, 2), slice(2, 4)):
+        want = na2d_reference(q[:, sl], k[:, sl], v[:, sl], kernel_size, dilation, rpb, 0.5)
+        torch.testing.assert_close(buffer[:, :, :, sl].permute(0, 3, 1, 2, 4), want, rtol=0, atol=1e-10)
+
+
+def test_out_argument_checks():
+    q, k, v = _small()
+    out = torch.empty(1, 16, 16, 2, 4).permute(0, 3, 1, 2, 4)
+    assert na2d(q, k, v, 3, out=out) is out
+    torch.testing.assert_close(out, na2d_reference(q, k, v, 3))
+    with pytest.raises(ValueError, match=r"out must match q \(\(1, 2, 16, 16, 4\)"):
+        na2d(q, k, v, 3, out=torch.empty(1, 2, 16, 15, 4))
+    with pytest.raises(RuntimeError, match="does not support autograd"):
+        na2d(q.requires_grad_(), k, v, 3, out=out)
+
+
+def test_inference_mode_then_no_grad_reuses_scratch():
+    # The CPU scratch buffers outlive a call: made under inference_mode they must still be writable later.
+    q, k, v = _small()
+    with torch.inference_mode():
+        first = na2d(q, k, v, 5)
+    with torch.no_grad():
+        second = na2d(q, k, v, 5)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Errors, backend selection
 # ----------------------------------------------------------------------------------------------------
 

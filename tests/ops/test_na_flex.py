@@ -18,6 +18,8 @@ pytest.importorskip(
 
 from torch.nn.attention.flex_attention import create_block_mask  # noqa: E402
 
+import stylenat.ops.na_flex as na_flex_module  # noqa: E402
+from stylenat.ops.na import ENV_VAR, available_backends, na2d  # noqa: E402
 from stylenat.ops.na_flex import _plan, available, block_mask, flex_unavailable, na2d_flex  # noqa: E402
 
 try:
@@ -245,6 +247,64 @@ def test_validation():
         na2d_flex(q, k, v, 3, dilation=4)
     with pytest.raises(ValueError, match="odd"):
         na2d_flex(q, k, v, 4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The na2d dispatcher: backend="flex", "auto", available_backends
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_dispatcher_forcing_flex_where_it_cannot_run_raises():
+    q, k, v, rpb = _inputs(9, 13, 3, True)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    with pytest.raises(
+        RuntimeError, match=r"^na2d backend 'flex' is unavailable: flex attention has no backward on the CPU$"
+    ):
+        na2d(*leaves, 3, 2, rpb=rpb, backend="flex")
+    with pytest.raises(RuntimeError, match="'flex' is unavailable: .*not torch.float64"), torch.no_grad():
+        na2d(q.double(), k.double(), v.double(), 3, 2, backend="flex")
+
+
+def test_dispatcher_forcing_flex_without_flex_attention_raises(monkeypatch):
+    monkeypatch.setattr(na_flex_module, "_flex_module", lambda: None)
+    q, k, v, _ = _inputs(9, 13, 3, False)
+    with pytest.raises(RuntimeError, match="'flex' is unavailable: torch .* has no .*flex_attention"):
+        with torch.no_grad():
+            na2d(q, k, v, 3, backend="flex")
+    assert "flex" not in available_backends("cpu", grad=False)
+
+
+def test_dispatcher_auto_stays_torch_on_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(na_flex_module, "na2d_flex", lambda *a, **kw: calls.append(a))
+    q, k, v, rpb = _inputs(9, 13, 3, True)
+    with torch.no_grad():  # flex could run here (forward only), but auto keeps the CPU on torch
+        out = na2d(q, k, v, 3, 2, rpb=rpb)
+    assert calls == []
+    torch.testing.assert_close(out, na2d_reference(q, k, v, 3, 2, rpb=rpb), rtol=1e-5, atol=1e-5)
+
+
+def test_dispatcher_env_var_can_force_flex(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "flex")
+    q, k, v, _ = _inputs(9, 13, 3, False)
+    with pytest.raises(RuntimeError, match="'flex' is unavailable: flex attention has no backward"):
+        na2d(q.requires_grad_(), k, v, 3)
+
+
+def test_available_backends_lists_flex_forward_only_on_cpu():
+    assert available_backends("cpu") == ["torch"]  # forward and backward
+    assert available_backends("cpu", grad=False) == ["torch", "flex"]
+
+
+@pytest.mark.slow
+def test_dispatcher_forced_flex_forward_on_cpu_matches_reference(compiled_cpu):
+    # same shapes as the compiled_cpu probe (9x13, rpb): reuses its compiled kernel
+    for kernel_size, dilation in ((3, 2), (3, 3)):
+        q, k, v, rpb = _inputs(9, 13, kernel_size, True, seed=7 + dilation)
+        with torch.no_grad():
+            out = na2d(q, k, v, kernel_size, dilation, rpb=rpb, backend="flex")
+        ref = na2d_reference(q.double(), k.double(), v.double(), kernel_size, dilation, rpb=rpb.double())
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------

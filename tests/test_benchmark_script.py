@@ -1,0 +1,87 @@
+"""scripts/benchmark.py smoke tests on the tiny model: the JSON lines of the ``scaling`` and ``generator`` modes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("stylenat_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lines(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def test_scaling_tiny_in_process(bench, capsys):
+    argv = ["scaling", "--model", "tiny", "--resolutions", "16", "32", "--batch", "1", "--reps", "1"]
+    bench.main([*argv, "--in-process", "--threads", "1"])
+    *rows, summary = _lines(capsys)
+    assert [r["resolution"] for r in rows] == [16, 32]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["mode"] == "scaling" and row["model"] == "tiny"
+        assert "tiny.yaml with resolution=" in row["config"]
+        for key in ("ms_per_img", "imgs_per_s", "gflop_per_img"):
+            assert row[key] > 0, key
+        assert row["peak_mem_mb"] >= 0 and 0 < row["na2d_share"] < 1
+        assert row["imgs_per_s"] == pytest.approx(1e3 / row["ms_per_img"], rel=1e-2)
+    assert rows[1]["gflop_per_img"] > 2 * rows[0]["gflop_per_img"]  # 4x the pixels
+    assert summary["mode"] == "scaling" and len(summary["growth"]) == 1
+    growth = summary["growth"][0]
+    assert (growth["from"], growth["to"], growth["pixels"]) == (16, 32, 4.0)
+    assert growth["gflop_per_img"] == pytest.approx(
+        rows[1]["gflop_per_img"] / rows[0]["gflop_per_img"], rel=0.05
+    )
+    assert growth["ms_per_img"] > 0
+
+
+def test_scaling_config_keeps_the_stage_recipe(bench):
+    cfg, note = bench._config_at("stylenat_256", 1024)
+    assert cfg["resolution"] == 1024 and len(cfg["kernels"]) == len(cfg["dilations"]) == 9
+    assert cfg["dilations"][-1] == [1, 128] and cfg["kernels"][-1] == [7]
+    cfg, _ = bench._config_at("stylenat_256", 32)
+    assert len(cfg["kernels"]) == 4 and cfg["dilations"][:4] == [[1], [1], [1, 2], [1, 4]]
+    cfg, note = bench._config_at("tiny", 64)
+    assert cfg["channels"] == [128, 128, 64, 64, 64] and cfg["dilations"][-1] == [1, 8]
+    assert "channels [128, 128, 64, 64, 64]" in note
+
+
+def test_scaling_rejects_bad_resolutions(bench):
+    with pytest.raises(SystemExit):
+        bench.main(["scaling", "--resolutions", "48"])
+
+
+def test_generator_compile_failure_is_reported_not_raised(bench, capsys, monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    bench.main(
+        [
+            "generator",
+            "--model",
+            "tiny",
+            "--batch",
+            "1",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--compile",
+            "--threads",
+            "1",
+        ]
+    )
+    (record,) = _lines(capsys)
+    assert record["mode"] == "generator" and record["imgs_per_s"] > 0 and record["gflop_per_img"] > 0
+    assert record["compile_error"] == "RuntimeError: no C++ compiler here"
