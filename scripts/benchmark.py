@@ -142,11 +142,7 @@ def _na_measure(args, impl: str, pass_: str) -> dict:
     else:
         peak = _max_rss_mb() - base
     return {
-        "mode": "na",
-        "impl": "na2d" if impl == "op" else "oracle_gather",
-        "backend": args.backend if impl == "op" else "reference",
-        "pass": pass_,
-        "res": args.res,
+        **_na_header(args, impl, pass_),
         "batch": args.batch,
         "heads": args.heads,
         "dim": args.dim,
@@ -171,13 +167,20 @@ def _na_child(args, impl, pass_, queue) -> None:
         queue.put(_na_error(args, impl, pass_, err))
 
 
-def _na_error(args, impl: str, pass_: str, err: Exception) -> dict:
+def _na_header(args, impl: str, pass_: str) -> dict:
+    """The fields that name an ``na`` measurement (shared by results and errors)."""
     return {
         "mode": "na",
         "impl": "na2d" if impl == "op" else "oracle_gather",
         "backend": args.backend if impl == "op" else "reference",
         "pass": pass_,
         "res": args.res,
+    }
+
+
+def _na_error(args, impl: str, pass_: str, err: Exception) -> dict:
+    return {
+        **_na_header(args, impl, pass_),
         "dilation": args.dilation,
         "device": args.device,
         "error": f"{type(err).__name__}: {err}"[:500],
