@@ -88,13 +88,12 @@ def load_resume_state(resume, run_dir: Path) -> tuple[Path | None, dict | None, 
     (truncated, corrupt) is skipped with a warning naming it, and when every state is unreadable the
     error names them all and nothing is written.
     """
-    explicit = resume not in (None, "") and not Path(str(resume)).expanduser().is_dir()
-    if explicit:
-        path = resolve_resume(resume, run_dir)
-        return path, load_state(path), []
-    directory = Path(str(resume)).expanduser() if resume not in (None, "") else Path(run_dir)
-    resolve_resume(resume, run_dir)  # a resume dir without states is an error
-    candidates = [p for _, p in reversed(list_artifacts(directory, STATE_PREFIX))]
+    newest = resolve_resume(resume, run_dir)
+    if newest is None:
+        return None, None, []
+    if resume not in (None, "") and not Path(str(resume)).expanduser().is_dir():
+        return newest, load_state(newest), []  # a named file: exactly that one
+    candidates = [p for _, p in reversed(list_artifacts(newest.parent, STATE_PREFIX))]
     unreadable: list[Path] = []
     for path in candidates:
         try:
@@ -102,13 +101,11 @@ def load_resume_state(resume, run_dir: Path) -> tuple[Path | None, dict | None, 
         except ResumeError as err:
             log.warning("skipping unreadable training state %s (%s); trying the previous one", path, err)
             unreadable.append(path)
-    if unreadable:
-        raise ResumeError(
-            f"all {len(unreadable)} training state(s) in {directory} are unreadable "
-            f"({', '.join(p.name for p in unreadable)}); nothing was written: move them aside to start "
-            "afresh, or pass resume=<file>"
-        )
-    return None, None, []
+    raise ResumeError(
+        f"all {len(unreadable)} training state(s) in {newest.parent} are unreadable "
+        f"({', '.join(p.name for p in unreadable)}); nothing was written: move them aside to start "
+        "afresh, or pass resume=<file>"
+    )
 
 
 def quarantine(paths: list[Path]) -> None:

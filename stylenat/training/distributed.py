@@ -85,17 +85,18 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def abandon(err: BaseException) -> None:
-    """A rank failed: log which and why (every rank logs warnings and errors), then drop the process
-    group without the collective teardown, which would wait for ranks that are still computing."""
-    if not (dist.is_available() and dist.is_initialized()):
+def report_failure(err: BaseException) -> None:
+    """Log which rank failed and why (every rank logs errors), so a multi-process job names its culprit.
+    The caller then exits without ``shutdown()``: the collective teardown would wait for ranks that are
+    still computing, while a plain exit closes this rank's connections and makes their pending
+    collectives fail at once."""
+    if not _active():
         return
     rank, world = dist.get_rank(), dist.get_world_size()
-    if world > 1:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        log.error(
-            "rank %d of %d stopped: %s%s", rank, world, type(err).__name__, f": {message}" if message else ""
-        )
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    log.error(
+        "rank %d of %d stopped: %s%s", rank, world, type(err).__name__, f": {message}" if message else ""
+    )
 
 
 def all_reduce_max(values: torch.Tensor) -> torch.Tensor:

@@ -166,14 +166,14 @@ def check_run_dir(run_dir: Path, need_bytes: int) -> None:
         )
 
 
-def state_bytes(modules, optimizers_share: float = 2.0) -> int:
+def state_bytes(modules) -> int:
     """Rough size of a training state: the modules' tensors plus Adam's two moments per trainable one."""
     total = 0
     for m in modules:
         for t in m.state_dict().values():
             total += t.numel() * t.element_size()
     trainable = sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.requires_grad)
-    return int(total + optimizers_share * trainable)
+    return int(total + 2 * trainable)
 
 
 def clean_stale_temp_files(run_dir: Path) -> list[Path]:

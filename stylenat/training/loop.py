@@ -532,9 +532,7 @@ def train(cfg) -> Path:
         trainer = Trainer(setup)
         result = trainer.fit()
     except BaseException as err:
-        # Name the failing rank; leave the group without its teardown handshake, so the other ranks'
-        # pending collectives fail at once (connection closed) instead of waiting for the timeout.
-        dist.abandon(err)
+        dist.report_failure(err)  # and no shutdown(): see there
         raise
     dist.shutdown()
     return result
