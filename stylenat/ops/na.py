@@ -48,9 +48,11 @@ ENV_VAR = "STYLENAT_NA_BACKEND"
 _CPU_CHUNK_ELEMS = 1 << 20
 _GPU_CHUNK_ELEMS = 1 << 27
 
-# The backward recomputes the attention probabilities (a matmul and a softmax per chunk, ~10% of a
-# forward+backward on the CPU) unless keeping them from the forward takes at most this much memory.
-_SAVE_PROBS_BYTES = 128 << 20
+# What the forward keeps for the backward, per call: the attention probabilities and the gathered q, k, v
+# tiles when all of them fit in this many bytes (saves the backward 3 gathers, the k and v halos ~4x the
+# size of k and v; ~10% of a forward+backward on the CPU), else the probabilities alone when they fit
+# (saves recomputing a matmul and a softmax per chunk), else nothing.
+_KEEP_BYTES = 256 << 20
 
 _logged_backends: set[str] = set()
 
@@ -541,23 +543,36 @@ def _chunk_shapes(plan: _Plan, piece: _Piece, items, dim: int):
     return (*lead, plan.tile_q, dim), (*lead, plan.tile_k, dim), (*lead, plan.tile_q, plan.tile_k)
 
 
-def _tiled_forward(q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float, keep: bool, out=None):
-    """The tiled forward: (output, the attention probabilities per chunk if keep else None). Writes into
-    ``out`` (any strides) when given."""
+def _keep_level(q: Tensor, plan: _Plan) -> str | None:
+    """What the forward keeps for the backward within _KEEP_BYTES: "tiles" (probabilities and the
+    gathered q, k, v tiles), "probs" or None."""
+    items = q.shape[0] * q.shape[1]
+    n_tiles = items * plan.n_slots // plan.tile_q
+    n_probs = n_tiles * plan.tile_q * plan.tile_k
+    n_tiles_qkv = n_tiles * (plan.tile_q + 2 * plan.tile_k) * q.shape[-1]
+    if (n_probs + n_tiles_qkv) * q.element_size() <= _KEEP_BYTES:
+        return "tiles"
+    return "probs" if n_probs * q.element_size() <= _KEEP_BYTES else None
+
+
+def _tiled_forward(q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float, keep=None, out=None):
+    """The tiled forward: (output, per chunk (q, k, v tiles or None, probabilities) as ``keep`` asks
+    (see _keep_level), or None). Writes into ``out`` (any strides) when given."""
     batch, heads, dim = q.shape[0], q.shape[1], q.shape[-1]
     results = _QueryResults(q, plan, out)
     masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
     kept, scratch = [], _scratch(q)
+    tiles = scratch if keep != "tiles" else (lambda name, shape: q.new_empty(shape))
     for piece, items in _chunks(plan, batch, heads, q.device):
         q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
-        qt = _gather(q[items], piece, False, scratch("q", q_shape), scale)
-        kt = _gather(k[items], piece, True, scratch("k", k_shape))
-        vt = _gather(v[items], piece, True, scratch("v", k_shape))
+        qt = _gather(q[items], piece, False, tiles("q", q_shape), scale)
+        kt = _gather(k[items], piece, True, tiles("k", k_shape))
+        vt = _gather(v[items], piece, True, tiles("v", k_shape))
         probs_out = q.new_empty(p_shape) if keep else scratch("p", p_shape)
         probs = _probs(qt, kt, _mask(masks, rpb, items, piece), scratch("logits", p_shape), probs_out)
         results.put(items, piece, torch.matmul(probs, vt, out=scratch("o", q_shape)))
         if keep:
-            kept.append(probs)
+            kept.append(((qt, kt, vt) if keep == "tiles" else None, probs))
     return results.result(), kept if keep else None
 
 
@@ -572,16 +587,14 @@ def _dense_rows(plan: _Plan, *tensors: Tensor) -> tuple[Tensor, ...]:
 class _TiledNA(torch.autograd.Function):
     """Tiled neighborhood attention on q, k, v [B, heads, H, W, D].
 
-    Saves the inputs and the output; the attention probabilities are kept too when they are small
-    (see _SAVE_PROBS_BYTES), else recomputed chunk by chunk in the backward.
+    Saves the inputs and the output; the attention probabilities and the gathered tiles are kept too
+    when they are small (see _KEEP_BYTES), else re-made chunk by chunk in the backward.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float):
         q, k, v = _dense_rows(plan, q, k, v)
-        n_logits = q.shape[0] * q.shape[1] * plan.n_slots * plan.tile_k
-        keep = n_logits * q.element_size() <= _SAVE_PROBS_BYTES
-        out, kept = _tiled_forward(q, k, v, rpb, plan, kernel_size, scale, keep)
+        out, kept = _tiled_forward(q, k, v, rpb, plan, kernel_size, scale, _keep_level(q, plan))
         ctx.save_for_backward(q, k, v, rpb, out)
         ctx.plan, ctx.kernel_size, ctx.scale, ctx.kept = plan, kernel_size, scale, kept
         return out
@@ -607,20 +620,22 @@ class _TiledNA(torch.autograd.Function):
         scratch = _scratch(q)
         for i, (piece, items) in enumerate(_chunks(plan, batch, heads, q.device)):
             q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
-            qt = _gather(q[items], piece, False, scratch("q", q_shape), scale)
-            kt = _gather(k[items], piece, True, scratch("k", k_shape))
-            vt = _gather(v[items], piece, True, scratch("v", k_shape))
+            tiles, probs = kept[i] if kept is not None else (None, None)
+            if tiles is None:
+                qt = _gather(q[items], piece, False, scratch("q", q_shape), scale)
+                kt = _gather(k[items], piece, True, scratch("k", k_shape))
+                vt = _gather(v[items], piece, True, scratch("v", k_shape))
+            else:
+                qt, kt, vt = tiles
             got = _gather(grad_out[items], piece, False, scratch("do", q_shape))
             if piece.q_valid is not None:  # repeated query slots must not count twice: dO = 0
                 got.mul_(piece.q_valid)
             # delta_i = sum_j P_ij dP_ij = dO_i . O_i
             ot = _gather(out[items], piece, False, scratch("o", q_shape))
             delta = ot.mul_(got).sum(-1, keepdim=True)
-            if kept is None:
+            if probs is None:
                 mask = _mask(masks, rpb, items, piece)
                 probs = _probs(qt, kt, mask, scratch("logits", p_shape), scratch("p", p_shape))
-            else:
-                probs = kept[i]
             _fold(
                 torch.matmul(probs.transpose(-1, -2), got, out=scratch("dk", k_shape)), piece, grad_v[items]
             )
@@ -647,7 +662,7 @@ def _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles=None, out=None
     # No backward can follow: skip the autograd.Function and its saved state.
     q, k, v = _dense_rows(plan, q, k, v)
     with torch.no_grad():
-        return _tiled_forward(q, k, v, rpb, plan, kernel_size, scale, False, out)[0]
+        return _tiled_forward(q, k, v, rpb, plan, kernel_size, scale, out=out)[0]
 
 
 def _needs_grad(*tensors) -> bool:

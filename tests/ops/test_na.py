@@ -131,10 +131,11 @@ def test_matches_loop_oracle(height, width, kernel_size, dilation, with_rpb, mon
     want, want_grads = _outputs_and_grads(
         lambda: loop_oracle(q, k, v, kernel_size, dilation, rpb, scale), q, k, v, rpb
     )
-    # Default tiling with probabilities recomputed in the backward or kept from the forward, then
-    # small odd tiles (several tiles per group, partial last tiles, clamped halos).
-    for save_probs, tiles in ((0, None), (1 << 30, None), (0, (2, 3))):
-        monkeypatch.setattr(na_module, "_SAVE_PROBS_BYTES", save_probs)
+    # Default tiling with everything re-made in the backward, the probabilities kept from the forward,
+    # or the probabilities and the gathered tiles kept; then small odd tiles (several tiles per group,
+    # partial last tiles, clamped halos) with each of those.
+    for keep, tiles in [(keep, tiles) for tiles in (None, (2, 3)) for keep in (None, "probs", "tiles")]:
+        monkeypatch.setattr(na_module, "_keep_level", lambda q, plan, keep=keep: keep)
         got, got_grads = _outputs_and_grads(
             lambda tiles=tiles: _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles),
             q,
@@ -145,6 +146,23 @@ def test_matches_loop_oracle(height, width, kernel_size, dilation, with_rpb, mon
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
         for g, w in zip(got_grads, want_grads):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_keep_level_follows_the_byte_budget(monkeypatch):
+    # 16x16, k=7, 4x8 tiles: 8 tiles of 32 queries and 10x14 keys per (batch, head) item.
+    plan = na_module._plan(16, 16, 7, 1, (4, 8), torch.device("cpu"))
+    q = torch.zeros(2, 3, 16, 16, 8)
+    n_tiles = 2 * 3 * 8
+    probs_bytes = n_tiles * 32 * 140 * 4
+    tiles_bytes = n_tiles * (32 + 2 * 140) * 8 * 4
+    for budget, want in (
+        (probs_bytes + tiles_bytes, "tiles"),
+        (probs_bytes + tiles_bytes - 1, "probs"),
+        (probs_bytes, "probs"),
+        (probs_bytes - 1, None),
+    ):
+        monkeypatch.setattr(na_module, "_KEEP_BYTES", budget)
+        assert na_module._keep_level(q, plan) == want, budget
 
 
 @pytest.mark.parametrize("dilation", [1, 3])
