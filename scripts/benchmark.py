@@ -29,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from stylenat.cli import tune_cpu_allocator  # noqa: E402
 from stylenat.ops.na import na2d  # noqa: E402
 from stylenat.ops.na_reference import na2d_reference  # noqa: E402
 
@@ -40,8 +41,31 @@ DTYPES = {
 }
 
 
+_allocator_tuned = False  # set by main(); the measuring children tune the same way
+
+
 def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
+    print(json.dumps({**record, "malloc_tuned": _allocator_tuned}), flush=True)
+
+
+def _child(measure, on_error, args, queue) -> None:
+    tune_cpu_allocator()  # as the entry points do
+    try:
+        queue.put(measure(*args))
+    except Exception as err:  # noqa: BLE001 - e.g. a forced backend that cannot run: report, go on
+        queue.put(on_error(*args, err))
+
+
+def in_fresh_process(measure, on_error, *args) -> dict:
+    """measure(*args) in a spawned process, so its max RSS is its own; on_error(*args, err) makes the
+    record of a measurement that raised."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(measure, on_error, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
 
 
 def _sync(device: torch.device) -> None:
@@ -160,13 +184,6 @@ def _na_measure(args, impl: str, pass_: str) -> dict:
     }
 
 
-def _na_child(args, impl, pass_, queue) -> None:
-    try:
-        queue.put(_na_measure(args, impl, pass_))
-    except Exception as err:  # noqa: BLE001 - e.g. a forced backend that cannot run: report, go on
-        queue.put(_na_error(args, impl, pass_, err))
-
-
 def _na_header(args, impl: str, pass_: str) -> dict:
     """The fields that name an ``na`` measurement (shared by results and errors)."""
     return {
@@ -193,13 +210,7 @@ def _run_isolated(args, impl: str, pass_: str) -> dict:
             return _na_measure(args, impl, pass_)
         except Exception as err:  # noqa: BLE001
             return _na_error(args, impl, pass_, err)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_na_child, args=(args, impl, pass_, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return in_fresh_process(_na_measure, _na_error, args, impl, pass_)
 
 
 def bench_na(args) -> None:
@@ -247,6 +258,10 @@ TRAIN_STEP_MODELS = {
     "tiny": ["dataset=demo"],
     "stylenat_256": ["dataset=ffhq256", "dataset.path=/unused"],
 }
+
+
+def _train_step_error(args, model: str, err: Exception) -> dict:
+    return {"mode": "train-step", "model": model, "error": f"{type(err).__name__}: {err}"[:500]}
 
 
 def _train_step_measure(args, model: str) -> dict:
@@ -326,22 +341,13 @@ def _train_step_measure(args, model: str) -> dict:
     }
 
 
-def _train_step_child(args, model, queue) -> None:
-    queue.put(_train_step_measure(args, model))
-
-
 def bench_train_step(args) -> None:
     """Training sec/kimg and peak memory per model (G step + D step with bCR + lazy R1 amortised)."""
     for model in args.models:
         if torch.device(args.device).type == "cuda":
             emit(_train_step_measure(args, model))
             continue
-        ctx = mp.get_context("spawn")  # a fresh process per model, so the max RSS is its own
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_train_step_child, args=(args, model, queue))
-        proc.start()
-        emit(queue.get())
-        proc.join()
+        emit(in_fresh_process(_train_step_measure, _train_step_error, args, model))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -521,13 +527,8 @@ def _scaling_measure(args, resolution: int) -> dict:
     }
 
 
-def _scaling_child(args, resolution, queue) -> None:
-    try:
-        queue.put(_scaling_measure(args, resolution))
-    except Exception as err:  # noqa: BLE001 - report and let the other resolutions run
-        queue.put(
-            {"mode": "scaling", "resolution": resolution, "error": f"{type(err).__name__}: {err}"[:500]}
-        )
+def _scaling_error(args, resolution, err) -> dict:
+    return {"mode": "scaling", "resolution": resolution, "error": f"{type(err).__name__}: {err}"[:500]}
 
 
 def bench_scaling(args) -> None:
@@ -540,21 +541,12 @@ def bench_scaling(args) -> None:
     records = []
     for resolution in resolutions:
         if args.isolate:  # a fresh process per resolution, so the max RSS is its own
-            ctx = mp.get_context("spawn")
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_scaling_child, args=(args, resolution, queue))
-            proc.start()
-            record = queue.get()
-            proc.join()
+            record = in_fresh_process(_scaling_measure, _scaling_error, args, resolution)
         else:
             try:
                 record = _scaling_measure(args, resolution)
-            except Exception as err:  # noqa: BLE001
-                record = {
-                    "mode": "scaling",
-                    "resolution": resolution,
-                    "error": f"{type(err).__name__}: {err}"[:500],
-                }
+            except Exception as err:  # noqa: BLE001 - report and let the other resolutions run
+                record = _scaling_error(args, resolution, err)
         records.append(record)
         emit(record)
     ok = [r for r in records if "error" not in r]
@@ -669,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    global _allocator_tuned
+    _allocator_tuned = tune_cpu_allocator()  # as the entry points do (STYLENAT_MALLOC_TUNING=0: glibc's)
     if args.mode == "scaling":
         args.resolutions_default = args.resolutions is None
         if args.resolutions is None:
