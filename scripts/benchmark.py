@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,6 +47,57 @@ _allocator_tuned = False  # set by main(); the measuring children tune the same 
 
 def emit(record: dict) -> None:
     print(json.dumps({**record, "malloc_tuned": _allocator_tuned}), flush=True)
+
+
+# Matrix products: on the CPU their speed is the machine's, set by the BLAS library and shapes; the rest
+# (gathers, softmax, elementwise work, Python) is what the code around them costs.
+GEMM_OPS = frozenset(
+    f"aten.{name}.{overload}"
+    for name in ("mm", "addmm", "bmm", "baddbmm", "addbmm")
+    for overload in ("default", "out")
+)
+
+
+class _GemmTimer(TorchDispatchMode):
+    """Wall time spent inside matrix-product ops (CPU: ops run synchronously, so timing each call works)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) not in GEMM_OPS:
+            return func(*args, **(kwargs or {}))
+        start = time.perf_counter()
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def gemm_ms(fn, reps: int = 3) -> float:
+    """The median over reps calls of fn of the wall time inside matrix products, in ms (CPU only: it
+    times each product as it runs; the calls themselves run slower under the timer, so shares are
+    taken against untimed medians)."""
+    gemm = []
+    for _ in range(reps):
+        timer = _GemmTimer()
+        with timer:
+            fn()
+        gemm.append(timer.seconds)
+    return statistics.median(gemm) * 1e3
+
+
+def measured_sgemm_gflops(size: int = 2048, reps: int = 5) -> float:
+    """This machine's float32 matrix-product rate now (a size^3 product, best of reps): the CPU's
+    practical FLOP ceiling, which on shared hosts moves with their load."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    times = []
+    for _ in range(reps + 1):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times[1:]) / 1e9
 
 
 def _child(measure, on_error, args, queue) -> None:
@@ -165,6 +217,11 @@ def _na_measure(args, impl: str, pass_: str) -> dict:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         peak = _max_rss_mb() - base
+    split = {}
+    if device.type == "cpu":
+        with torch.set_grad_enabled(backward):
+            gemm = gemm_ms(step)
+        split = {"gemm_ms": round(gemm, 2), "gemm_share": round(gemm / statistics.median(times), 3)}
     return {
         **_na_header(args, impl, pass_),
         "batch": args.batch,
@@ -181,6 +238,7 @@ def _na_measure(args, impl: str, pass_: str) -> dict:
         "min_ms": round(min(times), 2),
         "peak_mem_mb": round(peak, 1),
         "peak_mem_kind": mem_kind,
+        **split,
     }
 
 
@@ -387,9 +445,19 @@ def bench_generator(args) -> None:
         record.update(model=args.model, gflop_per_img=round(gflop, 2))
         if torch.device(args.device).type == "cpu":
             bound = CPU_SGEMM_GFLOPS / gflop
+            sgemm = measured_sgemm_gflops()
+            z = torch.randn(batch, G.z_dim)
+            with torch.no_grad():
+                gemm = gemm_ms(lambda z=z: G(z), reps=1)
             record.update(
                 flop_bound_imgs_per_s=round(bound, 3),
                 fraction_of_bound=round(record["imgs_per_s"] / bound, 3),
+                sgemm_gflops_now=round(sgemm, 1),
+                flop_bound_now_imgs_per_s=round(sgemm / gflop, 3),
+                fraction_of_bound_now=round(record["imgs_per_s"] * gflop / sgemm, 3),
+                gemm_s_per_batch=round(gemm / 1e3, 3),
+                gemm_share=round(gemm / record["median_ms"], 3),
+                imgs_per_s_if_only_gemm=round(batch * 1e3 / gemm, 4),
             )
         if args.compile:
             record.update(_compiled_figures(G, settings, record))

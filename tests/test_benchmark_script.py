@@ -85,3 +85,44 @@ def test_generator_compile_failure_is_reported_not_raised(bench, capsys, monkeyp
     (record,) = _lines(capsys)
     assert record["mode"] == "generator" and record["imgs_per_s"] > 0 and record["gflop_per_img"] > 0
     assert record["compile_error"] == "RuntimeError: no C++ compiler here"
+
+
+def test_gemm_ms_times_matrix_products_only(bench):
+    import time
+
+    a, b = torch.randn(256, 256), torch.randn(4, 256, 256)
+
+    def elementwise_and_sleep():
+        (a * 2 + 1).exp_()
+        time.sleep(0.02)
+
+    def products_and_sleep():
+        time.sleep(0.02)
+        start = time.perf_counter()
+        for _ in range(20):
+            a @ a  # mm
+            torch.bmm(b, b)
+            torch.addmm(a, a, a)
+        return time.perf_counter() - start
+
+    assert bench.gemm_ms(elementwise_and_sleep, reps=1) == 0.0
+    measured = []
+    got = bench.gemm_ms(lambda: measured.append(products_and_sleep()), reps=1)
+    products_ms = measured[0] * 1e3
+    assert 0.5 * products_ms < got <= products_ms  # the products, not the sleep
+
+
+def test_na_records_carry_the_gemm_share():
+    import platform
+    import subprocess
+    import sys
+
+    argv = ["na", "--res", "16", "--batch", "1", "--heads", "2", "--dim", "8", "--reps", "1", "--no-oracle"]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"]
+    for row in rows:
+        assert 0 < row["gemm_ms"] < row["median_ms"] * 3 and 0 < row["gemm_share"], row
+        assert row["malloc_tuned"] is (platform.libc_ver()[0] == "glibc")
