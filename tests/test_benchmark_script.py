@@ -118,11 +118,11 @@ def test_na_records_carry_the_gemm_share():
     import sys
 
     argv = ["na", "--res", "16", "--batch", "1", "--heads", "2", "--dim", "8", "--reps", "1", "--no-oracle"]
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, check=True
-    ).stdout
+    proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"]
     for row in rows:
-        assert 0 < row["gemm_ms"] < row["median_ms"] * 3 and 0 < row["gemm_share"], row
+        assert "error" not in row and row["gemm_ms"] > 0 and row["gemm_share"] > 0, row
         assert row["malloc_tuned"] is (platform.libc_ver()[0] == "glibc")
