@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from stylenat.ops import na_flex
@@ -537,6 +538,24 @@ def _probs(qt: Tensor, kt: Tensor, mask: Tensor, logits: Tensor, out: Tensor) ->
     return torch.softmax(logits.add_(mask.unsqueeze(1)), dim=-1, out=out)
 
 
+def _fused_attend(qt: Tensor, kt: Tensor, vt: Tensor, mask: Tensor) -> Tensor:
+    """softmax(qt kt^T + mask) vt for a chunk of tiles [cb, ch, n, rows, D] (q already scaled) through
+    scaled_dot_product_attention's fused CPU kernel: ~20% faster than the explicit matmul, softmax,
+    matmul here, with no logits in memory, but no probabilities to keep, so forward-only. The kernel
+    wants 4-D [batch, heads, L, D], so (cb, ch) become its batch and the tiles its heads."""
+    cb, ch, n, rows, dim = qt.shape
+    if mask.shape[0] > 1 and cb > 1:  # per-head masks (RPB) repeat over the chunk's batch items
+        mask = mask.unsqueeze(0).expand(cb, *mask.shape).reshape(cb * ch, *mask.shape[1:])
+    out = F.scaled_dot_product_attention(
+        qt.view(cb * ch, n, rows, dim),
+        kt.view(cb * ch, n, -1, dim),
+        vt.view(cb * ch, n, -1, dim),
+        attn_mask=mask.unsqueeze(1),
+        scale=1.0,
+    )
+    return out.view(qt.shape)
+
+
 def _chunk_shapes(plan: _Plan, piece: _Piece, items, dim: int):
     """Shapes of one chunk's query tiles, key tiles and logits."""
     lead = (items[0].stop - items[0].start, items[1].stop - items[1].start, piece.n_tiles)
@@ -563,11 +582,15 @@ def _tiled_forward(q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float, ke
     masks = _window_mask(plan, kernel_size, q.dtype) if rpb is None else _bias_masks(rpb, plan)
     kept, scratch = [], _scratch(q)
     tiles = scratch if keep != "tiles" else (lambda name, shape: q.new_empty(shape))
+    fused = keep is None and q.device.type == "cpu"
     for piece, items in _chunks(plan, batch, heads, q.device):
         q_shape, k_shape, p_shape = _chunk_shapes(plan, piece, items, dim)
         qt = _gather(q[items], piece, False, tiles("q", q_shape), scale)
         kt = _gather(k[items], piece, True, tiles("k", k_shape))
         vt = _gather(v[items], piece, True, tiles("v", k_shape))
+        if fused:
+            results.put(items, piece, _fused_attend(qt, kt, vt, _mask(masks, rpb, items, piece)))
+            continue
         probs_out = q.new_empty(p_shape) if keep else scratch("p", p_shape)
         probs = _probs(qt, kt, _mask(masks, rpb, items, piece), scratch("logits", p_shape), probs_out)
         results.put(items, piece, torch.matmul(probs, vt, out=scratch("o", q_shape)))
