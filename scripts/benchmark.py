@@ -51,11 +51,12 @@ def emit(record: dict) -> None:
 
 # Matrix products: on the CPU their speed is the machine's, set by the BLAS library and shapes; the rest
 # (gathers, softmax, elementwise work, Python) is what the code around them costs.
+# Fused attention kernels (matrix products with the softmax between them) are counted with them.
 GEMM_OPS = frozenset(
     f"aten.{name}.{overload}"
     for name in ("mm", "addmm", "bmm", "baddbmm", "addbmm")
     for overload in ("default", "out")
-)
+) | {"aten._scaled_dot_product_flash_attention_for_cpu.default"}
 
 
 class _GemmTimer(TorchDispatchMode):
