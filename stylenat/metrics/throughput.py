@@ -56,14 +56,28 @@ def _peak_memory_mb(device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
+def _cpu_fused_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def generator_flops(G, batch: int = 1) -> float:
-    """FLOPs of one G(z) call (mapping + synthesis) as counted by torch's FlopCounterMode (matmuls, attention)."""
+    """FLOPs of one G(z) call (mapping + synthesis) as counted by torch's FlopCounterMode (matmuls, attention),
+    the CPU's fused attention kernel included (torch's counter has no formula for it)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(G.parameters()).device
     z = torch.randn(batch, G.z_dim, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        G(z)
+    fused_cpu = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_fused_attention_flops}
+    trainable = [p for p in G.parameters() if p.requires_grad]
+    try:  # the counter's module tracker cannot hook parameters that require grad under no_grad
+        G.requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=fused_cpu) as counter:
+            G(z)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     return float(counter.get_total_flops())
 
 
