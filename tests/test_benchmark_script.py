@@ -87,7 +87,7 @@ def test_generator_compile_failure_is_reported_not_raised(bench, capsys, monkeyp
     assert record["compile_error"] == "RuntimeError: no C++ compiler here"
 
 
-def test_gemm_ms_times_matrix_products_only(bench):
+def test_gemm_split_times_matrix_products_only(bench):
     import time
 
     a, b = torch.randn(256, 256), torch.randn(4, 256, 256)
@@ -105,11 +105,12 @@ def test_gemm_ms_times_matrix_products_only(bench):
             torch.addmm(a, a, a)
         return time.perf_counter() - start
 
-    assert bench.gemm_ms(elementwise_and_sleep, reps=1) == 0.0
+    assert bench.gemm_split(elementwise_and_sleep, reps=1) == (0.0, 0.0)
     measured = []
-    got = bench.gemm_ms(lambda: measured.append(products_and_sleep()), reps=1)
+    got, share = bench.gemm_split(lambda: measured.append(products_and_sleep()), reps=1)
     products_ms = measured[0] * 1e3
     assert 0.5 * products_ms < got <= products_ms  # the products, not the sleep
+    assert 0.5 * got / (products_ms + 20) < share <= got / (products_ms + 20)  # the call includes the sleep
 
 
 def test_na_records_carry_the_gemm_share():
