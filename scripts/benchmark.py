@@ -104,12 +104,21 @@ def measured_sgemm_gflops(size: int = 2048, reps: int = 5) -> float:
     return 2 * size**3 / min(times[1:]) / 1e9
 
 
+def error_text(err: Exception, limit: int = 500) -> str:
+    return f"{type(err).__name__}: {err}"[:limit]
+
+
+def measure_or_report(measure, on_error, *args) -> dict:
+    """measure(*args), or on_error(*args, err) when it raises, so the other measurements still run."""
+    try:
+        return measure(*args)
+    except Exception as err:  # noqa: BLE001 - e.g. a forced backend that cannot run: report, go on
+        return on_error(*args, err)
+
+
 def _child(measure, on_error, args, queue) -> None:
     tune_cpu_allocator()  # as the entry points do
-    try:
-        queue.put(measure(*args))
-    except Exception as err:  # noqa: BLE001 - e.g. a forced backend that cannot run: report, go on
-        queue.put(on_error(*args, err))
+    queue.put(measure_or_report(measure, on_error, *args))
 
 
 def in_fresh_process(measure, on_error, *args) -> dict:
@@ -262,16 +271,13 @@ def _na_error(args, impl: str, pass_: str, err: Exception) -> dict:
         **_na_header(args, impl, pass_),
         "dilation": args.dilation,
         "device": args.device,
-        "error": f"{type(err).__name__}: {err}"[:500],
+        "error": error_text(err),
     }
 
 
 def _run_isolated(args, impl: str, pass_: str) -> dict:
     if torch.device(args.device).type == "cuda":
-        try:
-            return _na_measure(args, impl, pass_)
-        except Exception as err:  # noqa: BLE001
-            return _na_error(args, impl, pass_, err)
+        return measure_or_report(_na_measure, _na_error, args, impl, pass_)
     return in_fresh_process(_na_measure, _na_error, args, impl, pass_)
 
 
@@ -323,7 +329,7 @@ TRAIN_STEP_MODELS = {
 
 
 def _train_step_error(args, model: str, err: Exception) -> dict:
-    return {"mode": "train-step", "model": model, "error": f"{type(err).__name__}: {err}"[:500]}
+    return {"mode": "train-step", "model": model, "error": error_text(err)}
 
 
 def _train_step_measure(args, model: str) -> dict:
@@ -478,7 +484,7 @@ def _compiled_figures(G, settings: dict, eager: dict) -> dict:
     try:
         compiled = measure_generator_throughput(G, compile=True, **{**settings, "warmup": warmup})
     except Exception as err:  # noqa: BLE001 - inductor/C++ toolchain failures vary: report them
-        return {"compile_error": f"{type(err).__name__}: {err}"[:1000]}
+        return {"compile_error": error_text(err, 1000)}
     finally:
         torch._dynamo.reset()
     batch = settings["batch"]
@@ -600,7 +606,7 @@ def _scaling_measure(args, resolution: int) -> dict:
 
 
 def _scaling_error(args, resolution, err) -> dict:
-    return {"mode": "scaling", "resolution": resolution, "error": f"{type(err).__name__}: {err}"[:500]}
+    return {"mode": "scaling", "resolution": resolution, "error": error_text(err)}
 
 
 def bench_scaling(args) -> None:
@@ -615,10 +621,7 @@ def bench_scaling(args) -> None:
         if args.isolate:  # a fresh process per resolution, so the max RSS is its own
             record = in_fresh_process(_scaling_measure, _scaling_error, args, resolution)
         else:
-            try:
-                record = _scaling_measure(args, resolution)
-            except Exception as err:  # noqa: BLE001 - report and let the other resolutions run
-                record = _scaling_error(args, resolution, err)
+            record = measure_or_report(_scaling_measure, _scaling_error, args, resolution)
         records.append(record)
         emit(record)
     ok = [r for r in records if "error" not in r]

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylenat.models.layers import linear_add, sample_chunks, workspace
+from stylenat.models.layers import affine, affine_chunks, linear_add, workspace
 from stylenat.ops import na2d
 
 
@@ -74,18 +74,11 @@ class HydraNeighborhoodAttention(nn.Module):
         [B, C]: chunk by chunk straight into the projection, so the normalised map is never written out."""
         if scale is None:
             return self.qkv(x)
-        B, H, W, C = x.shape
-        flat, dtype = x.reshape(B, H * W, C), x.dtype
-        weight, bias = self.qkv.weight.t().to(dtype), self.qkv.bias.to(dtype)
+        B, H, W, _ = x.shape
+        weight, bias = self.qkv.weight.t().to(x.dtype), self.qkv.bias.to(x.dtype)
         out = workspace("qkv", (B, H * W, weight.shape[1]), x)  # dies inside this layer's call
-        chunks = sample_chunks(B, H * W, weight.shape[1])
-        inp = x.new_empty(max((s.stop - s.start) * (r.stop - r.start) for s, r in chunks), C)
-        scale, shift = scale.to(dtype)[:, None, :], shift.to(dtype)[:, None, :]
-        for samples, rows in chunks:
-            part = flat[samples, rows]
-            n = part.shape[0] * part.shape[1]
-            h = torch.addcmul(shift[samples], part, scale[samples], out=inp[:n].view(part.shape))
-            torch.addmm(bias, h.view(n, C), weight, out=out[samples, rows].view(n, -1))
+        for samples, rows, _, inputs in affine_chunks(x, weight.shape[1], scale, shift):
+            torch.addmm(bias, inputs, weight, out=out[samples, rows].view(inputs.shape[0], -1))
         return out.view(B, H, W, -1)
 
     def _attend(self, x, scale=None, shift=None):
@@ -156,8 +149,8 @@ class MultiHeadSelfAttentionRPB(nn.Module):
     @torch.no_grad()
     def add_to(self, x, scale, shift, inplace=False):
         """x + self(x * scale + shift) for per-sample scale, shift [B, C], without autograd (inplace: into x)."""
-        h = torch.addcmul(shift[:, None, None, :].to(x.dtype), x, scale[:, None, None, :].to(x.dtype))
-        return x.add_(self(h)) if inplace else x + self(h)
+        h = self(affine(x, scale, shift))
+        return x.add_(h) if inplace else x + h
 
     def forward(self, x):
         B, H, W, C = x.shape

@@ -588,11 +588,12 @@ def _tiled_forward(q, k, v, rpb, plan: _Plan, kernel_size: int, scale: float, ke
         qt = _gather(q[items], piece, False, tiles("q", q_shape), scale)
         kt = _gather(k[items], piece, True, tiles("k", k_shape))
         vt = _gather(v[items], piece, True, tiles("v", k_shape))
+        mask = _mask(masks, rpb, items, piece)
         if fused:
-            results.put(items, piece, _fused_attend(qt, kt, vt, _mask(masks, rpb, items, piece)))
+            results.put(items, piece, _fused_attend(qt, kt, vt, mask))
             continue
         probs_out = q.new_empty(p_shape) if keep else scratch("p", p_shape)
-        probs = _probs(qt, kt, _mask(masks, rpb, items, piece), scratch("logits", p_shape), probs_out)
+        probs = _probs(qt, kt, mask, scratch("logits", p_shape), probs_out)
         results.put(items, piece, torch.matmul(probs, vt, out=scratch("o", q_shape)))
         if keep:
             kept.append(((qt, kt, vt) if keep == "tiles" else None, probs))
