@@ -26,7 +26,7 @@ from torch import nn
 
 from stylenat.training import checkpoint as ckpt
 from stylenat.training import distributed as dist
-from stylenat.training.augment import diff_augment
+from stylenat.training.augment import AdaptiveAugment, FixedDiffAugment, diff_augment, to_device
 from stylenat.training.config import check_config, resolve_config
 from stylenat.training.ema import ema_beta, make_ema, update_ema
 from stylenat.training.guard import DivergenceError, RollbackPoint, StopSignals, all_finite, nonfinite_report
@@ -35,7 +35,7 @@ from stylenat.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-LOSS_KEYS = ("d_loss", "g_loss", "bcr", "d_real", "d_fake")
+LOSS_KEYS = ("d_loss", "g_loss", "bcr", "d_real", "d_fake", "ada_rt")
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -73,7 +73,43 @@ def prepare_run(cfg, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
     if state is not None:
         ckpt.check_compatible(state, config, resume_path)
     dataset = build_training_dataset(config) if with_data else None
+    opts = resolve_auto_options(opts, config, dataset)
     return RunSetup(config, opts, env, run_dir, resume_path, state, dataset, unreadable)
+
+
+def resolve_auto_options(opts: TrainOptions, config: dict, dataset) -> TrainOptions:
+    """Replace ``auto`` train values (R1 gamma, augmentation) once the data set's size is known; the
+    resolved values go into the run's config (config.yaml, the training state) and the log."""
+    num_images = getattr(dataset, "num_images", None)
+    resolved = opts.resolve_auto(int(config["model"]["resolution"]), num_images)
+    for key in ("r1_gamma", "augment"):
+        before, after = getattr(opts, key), getattr(resolved, key)
+        if before != after:
+            config["train"][key] = after
+            log.info(
+                "train.%s=auto -> %s (%s images at %d px)",
+                key,
+                after,
+                num_images,
+                config["model"]["resolution"],
+            )
+    return resolved
+
+
+def build_augment(opts: TrainOptions, normalization: str):
+    """The augmentation of every image D sees (``train.augment``), or None."""
+    if opts.augment == "ada":
+        return AdaptiveAugment(
+            opts.ada_ops,
+            normalization,
+            p=opts.augment_p,
+            target=opts.ada_target,
+            interval=opts.ada_interval,
+            kimg=opts.ada_kimg,
+        )
+    if opts.augment == "diffaugment":
+        return FixedDiffAugment(opts.diffaugment_ops)
+    return None
 
 
 def build_training_dataset(config: dict):
@@ -180,6 +216,11 @@ class Trainer:
             dist.broadcast_module(self.D)
             self.G_ema.load_state_dict(self.G.state_dict())
         self.G_fwd, self.D_fwd = self._maybe_compile()
+        self.augment = build_augment(opts, self.config["model"].get("output_normalization", "imagenet"))
+        # ADA's running sum of sign(D(real)) and its count since p last moved (on the device: no sync)
+        self.ada_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if setup.state is not None:
+            self._load_augment_state(setup.state.get("augment"))
         self.dataset = setup.dataset
         if stream is None:
             if self.dataset is None:
@@ -190,7 +231,9 @@ class Trainer:
         self.rollback = None
         if opts.nonfinite != "off":
             self.rollback = RollbackPoint(
-                [self.G, self.D, self.G_ema], [self.opt_G, self.opt_D], [self.stats.sums, self.stats.counts]
+                [self.G, self.D, self.G_ema],
+                [self.opt_G, self.opt_D],
+                [self.stats.sums, self.stats.counts, self.ada_sums],
             )
         self.rollbacks_in_a_row = 0
 
@@ -238,7 +281,19 @@ class Trainer:
             "model_config": self.G.model_config,
             "config": self.config,
             "logger": {"wandb_id": self.wandb_id},
+            "augment": self._augment_state(),
         }
+
+    def _augment_state(self) -> dict | None:
+        if not isinstance(self.augment, AdaptiveAugment):
+            return None
+        return {**self.augment.state_dict(), "sums": self.ada_sums.tolist()}
+
+    def _load_augment_state(self, state: dict | None) -> None:
+        if state is None or not isinstance(self.augment, AdaptiveAugment):
+            return
+        self.augment.load_state_dict(state)
+        self.ada_sums.copy_(torch.tensor(state["sums"], dtype=torch.float64))
 
     def load_state_dict(self, state: dict) -> None:
         """Restore networks, optimizers, counters and (same world size) this rank's RNG."""
@@ -290,7 +345,7 @@ class Trainer:
 
     def _latents(self, step: int, r: int, purpose: str) -> tuple[torch.Tensor, torch.Generator]:
         g = self.random(step, r, purpose)
-        z = torch.randn(self.batch_gpu, self.G.z_dim, generator=g).to(self.device)
+        z = to_device(torch.randn(self.batch_gpu, self.G.z_dim, generator=g), self.device)
         return z, g
 
     def _mapping(self, z: torch.Tensor, g: torch.Generator, update_w_avg: bool) -> torch.Tensor:
@@ -299,11 +354,17 @@ class Trainer:
         if self.opts.style_mixing > 0:
             cutoff = int(torch.randint(1, ws.shape[1], (), generator=g))
             mix = float(torch.rand((), generator=g)) < self.opts.style_mixing
-            z2 = torch.randn(z.shape, generator=g).to(z.device)
+            z2 = to_device(torch.randn(z.shape, generator=g), z.device)
             if mix:
                 ws2 = self.G.mapping(z2)
                 ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
+
+    def _augmented(self, images: torch.Tensor, r: int, purpose: str) -> torch.Tensor:
+        """``images`` as D sees them: through ``train.augment`` (ADA / DiffAugment), differentiably."""
+        if self.augment is None:
+            return images
+        return self.augment(images, self.random(self.step_index, r, purpose))
 
     def d_step(self, reals: list[torch.Tensor]) -> None:
         """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks."""
@@ -315,6 +376,8 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 fake = self.G_fwd(self._mapping(z, g, update_w_avg=False))
             with self._autocast():
+                fake = self._augmented(fake, r, "augment_fake")
+                real = self._augmented(real, r, "augment_real")
                 fake_logits = self.D_fwd(fake)
                 real_logits = self.D_fwd(real)
                 loss = d_logistic_loss(real_logits, fake_logits)
@@ -333,14 +396,19 @@ class Trainer:
             self.stats.add("d_loss", loss)
             self.stats.add("d_real", real_logits.float().mean())
             self.stats.add("d_fake", fake_logits.float().mean())
+            signs = real_logits.detach().float().sign()
+            self.stats.add("ada_rt", signs.mean())
+            self.ada_sums += torch.stack(
+                [signs.sum(), torch.tensor(float(signs.numel()), device=signs.device)]
+            )
         self._optimizer_step(self.D, self.opt_D, opts.d_clip_grad)
 
     def r1_step(self, reals: list[torch.Tensor]) -> None:
         """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D is eager here)."""
         self.D.requires_grad_(True)
-        for real in reals:
+        for r, real in enumerate(reals):
             real = real.detach().requires_grad_(True)
-            penalty = r1_penalty(self.D(real), real)
+            penalty = r1_penalty(self.D(self._augmented(real, r, "augment_r1")), real)
             (self.opts.r1_gamma / 2 * penalty * self.opts.r1_every / len(reals)).backward()
             self.stats.add("r1", penalty)
         self._optimizer_step(self.D, self.opt_D, None)
@@ -354,7 +422,7 @@ class Trainer:
             z, g = self._latents(step, r, "g_latent")
             with self._autocast():
                 ws = self._mapping(z, g, update_w_avg=True)
-                loss = g_nonsaturating_loss(self.D_fwd(self.G_fwd(ws)))
+                loss = g_nonsaturating_loss(self.D_fwd(self._augmented(self.G_fwd(ws), r, "augment_g")))
             (loss / self.rounds).backward()
             self.stats.add("g_loss", loss)
         self._optimizer_step(self.G, self.opt_G, self.opts.g_clip_grad)
@@ -368,8 +436,22 @@ class Trainer:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def _adjust_augment(self) -> None:
+        """ADA: every ``ada_interval`` steps move p by the mean sign(D(real)) since the last move.
+
+        Runs at the start of a step, before the rollback point is captured, so undoing a step never
+        has to undo p; one host sync per interval.
+        """
+        if not isinstance(self.augment, AdaptiveAugment) or self.step_index % self.opts.ada_interval:
+            return
+        total, count = dist.all_reduce_mean(self.ada_sums).tolist()
+        if count > 0:
+            self.augment.adjust(total / count, images=round(count * self.env.world_size))
+        self.ada_sums.zero_()
+
     def step(self) -> None:
         """One D step (+ lazy R1) and one G step on ``batch`` images, then G_ema; advances the counters."""
+        self._adjust_augment()
         if self.rollback is not None:
             self.rollback.capture()
         self._apply_lr()

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
-from stylenat.training.augment import AUGMENT_OPS, check_ops
+from stylenat.training.augment import ADA_OPS, AUGMENT_MODES, AUGMENT_OPS, check_ada_ops, check_ops
 
 AMP_MODES = (False, "bf16")
+AUTO = "auto"
+# train.augment=auto turns ADA on for data sets with fewer images than this (x-flips not counted): the
+# ADA paper's FFHQ subsets gained from ADA up to 70k images and much more below ~30k; above ~50k bCR
+# alone (the paper recipe) is the safer default for the transformer G.
+ADA_AUTO_BELOW_IMAGES = 50_000
+
+
+def auto_r1_gamma(resolution: int, batch: int) -> float:
+    """StyleGAN2-ADA's heuristic R1 weight: 0.0002 x resolution^2 / batch (e.g. 0.013 at 32^2, batch 16)."""
+    return 0.0002 * resolution**2 / batch
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,13 @@ class TrainOptions:
     bcr_real: float
     bcr_fake: float
     bcr_augment: tuple
+    augment: str
+    augment_p: float
+    ada_target: float
+    ada_interval: int
+    ada_kimg: float | None
+    ada_ops: tuple
+    diffaugment_ops: tuple
     d_clip_grad: float | None
     g_clip_grad: float | None
     style_mixing: float
@@ -68,7 +85,7 @@ class TrainOptions:
         if missing:
             raise ValueError(f"missing key train.{missing[0]}")
         values = dict(cfg)
-        for key in ("betas", "bcr_augment", "sample_grid", "metrics"):
+        for key in ("betas", "bcr_augment", "ada_ops", "diffaugment_ops", "sample_grid", "metrics"):
             v = values[key]
             if v is not None and (isinstance(v, (str, bytes, Mapping)) or not hasattr(v, "__iter__")):
                 raise ValueError(f"train.{key}={v!r}: expected a list")
@@ -134,7 +151,8 @@ class TrainOptions:
         need(
             isinstance(self.d_lr_decay_uncorrected, bool), "d_lr_decay_uncorrected", "expected true or false"
         )
-        number("r1_gamma")
+        if self.r1_gamma != AUTO:
+            number("r1_gamma")
         integer("r1_every", 1)
         number("bcr_real")
         number("bcr_fake")
@@ -145,6 +163,34 @@ class TrainOptions:
             f"unknown op {unknown_ops[:1]}; expected a subset of {list(AUGMENT_OPS)}",
         )
         check_ops(self.bcr_augment)
+        need(
+            self.augment in (*AUGMENT_MODES, AUTO),
+            "augment",
+            f"expected one of {', '.join((*AUGMENT_MODES, AUTO))}",
+        )
+        need(
+            is_number(self.augment_p) and 0.0 <= self.augment_p <= 1.0,
+            "augment_p",
+            "expected a probability in [0, 1]",
+        )
+        need(
+            is_number(self.ada_target) and 0.0 <= self.ada_target <= 1.0,
+            "ada_target",
+            "expected a value in [0, 1]",
+        )
+        integer("ada_interval", 1)
+        number("ada_kimg", strict=True, allow_none=True)
+        unknown_ada = [o for o in self.ada_ops if o not in ADA_OPS]
+        need(
+            not unknown_ada, "ada_ops", f"unknown op {unknown_ada[:1]}; expected a subset of {list(ADA_OPS)}"
+        )
+        check_ada_ops(self.ada_ops)
+        unknown_diff = [o for o in self.diffaugment_ops if o not in AUGMENT_OPS]
+        need(
+            not unknown_diff,
+            "diffaugment_ops",
+            f"unknown op {unknown_diff[:1]}; expected a subset of {list(AUGMENT_OPS)}",
+        )
         number("d_clip_grad", strict=True, allow_none=True)
         number("g_clip_grad", strict=True, allow_none=True)
         need(
@@ -206,6 +252,18 @@ class TrainOptions:
 
     # ------------------------------------------------------------------ derived quantities
 
+    def resolve_auto(self, resolution: int, num_images: int | None) -> TrainOptions:
+        """These options with ``auto`` values replaced: ``r1_gamma`` from the resolution and batch
+        (``auto_r1_gamma``), ``augment`` from the data set's size (ADA below ``ADA_AUTO_BELOW_IMAGES``
+        images; none when the size is unknown)."""
+        changes = {}
+        if self.r1_gamma == AUTO:
+            changes["r1_gamma"] = auto_r1_gamma(resolution, self.batch)
+        if self.augment == AUTO:
+            small = num_images is not None and num_images < ADA_AUTO_BELOW_IMAGES
+            changes["augment"] = "ada" if small else "none"
+        return replace(self, **changes) if changes else self
+
     def per_gpu_batch(self, world_size: int) -> int:
         """Images per forward pass per process."""
         return self.batch_per_gpu if self.batch_per_gpu is not None else max(1, self.batch // world_size)
@@ -227,7 +285,7 @@ class TrainOptions:
     @property
     def lazy_r1_ratio(self) -> float:
         """c = r1_every / (r1_every + 1): the lazy-regularisation correction of D's lr and betas."""
-        return self.r1_every / (self.r1_every + 1) if self.r1_gamma > 0 else 1.0
+        return self.r1_every / (self.r1_every + 1) if self.r1_gamma != 0 else 1.0
 
     @property
     def generator_lr(self) -> float:
@@ -257,3 +315,9 @@ class TrainOptions:
     @property
     def total_images(self) -> int:
         return int(round(self.total_kimg * 1000))
+
+    def end_images(self, images_seen: int = 0) -> int:
+        """Where a run from ``images_seen`` really stops: it takes whole steps of ``batch`` images until
+        ``total_images`` is reached, so it ends at the first step boundary at or past it."""
+        remaining = max(0, self.total_images - images_seen)
+        return images_seen + math.ceil(remaining / self.batch) * self.batch
