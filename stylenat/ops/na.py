@@ -11,8 +11,10 @@ CUDA, and torch on every other device):
   scaled_dot_product_attention with a float mask, and the RPB gradient is just the summed logit
   gradient); the backward recomputes the probabilities unless they are small, so nothing of size
   tokens x halo outlives a chunk.
-* ``natten``: NATTEN's fused CUDA kernels (``natten.na2d``, natten >= 0.20) when natten imports, the
-  tensors are on CUDA and no RPB is given (NATTEN >= 0.20 has no RPB).
+* ``natten``: NATTEN's fused CUDA kernels (``natten.na2d``, natten >= 0.20 built with its CUDA library,
+  ``natten.HAS_LIBNATTEN``) when natten imports, the tensors are on CUDA and no RPB is given (NATTEN >= 0.20
+  has no RPB). Any other install (0.17's submodule ``natten.na2d``, a build without libnatten, whose
+  fallback is a dense score matrix) counts as unavailable, the reason in the backend log line.
 * ``flex``: ``torch.nn.attention.flex_attention`` compiled into a block-sparse fused kernel, RPB supported
   (``stylenat.ops.na_flex``). Forward and backward on CUDA; forward only on the CPU (one C++ compile per
   problem shape), so "auto" never picks it there, and forcing it where it cannot run raises.
@@ -26,6 +28,7 @@ product of the two axis windows; the RPB index of a key is (key - query) in grou
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import math
 import os
@@ -699,15 +702,61 @@ def _needs_grad(*tensors) -> bool:
 # ----------------------------------------------------------------------------------------------------
 
 
+# The first NATTEN whose ``natten.na2d`` is the op (heads-last [B, H, W, heads, D], no RPB); in 0.17
+# ``natten.na2d`` is a submodule (the op lived in natten.functional with another signature).
+NATTEN_MIN_VERSION = (0, 20)
+
+
+def _version_tuple(version: str) -> tuple[int, ...] | None:
+    """(major, minor, ...) of a version string such as "0.21.0+torch280cu128", or None."""
+    parts = []
+    for piece in str(version).split("+")[0].split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) if parts else None
+
+
+def _natten_has_libnatten(natten) -> bool:
+    """Whether this NATTEN install has its compiled CUDA library. NATTEN >= 0.20 says so in
+    ``natten.HAS_LIBNATTEN`` (natten/_environment.py, re-exported by the package: True when the compiled
+    ``natten.libnatten`` extension imports). Without that flag, the extension importing is the test. An
+    install without libnatten still imports and runs its own uncompiled flex fallback, which builds a dense
+    L x L score matrix (~17 GB per head at 256x256): never a backend to pick."""
+    flag = getattr(natten, "HAS_LIBNATTEN", None)
+    if flag is not None:
+        return bool(flag)
+    try:
+        importlib.import_module("natten.libnatten")
+    except (ImportError, OSError):
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=1)
 def _natten_import():
-    """(natten, None) when natten >= 0.20 imports, else (None, why not). Imported lazily, once."""
+    """(natten, None) when a NATTEN >= 0.20 with its CUDA library imports, else (None, why not), the reason
+    one line. Imported lazily, once."""
     try:
         import natten
     except (ImportError, OSError) as err:  # OSError: a build that does not match the CUDA/torch libs
-        return None, f"natten does not import ({type(err).__name__}: {err})"
-    if not hasattr(natten, "na2d"):
-        return None, f"natten {getattr(natten, '__version__', '?')} is too old (needs >= 0.20)"
+        return None, f"natten does not import ({type(err).__name__}: {str(err).strip().splitlines()[0]})"
+    version = getattr(natten, "__version__", "?")
+    parsed = _version_tuple(version)
+    if parsed is None or parsed < NATTEN_MIN_VERSION:
+        return None, f"natten {version} is too old (needs >= 0.20, whose natten.na2d is the fused op)"
+    if not callable(getattr(natten, "na2d", None)):
+        return None, f"natten {version} has no callable natten.na2d"
+    if not _natten_has_libnatten(natten):
+        return None, (
+            f"natten {version} was built without its CUDA library libnatten (natten.HAS_LIBNATTEN is not "
+            "True): its fallback would materialise a dense L x L score matrix"
+        )
     return natten, None
 
 
@@ -818,7 +867,13 @@ def na2d(
     chosen = _resolve_backend(backend, q, k, v, rpb)
     if chosen not in _logged_backends:
         _logged_backends.add(chosen)
-        logger.info("na2d: using the %s backend (first call on %s)", chosen, q.device.type)
+        why_not = _natten_import()[1] if chosen != "natten" and q.device.type == "cuda" else None
+        logger.info(
+            "na2d: using the %s backend (first call on %s%s)",
+            chosen,
+            q.device.type,
+            f"; natten unavailable: {why_not}" if why_not else "",
+        )
     if chosen == "torch":
         return _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, out=out)
     if chosen == "natten":
