@@ -64,8 +64,15 @@ def _cpu_fused_attention_flops(query_shape, key_shape, value_shape, *args, **kwa
 
 def generator_flops(G, batch: int = 1) -> float:
     """FLOPs of one G(z) call (mapping + synthesis) as counted by torch's FlopCounterMode (matmuls, attention),
-    the CPU's fused attention kernel included (torch's counter has no formula for it)."""
+    the CPU's fused attention kernel included (torch's counter has no formula for it).
+
+    Neighborhood attention is counted as the torch backend computes it (query tiles against their key
+    halos: the same count on every device), whichever backend the model would pick: under the counter
+    the compiled flex kernel cannot run (its frame is skipped and the flex op has no implementation for
+    the counter's mode), and flex's or NATTEN's own counts would not match the torch backend's anyway."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from stylenat.ops.na import backend_override
 
     device = next(G.parameters()).device
     z = torch.randn(batch, G.z_dim, device=device)
@@ -73,7 +80,8 @@ def generator_flops(G, batch: int = 1) -> float:
     trainable = [p for p in G.parameters() if p.requires_grad]
     try:  # the counter's module tracker cannot hook parameters that require grad under no_grad
         G.requires_grad_(False)
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=fused_cpu) as counter:
+        counting = FlopCounterMode(display=False, custom_mapping=fused_cpu)
+        with backend_override("torch"), torch.no_grad(), counting as counter:
             G(z)
     finally:
         for p in trainable:

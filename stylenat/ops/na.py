@@ -27,6 +27,7 @@ product of the two axis windows; the RPB index of a key is (key - query) in grou
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -59,6 +60,7 @@ _GPU_CHUNK_ELEMS = 1 << 27
 _KEEP_BYTES = 256 << 20
 
 _logged_backends: set[str] = set()
+_override = threading.local()  # backend_override's backend, per thread
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -789,6 +791,21 @@ def _na2d_natten(q, k, v, kernel_size, dilation, scale):
 # ----------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def backend_override(name: str):
+    """Inside the block every na2d call of this thread uses backend ``name``, whatever it asks for (an
+    explicit backend, "auto", STYLENAT_NA_BACKEND): for measurements that need one implementation on every
+    device, such as FLOP counting (under torch's FlopCounterMode the compiled flex kernel cannot run)."""
+    if name not in BACKENDS or name == "auto":
+        raise ValueError(f"backend_override needs a concrete backend, one of torch, natten, flex; got {name!r}")
+    previous = getattr(_override, "backend", None)
+    _override.backend = name
+    try:
+        yield
+    finally:
+        _override.backend = previous
+
+
 def available_backends(device: str | torch.device = "cpu", grad: bool = True) -> list[str]:
     """Backends that can run on ``device`` (without RPB): forward and backward, or with ``grad=False``
     forward only too (flex attention compiles a forward-only kernel on the CPU)."""
@@ -864,7 +881,7 @@ def na2d(
         if _needs_grad(q, k, v, rpb):
             raise RuntimeError("na2d(out=...) does not support autograd; call it without out")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    chosen = _resolve_backend(backend, q, k, v, rpb)
+    chosen = _resolve_backend(getattr(_override, "backend", None) or backend, q, k, v, rpb)
     if chosen not in _logged_backends:
         _logged_backends.add(chosen)
         why_not = _natten_import()[1] if chosen != "natten" and q.device.type == "cuda" else None

@@ -418,3 +418,16 @@ def test_torch_backend_half_precision_on_cuda(dtype):
     got = na2d(q.to(dtype), k.to(dtype), v.to(dtype), 7, 4, rpb=rpb.to(dtype), backend="torch")
     assert got.dtype == dtype
     torch.testing.assert_close(got.float(), na2d_reference(q, k, v, 7, 4, rpb), rtol=3e-2, atol=3e-2)
+
+
+def test_backend_override_wins_over_the_requested_backend(monkeypatch):
+    q, k, v = _small()
+    monkeypatch.setenv(ENV_VAR, "natten")
+    with na_module.backend_override("torch"):
+        torch.testing.assert_close(na2d(q, k, v, 3, backend="natten"), na2d_reference(q, k, v, 3))
+        torch.testing.assert_close(na2d(q, k, v, 3), na2d_reference(q, k, v, 3))
+    with pytest.raises(RuntimeError, match="'natten' is unavailable"):  # restored on exit
+        na2d(q, k, v, 3)
+    with pytest.raises(ValueError, match="concrete backend"):
+        with na_module.backend_override("auto"):
+            pass
