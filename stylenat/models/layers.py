@@ -52,18 +52,19 @@ class PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
-# Elements per chunk of the chunked no-grad paths below: a chunk's product stays in the CPU's L2/L3 cache
-# instead of streaming full-map temporaries through memory, and is still large enough for an efficient
-# matrix product (2 threads: ~1.3x the throughput of one full-map projection at 128 or 256 channels).
-CHUNK_ELEMS = 1 << 20
+# Elements per chunk of the chunked no-grad paths below, which run on the CPU only (see fast_path): a
+# chunk's product stays in the CPU's L2/L3 cache instead of streaming full-map temporaries through memory,
+# and is still large enough for an efficient matrix product (2 threads: ~1.3x the throughput of one
+# full-map projection at 128 or 256 channels). On a GPU the same loops would be many tiny launches.
+CPU_CHUNK_ELEMS = 1 << 20
 # The statistics pass only streams: smaller chunks, fewer cache misses.
-_STATS_CHUNK_ELEMS = 1 << 18
+_CPU_STATS_CHUNK_ELEMS = 1 << 18
 
 
 def row_chunks(rows: int, width: int, budget: int | None = None):
-    """Slices of ``rows`` rows, each about ``budget`` (default CHUNK_ELEMS) elements of ``width`` columns
-    (at least 64 rows)."""
-    step = max(64, (CHUNK_ELEMS if budget is None else budget) // max(width, 1))
+    """Slices of ``rows`` rows, each about ``budget`` (default CPU_CHUNK_ELEMS) elements of ``width``
+    columns (at least 64 rows)."""
+    step = max(64, (CPU_CHUNK_ELEMS if budget is None else budget) // max(width, 1))
     return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
@@ -96,10 +97,10 @@ def release_workspaces() -> None:
 
 def sample_chunks(batch: int, rows: int, width: int, budget: int | None = None):
     """(samples, rows) slice pairs covering a [batch, rows, width] map in chunks of about ``budget``
-    (default CHUNK_ELEMS) elements that never split a sample unless it is larger than a chunk: whole
+    (default CPU_CHUNK_ELEMS) elements that never split a sample unless it is larger than a chunk: whole
     samples together for small maps (one larger matrix product instead of one per sample), else row
     chunks of one sample. The [samples, rows] block of a contiguous map is then a contiguous run of rows."""
-    step = max(64, (CHUNK_ELEMS if budget is None else budget) // max(width, 1))
+    step = max(64, (CPU_CHUNK_ELEMS if budget is None else budget) // max(width, 1))
     if rows >= step:
         return [(slice(b, b + 1), r) for b in range(batch) for r in row_chunks(rows, width, budget)]
     per = max(1, step // rows)
@@ -135,11 +136,13 @@ def affine_chunks(x, width, scale=None, shift=None):
 
 
 def fast_path(x) -> bool:
-    """Whether the hand-fused no-autograd paths of the generator apply to the map x: grad mode off, not
+    """Whether the hand-fused no-autograd paths of the generator apply to the map x: on the CPU (their
+    cache-sized chunk loops would be hundreds of tiny launches per block on a GPU), grad mode off, not
     inside torch.compile (which gets the plain ops, to fuse its own way), no autocast (whose casts the
     plain ops keep), float32/float64 and contiguous."""
     return (
-        not torch.is_grad_enabled()
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled(x.device.type)
         and x.dtype in (torch.float32, torch.float64)
@@ -155,7 +158,7 @@ def token_stats(x):
     flat = x.reshape(batch, -1, channels)
     mean = flat.mean(dim=1, dtype=torch.float32)
     sq = torch.zeros_like(mean)
-    chunks = row_chunks(flat.shape[1], batch * channels, _STATS_CHUNK_ELEMS)
+    chunks = row_chunks(flat.shape[1], batch * channels, _CPU_STATS_CHUNK_ELEMS)
     buf = mean.new_empty(batch, chunks[0].stop, channels)
     for rows in chunks:
         centred = torch.sub(flat[:, rows], mean[:, None], out=buf[:, : rows.stop - rows.start])

@@ -264,7 +264,7 @@ def test_sample_chunks_cover_every_row_once():
 def test_chunked_mlp_and_upsample_match_plain(monkeypatch, budget):
     import stylenat.models.layers as layers
 
-    monkeypatch.setattr(layers, "CHUNK_ELEMS", budget)  # many chunks with a partial last one, or one
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMS", budget)  # many chunks with a partial last one, or one
     G = tiny().eval()
     mlp, up = G.stages[3].blocks[1].mlp, G.stages[2].upsample
     up.alpha.data.fill_(0.3)
