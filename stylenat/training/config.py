@@ -7,6 +7,7 @@ run dir is ours (``run_dir``), identical on every torchrun rank, with no ``.hydr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -183,6 +184,24 @@ def setup_logging(rank: int) -> None:
     )
 
 
+@contextlib.contextmanager
+def console_above_progress():
+    """While the tqdm bar is shown, console log records and Python warnings print above it, not through it.
+
+    The root logger's stderr/stdout handlers write through ``tqdm.write`` (which clears and redraws the
+    bar); warnings go through logging (``py.warnings``), so they take the same path. Handlers to files
+    (``train.log``) are left alone.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logging.captureWarnings(True)
+    try:
+        with logging_redirect_tqdm():
+            yield
+    finally:
+        logging.captureWarnings(False)
+
+
 def cli_main(config_dir: Path, argv: list[str]) -> int:
     """``train.py``: parse flags, compose, train. Returns the exit status."""
     flags = [a for a in argv if a.startswith("-")]
@@ -200,13 +219,11 @@ def cli_main(config_dir: Path, argv: list[str]) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     check_config(resolve_config(cfg))  # fail fast: before any data is read or network built
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from stylenat.training.distributed import env_rank
     from stylenat.training.loop import train
 
     setup_logging(env_rank())
-    with logging_redirect_tqdm():
+    with console_above_progress():
         train(cfg)
     return 0
 

@@ -43,6 +43,7 @@ class RunOutputs:
         self._handler = None
         self.grid_z = None
         self.saved_state_at: int | None = None
+        self.stopped = False  # a stop signal ended the run early
 
     # context ---------------------------------------------------------------------------------------
 
@@ -67,7 +68,9 @@ class RunOutputs:
                 t.wandb_id = sink.run_id
                 self.sinks.append(sink)
             self.progress = Progress(
-                t.opts.total_kimg, t.images_seen / 1000, bool(t.config["logger"].get("progress", True))
+                t.opts.end_images(t.images_seen) / 1000,
+                t.images_seen / 1000,
+                bool(t.config["logger"].get("progress", True)),
             )
             cols, rows = t.opts.sample_grid
             self.grid_z = grid_latents(t.seed, cols * rows, t.G.z_dim)
@@ -91,13 +94,52 @@ class RunOutputs:
         return None
 
     def __exit__(self, exc_type, *exc) -> None:
+        curves = self._plot_curves() if self.main and exc_type is None else None
         for sink in self.sinks:
             sink.close(failed=exc_type is not None)
         if self.progress is not None:
             self.progress.close()
+        if self.main and exc_type is None:
+            self._log_where(curves)
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
             self._handler.close()
+
+    def _plot_curves(self) -> Path | None:
+        """curves.png from log.jsonl at the end of a run (``logger.plots``), also sent to the sinks. A
+        failure costs only the figure: it is logged and the run ends normally."""
+        t = self.t
+        if not t.config["logger"].get("plots", True):
+            return None
+        try:
+            from stylenat.training.curves import plot_run
+
+            path = plot_run(t.run_dir)
+            for sink in self.sinks:
+                sink.log_figure(path, t.step_index)
+        except Exception as err:  # a figure must never fail the run
+            log.warning("could not plot the learning curves: %s: %s", type(err).__name__, err)
+            return None
+        return path
+
+    def _log_where(self, curves: Path | None) -> None:
+        """The last line of a run: where its directory, latest sample grid and curves are."""
+        t = self.t
+        grids = ckpt.list_artifacts(t.run_dir, ckpt.SAMPLES_PREFIX)
+        if curves is not None:
+            curves_text = str(curves)
+        elif t.config["logger"].get("plots", True):
+            curves_text = "not plotted (see the warning above)"
+        else:
+            curves_text = f"off (logger.plots=false; python scripts/plot_run.py {t.run_dir})"
+        log.info(
+            "%s at %.3f kimg: run dir %s; final grid %s; curves %s",
+            "stopped" if self.stopped else "finished",
+            t.images_seen / 1000,
+            t.run_dir,
+            grids[-1][1] if grids else "none",
+            curves_text,
+        )
 
     # per step --------------------------------------------------------------------------------------
 
@@ -250,6 +292,7 @@ class RunOutputs:
     def stop(self, reason: str) -> None:
         """A stop signal: save a state at this step boundary (collective) and say how to continue."""
         path = self.save_state_now()
+        self.stopped = True
         self.log_event({"event": "stop", "reason": reason})
         log.warning(
             "stopped by %s at %.3f kimg; saved %s: run the same command to resume",

@@ -37,6 +37,9 @@ class JsonlSink:
     def log_image(self, path: Path, step: int) -> None:
         """Images stay in the run dir; nothing to add to the log."""
 
+    def log_figure(self, path: Path, step: int) -> None:
+        """The curves stay in the run dir too."""
+
     def close(self, failed: bool = False) -> None:
         self._fh.close()
 
@@ -110,30 +113,42 @@ class WandbSink:
         if self.log_images:
             self.run.log({"samples": self._wandb.Image(str(path), caption=Path(path).name)}, step=step)
 
+    def log_figure(self, path: Path, step: int) -> None:
+        """The learning curves (``curves.png``), always (``logger.plots`` decides whether they exist)."""
+        self.run.log({"curves": self._wandb.Image(str(path), caption=Path(path).name)}, step=step)
+
     def close(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)
 
 
 class Progress:
-    """tqdm bar in kimg on rank 0 (stderr); shows the latest losses as its postfix."""
+    """tqdm bar in kimg on rank 0 (stderr); shows the latest losses as its postfix.
+
+    ``total_kimg`` is where the run really ends (``TrainOptions.end_images``). The bar counts whole
+    images and shows them scaled to kimg, so float sums never overshoot the total (no TqdmWarning,
+    no negative ETA).
+    """
 
     def __init__(self, total_kimg: float, start_kimg: float, enabled: bool = True):
         from tqdm import tqdm
 
+        self.total = _images(total_kimg)
+        self._images = min(_images(start_kimg), self.total)
         self.bar = tqdm(
-            total=round(total_kimg, 3),
-            initial=round(start_kimg, 3),
+            total=self.total,
+            initial=self._images,
             unit="kimg",
+            unit_scale=0.001,
             dynamic_ncols=True,
             mininterval=1.0,
             disable=not enabled,
             bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
         )
-        self._kimg = start_kimg
 
     def update(self, kimg: float, postfix: Mapping | None = None) -> None:
-        self.bar.update(round(kimg - self._kimg, 6))
-        self._kimg = kimg
+        images = min(_images(kimg), self.total)
+        self.bar.update(images - self._images)
+        self._images = images
         if postfix:
             self.bar.set_postfix(
                 {k: f"{v:.3g}" for k, v in postfix.items() if isinstance(v, float)}, refresh=False
@@ -141,6 +156,10 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _images(kimg: float) -> int:
+    return int(round(kimg * 1000))
 
 
 def file_log_handler(run_dir: Path) -> logging.Handler:

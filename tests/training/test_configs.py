@@ -143,6 +143,7 @@ def _documented_keys(path):
         ("dataset/demo.yaml", None),
         ("logger/jsonl.yaml", "logger"),
         ("logger/wandb.yaml", "logger"),
+        ("evaluate_run.yaml", None),
     ],
 )
 def test_every_key_is_documented_where_it_is_defined(path, section):

@@ -19,3 +19,5 @@ def test_wandb_offline_writes_run_files(tmp_path):
     run_id = load_state(find_latest_state(run))["logger"]["wandb_id"]
     assert run_id and runs[0].name.endswith(run_id)
     assert (run / "log.jsonl").is_file()  # the jsonl log is always written
+    assert (run / "curves.png").is_file()  # logger.plots: the end-of-run curves, uploaded as an image too
+    assert list(runs[0].glob("files/media/images/curves_*.png")), list(runs[0].rglob("*.png"))
