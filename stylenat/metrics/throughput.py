@@ -7,6 +7,7 @@ import time
 import torch
 
 from stylenat.metrics.statistics import extract_features
+from stylenat.ops.precision import set_tf32
 
 
 def measure_inception_throughput(
@@ -108,8 +109,7 @@ def measure_generator_throughput(
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(dtypes)}")
     device = next(G.parameters()).device
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        set_tf32(tf32)
         torch.cuda.reset_peak_memory_stats(device)
     run = torch.compile(G) if compile else G
     z = torch.randn(batch, G.z_dim, device=device, generator=torch.Generator(device).manual_seed(seed))

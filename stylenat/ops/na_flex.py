@@ -208,7 +208,10 @@ def _block_lists(pairs_q: Tensor, pairs_kv: Tensor, n_q_blocks: int, n_kv_blocks
 
 @functools.lru_cache(maxsize=128)
 def _plan(height: int, width: int, kernel_size: int, dilation: int, device: str) -> _FlexPlan:
-    with torch.device(device):  # build on the target device (seconds on the CPU for 512x512 maps)
+    # Normal tensors even when first built under inference_mode (throughput and benchmark code): the plan
+    # is cached, and inference tensors could not be saved for backward by a later call with autograd.
+    # torch.device: build on the target device (seconds on the CPU for 512x512 maps).
+    with torch.inference_mode(False), torch.device(device):
         return _build_plan(height, width, kernel_size, dilation, device)
 
 

@@ -239,6 +239,26 @@ def test_cpu_float64_falls_back_exactly():
     torch.testing.assert_close(out, na2d_reference(q, k, v, 5, 3, rpb=rpb), rtol=1e-10, atol=1e-10)
 
 
+def test_plan_built_under_inference_mode_serves_a_later_call_with_grad(monkeypatch):
+    # Issue 14, defect 6: throughput and benchmark code run the model under torch.inference_mode, which
+    # made the cached plan's tensors inference tensors; a later call at the same shape with autograd
+    # (training on CUDA) then failed with "Inference tensors cannot be saved for backward". On the CPU
+    # eager flex reaches that point when only the RPB needs a gradient (flex's own check looks at q, k, v),
+    # once our CPU no-backward gate is lifted; the forward is enough (it is what saves for backward).
+    _plan.cache_clear()
+    q, k, v, rpb = _inputs(10, 14, 5, True, seed=11)
+    with torch.inference_mode():
+        na2d_flex(q, k, v, 5, 2, rpb=rpb, compile=False)
+    monkeypatch.setattr(na_flex_module, "flex_unavailable", lambda *args, **kwargs: None)
+    leaf = rpb.clone().requires_grad_()
+    out = na2d_flex(q, k, v, 5, 2, rpb=leaf, compile=False)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), na2d_reference(q, k, v, 5, 2, rpb=rpb), rtol=1e-5, atol=1e-5)
+    plan = _plan(10, 14, 5, 2, "cpu")
+    tensors = [plan.perm, plan.inv_perm, plan.q_bias, plan.kv_bias, *plan.block_mask.as_tuple()]
+    assert not any(t.is_inference() for t in tensors if isinstance(t, torch.Tensor))
+
+
 def test_validation():
     q, k, v, rpb = _inputs(9, 13, 3, True)
     with pytest.raises(ValueError, match="rpb"):
