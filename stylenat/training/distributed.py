@@ -51,7 +51,9 @@ def env_rank() -> int:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' -> a concrete device (cuda:<local_rank> on GPUs)."""
+    """'auto' | 'cpu' | 'cuda' -> a concrete device. On GPUs: cuda:0 when this process sees one device
+    (a launcher or scheduler that gives each rank its own GPU through CUDA_VISIBLE_DEVICES), else
+    cuda:<local_rank> (every rank of the node sees every GPU)."""
     if device not in DEVICES:
         raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
     if device == "auto":
@@ -59,6 +61,16 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device=cuda but no CUDA device is available (use device=cpu or device=auto)")
+        count = torch.cuda.device_count()
+        if count == 1:
+            return torch.device("cuda", 0)
+        if local_rank >= count:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ValueError(
+                f"LOCAL_RANK {local_rank} but only {count} CUDA devices are visible"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+                + ": start at most one process per visible GPU, or give each process one GPU"
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -147,23 +159,38 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 def all_reduce_grads(params) -> None:
     """Average the gradients of ``params`` over ranks with one flattened all-reduce.
 
-    Parameters without a gradient contribute zeros, so every rank passes the same buffer layout.
+    Parameters without a gradient contribute zeros, so every rank passes the same buffer layout, and a
+    count of the ranks that had one travels in the same buffer: a parameter that got no gradient on any
+    rank is left with ``grad=None`` afterwards, so the optimizer skips it as it does in one process (a
+    zero gradient would let Adam move it by its momentum); one with a gradient on some ranks gets the
+    average over all ranks (zeros for the others, as DDP does). Reading the counts is a host sync, done
+    only by a rank that lacks some gradient (one that has them all cannot have to drop any).
     """
     if not _active():
         return
     params = [p for p in params if p.requires_grad]
     if not params:
         return
-    for p in params:
-        if p.grad is None:
+    missing = [p.grad is None for p in params]
+    for p, lacks in zip(params, missing):
+        if lacks:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.flatten() for p in params])
+    if any(missing):
+        counts = torch.tensor([not lacks for lacks in missing], dtype=params[0].grad.dtype)
+        counts = counts.to(params[0].grad.device)
+    else:  # no host-to-device copy
+        counts = torch.ones(len(params), dtype=params[0].grad.dtype, device=params[0].grad.device)
+    flat = torch.cat([p.grad.flatten() for p in params] + [counts])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    counts = flat[-len(params) :].tolist() if any(missing) else None
     flat /= dist.get_world_size()
     offset = 0
-    for p in params:
+    for i, p in enumerate(params):
         n = p.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        if counts is not None and counts[i] == 0:
+            p.grad = None  # no rank had a gradient
+        else:
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
 
 
