@@ -185,6 +185,7 @@ class RunOutputs:
             **stats,
             "lr_g": lr["g"],
             "lr_d": lr["d"],
+            "augment_p": t.augment.p if t.augment is not None else None,
             "sec_per_kimg": elapsed / kimg_done if kimg_done > 0 else None,
             "sec_per_step": elapsed / max(1, t.step_index - start_step),
             "peak_mem_mb": _peak_memory_mb(t.device),
