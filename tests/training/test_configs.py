@@ -20,7 +20,7 @@ RECIPES = {
     "ffhq256": ("stylenat_256", "ffhq256", 256),
     "ffhq1024": ("stylenat_1024", "ffhq1024", 1024),
     "church256": ("stylenat_256", "church256", 256),
-    "folder": ("stylenat_256", "ffhq256", 256),
+    "folder": ("stylenat_256", "folder", 256),
 }
 
 
@@ -90,6 +90,53 @@ def test_folder_follows_dataset_resolution():
     cfg = compose("dataset=folder", "dataset.resolution=64")
     assert cfg["model"]["resolution"] == 64
     GeneratorConfig.from_dict(cfg["model"]).validate()
+
+
+def test_paper_recipes_keep_their_fixed_regularisation():
+    for dataset in ("ffhq256", "ffhq1024", "church256"):
+        train = compose(f"dataset={dataset}")["train"]
+        assert train["augment"] == "none" and isinstance(train["r1_gamma"], float), dataset
+    assert compose("dataset=ffhq256")["train"]["r1_gamma"] == 10.0
+
+
+def _folder(tmp_path, count):
+    import numpy as np
+    from PIL import Image
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.full((64, 64, 3), 40 * i % 256, np.uint8)).save(tmp_path / f"{i}.png")
+    return tmp_path
+
+
+def test_folder_derives_r1_gamma_and_ada_from_the_data(tmp_path):
+    import torch
+
+    from stylenat.training.distributed import DistEnv
+    from stylenat.training.loop import prepare_run
+
+    cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    data = _folder(tmp_path / "data", 5)
+    base = ["dataset=folder", f"dataset.path={data}", "dataset.resolution=64", f"run_dir={tmp_path / 'run'}"]
+    setup = prepare_run(compose_config(CONFIG_DIR, base), cpu)
+    assert setup.opts.r1_gamma == pytest.approx(0.0002 * 64**2 / 64)
+    assert setup.opts.augment == "ada"  # 5 images < 50k
+    assert setup.config["train"]["r1_gamma"] == setup.opts.r1_gamma  # what config.yaml and the state record
+    assert setup.config["train"]["augment"] == "ada"
+    overridden = prepare_run(
+        compose_config(CONFIG_DIR, [*base, "train.r1_gamma=5", "train.augment=none"]), cpu
+    )
+    assert (overridden.opts.r1_gamma, overridden.opts.augment) == (5.0, "none")
+
+
+def test_auto_augment_switches_off_for_large_data_sets():
+    from stylenat.training.options import ADA_AUTO_BELOW_IMAGES
+
+    opts = TrainOptions.from_dict(compose("dataset=folder")["train"])
+    assert opts.resolve_auto(256, ADA_AUTO_BELOW_IMAGES - 1).augment == "ada"
+    assert opts.resolve_auto(256, ADA_AUTO_BELOW_IMAGES).augment == "none"
+    assert opts.resolve_auto(256, None).augment == "none"  # size unknown (no data set opened)
+    assert opts.resolve_auto(512, 100).r1_gamma == pytest.approx(0.0002 * 512**2 / opts.batch)
 
 
 def test_demo_has_no_required_path():
