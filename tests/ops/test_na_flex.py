@@ -333,6 +333,10 @@ def test_dispatcher_forced_flex_forward_on_cpu_matches_reference(compiled_cpu):
 
 
 GPU_CASES = [(16, 16, 5, 3), (12, 20, 7, 1), (64, 64, 7, 8), (33, 47, 3, 5)]
+# What the CUDA tests check, per q/k/v dtype: every element within atol + rtol * |reference| of the float32
+# gather oracle, rtol = atol = these (the RPB gradient, a sum over every query: atol x its largest value).
+GPU_FORWARD_TOL = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 3e-2}
+GPU_BACKWARD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 
 
 @pytest.mark.gpu
@@ -344,7 +348,7 @@ def test_cuda_forward(dtype, height, width, kernel_size, dilation):
     with torch.no_grad():
         out = na2d_flex(q.to(dtype), k.to(dtype), v.to(dtype), kernel_size, dilation, rpb=rpb.to(dtype))
         plain = na2d_flex(q.to(dtype), k.to(dtype), v.to(dtype), kernel_size, dilation)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    tol = GPU_FORWARD_TOL[dtype]
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
     torch.testing.assert_close(
@@ -364,10 +368,51 @@ def test_cuda_backward_with_rpb(dtype, height, width, kernel_size, dilation):
     ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
     ref = na2d_reference(*ref_leaves[:3], kernel_size, dilation, rpb=ref_leaves[3])
     ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
-    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    tol = GPU_BACKWARD_TOL[dtype]
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
     for name, got, want in zip("qkv", grads[:3], ref_grads[:3]):
         torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol, msg=f"grad {name}")
     # the RPB gradient sums over B * H * W queries: compare relative to its scale
     scale = ref_grads[3].abs().max().item()
     torch.testing.assert_close(grads[3].float(), ref_grads[3], rtol=tol, atol=tol * scale, msg="grad rpb")
+
+
+def _qkv_views(height, width, heads, dim, dtype, seed=0):
+    """q, k, v [B, heads, H, W, D] as strided views of one qkv tensor [B, H, W, 3, heads, D] (the attention
+    layer's layout) and that leaf tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, height, width, 3, heads, dim, generator=gen).to("cuda", dtype).requires_grad_()
+    return qkv, qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rpb_dtype", [None, torch.float32, "same"])
+@pytest.mark.parametrize("height,width,kernel_size,dilation", [(64, 64, 7, 8), (33, 47, 3, 5)])
+def test_cuda_strided_qkv_forward_and_backward(dtype, rpb_dtype, height, width, kernel_size, dilation):
+    # strided q, k, v (views of the layer's qkv tensor) through flex forward and backward; with bf16 q also
+    # an fp32 RPB (autocast leaves the parameter in fp32): within GPU_BACKWARD_TOL of the float32 oracle
+    qkv, (q, k, v) = _qkv_views(height, width, HEADS, 32, dtype)
+    rpb = None
+    if rpb_dtype is not None:
+        gen = torch.Generator().manual_seed(1)
+        span = 2 * kernel_size - 1
+        rpb_dtype = dtype if rpb_dtype == "same" else rpb_dtype
+        rpb = (0.5 * torch.randn(HEADS, span, span, generator=gen)).to("cuda", rpb_dtype).requires_grad_()
+    assert not q.is_contiguous()
+    grad = torch.randn(B, HEADS, height, width, 32, generator=torch.Generator().manual_seed(2)).to("cuda")
+    out = na2d(q, k, v, kernel_size, dilation, rpb=rpb, backend="flex")
+    leaves = [qkv] + ([rpb] if rpb is not None else [])
+    grads = torch.autograd.grad(out, leaves, grad.to(dtype))
+    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    rq, rk, rv = ref_leaves[0].permute(3, 0, 4, 1, 2, 5).unbind(0)
+    ref = na2d_reference(rq, rk, rv, kernel_size, dilation, rpb=ref_leaves[1] if rpb is not None else None)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
+    tol = GPU_BACKWARD_TOL[dtype]
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(grads[0].float(), ref_grads[0], rtol=tol, atol=tol, msg="grad qkv")
+    if rpb is not None:
+        assert grads[1].dtype == rpb.dtype
+        scale = ref_grads[1].abs().max().item()
+        torch.testing.assert_close(grads[1].float(), ref_grads[1], rtol=tol, atol=tol * scale, msg="grad rpb")
