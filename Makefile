@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo lint gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The whole CUDA side on a machine with one GPU (README, "Checking the CUDA side"); GPU_CHECK_ARGS=--dry-run lists it.
+gpu-check: setup
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
