@@ -89,7 +89,7 @@ def test_train_summary_judges_loss_and_finiteness():
 def test_parity_criterion_is_assert_close():
     gpu_check = _gpu_check_module()
     want = torch.tensor([1.0, -2.0, 0.0])
-    ratio, err = gpu_check._excess(want + torch.tensor([1e-4, 2e-4, 1e-4]), want, 1e-4)
+    ratio, err = gpu_check._excess(want + torch.tensor([1e-4, 2e-4, 0.5e-4]), want, 1e-4)
     assert err == pytest.approx(2e-4, rel=1e-3) and ratio == pytest.approx(2e-4 / (1e-4 + 2e-4), rel=1e-3)
     ratio, _ = gpu_check._excess(want + 3e-4, want, 1e-4)
     assert ratio > 1  # 3e-4 > 1e-4 + 1e-4 * |0|
