@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stylenat.ops.precision import set_tf32
 from stylenat.training import checkpoint as ckpt
 from stylenat.training import distributed as dist
 from stylenat.training.augment import AdaptiveAugment, FixedDiffAugment, diff_augment, to_device
@@ -35,6 +36,7 @@ from stylenat.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
+STOP_CHECK_EVERY = 8  # with train.nonfinite=off and several processes: steps between stop-flag agreements
 LOSS_KEYS = ("d_loss", "g_loss", "bcr", "d_real", "d_fake", "ada_rt")
 
 
@@ -497,7 +499,17 @@ class Trainer:
     # ------------------------------------------------------------------ faults
 
     def _step_flags(self, signals: StopSignals) -> tuple[bool, bool]:
-        """(the step left a non-finite loss or weight, a stop signal arrived), agreed by every rank."""
+        """(the step left a non-finite loss or weight, a stop signal arrived), agreed by every rank.
+
+        With ``train.nonfinite=off`` nothing is checked on the device: one process reads its own signal
+        flag (no host sync); several agree on it every ``STOP_CHECK_EVERY`` steps (a schedule every rank
+        shares, so the collective always matches), which delays a stop by at most that many steps.
+        """
+        if self.rollback is None:
+            if not self.env.distributed:
+                return False, signals.requested is not None
+            if self.step_index % STOP_CHECK_EVERY:
+                return False, False
         flags = torch.zeros(2, device=self.device)
         if self.rollback is not None:
             params = [p for m in (self.G, self.D) for p in m.parameters()]
@@ -592,18 +604,6 @@ class StatAccumulator:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def set_tf32(enabled: bool) -> None:
-    """TF32 for CUDA matmuls and convolutions. torch >= 2.9 raises when its new ``fp32_precision`` API and
-    the legacy ``allow_tf32`` flags are mixed in one process, so use the new one wherever it exists."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        matmul.fp32_precision = "tf32" if enabled else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
-    else:
-        matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def train(cfg) -> Path:

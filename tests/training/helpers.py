@@ -33,6 +33,7 @@ TINY = [
     "train.image_every_kimg=null",
     "train.snapshot_every_kimg=null",
     "train.state_every_kimg=null",
+    "train.metrics=[]",
     "logger.progress=false",
 ]
 
