@@ -65,6 +65,31 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert a["lr"] == b["lr"] and a["sampler"] == {"position": 20}
 
 
+# ADA with p moving every 2 steps (the split at step 3 falls inside an interval, so the running sum of
+# sign(D(real)) must be saved too), a start p high enough that every op fires, and a target that p moves from.
+ADA = [
+    "train.augment=ada",
+    "train.augment_p=0.5",
+    "train.ada_interval=2",
+    "train.ada_kimg=0.02",
+    "train.ada_target=1.0",
+]
+
+
+@pytest.mark.slow
+def test_resume_with_ada_equals_uninterrupted(tmp_path):
+    full = _train(tmp_path / "full", 5, *ADA)
+    _train(tmp_path / "split", 3, *ADA)
+    resumed = _train(tmp_path / "split", 5, *ADA)
+    assert full.augment.p < 0.5  # p moved during the run (down: r_t never exceeds the target 1)
+    assert resumed.augment.p == full.augment.p
+    assert resumed.ada_sums.tolist() == full.ada_sums.tolist()
+    for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
+        assert _max_diff(getattr(full, name).state_dict(), getattr(resumed, name).state_dict()) == 0.0, name
+    a, b = load_state(find_latest_state(tmp_path / "full")), load_state(find_latest_state(tmp_path / "split"))
+    assert a["augment"] == b["augment"] and a["augment"]["p"] == full.augment.p
+
+
 @pytest.mark.slow
 def test_resume_refuses_another_model_and_writes_nothing(tmp_path):
     _train(tmp_path / "run", 1)
