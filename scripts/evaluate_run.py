@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from stylenat.cli import user_errors_to_exit  # noqa: E402
-from stylenat.evaluation import evaluate_run_main  # noqa: E402
 from stylenat.training.config import default_config_dir  # noqa: E402
+from stylenat.training.run_metrics import evaluate_run_main  # noqa: E402
 
 
 @user_errors_to_exit

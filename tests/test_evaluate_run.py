@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from stylenat import metrics
-from stylenat.evaluation import evaluate_run
 from stylenat.training.config import compose_config
 from stylenat.training.distributed import DistEnv
 from stylenat.training.loop import Trainer, prepare_run
+from stylenat.training.run_metrics import evaluate_run
 from tests.metrics.helpers import FakeExtractor
 from tests.training.helpers import CONFIG_DIR, TINY
 
