@@ -6,11 +6,15 @@ Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), `
 training step of the tiny and the 256 model: sec/kimg and peak memory), ``generator`` (sampling
 images/s, FLOPs per image and the fraction of the CPU's FLOP bound; ``--compile`` adds torch.compile's
 compile time and steady-state speed-up over eager), ``scaling`` (generator time, peak memory and FLOPs
-per image as the output resolution grows at a fixed channel recipe, with the share of time in na2d).
+per image as the output resolution grows at a fixed channel recipe, with the share of time in na2d),
+``inception`` (Inception feature extraction img/s: the network alone, reference graph in fp32 and
+channels_last and the fused fast path, against the pipelines from PNG files and from generated-like
+tensors, with the ratios pipeline / network).
 Add a mode by writing ``bench_<mode>(args)`` and registering its parser in ``build_parser``.
 
     python scripts/benchmark.py generator --model stylenat_256 --batch 4 --reps 5 --compile
     python scripts/benchmark.py scaling --resolutions 32 64 128 256 --batch 4
+    python scripts/benchmark.py inception --n 64 --res 32 --batch 32 --net-batch 16
 """
 
 from __future__ import annotations
@@ -648,10 +652,138 @@ def bench_scaling(args) -> None:
     )
 
 
+# ----------------------------------------------------------------------------------------------------
+# mode: inception
+# ----------------------------------------------------------------------------------------------------
+
+
+def _inception_extractor(args):
+    from stylenat.metrics.inception import build_inception, load_inception
+
+    if args.random_weights:
+        return build_inception(seed=0, device=args.device)
+    return load_inception(args.weights, device=args.device)
+
+
+def _write_pngs(folder: Path, n: int, resolution: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:06d}.png")
+
+
+def _inception_measure(args) -> dict:
+    """Network alone (reference graph fp32 / channels_last, fused fast path), then the pipelines from PNG
+    files and from generated-like tensors; the figures are measured round-robin, rep by rep, so the load
+    of a shared machine falls on all of them alike. Returns {"records": [...]}."""
+    import tempfile
+
+    from stylenat.metrics.images import ImageFiles
+    from stylenat.metrics.protocols import get_protocol
+    from stylenat.metrics.statistics import compute_statistics, extract_features
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = _inception_extractor(args)
+    proto = get_protocol(args.protocol)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(args.net_batch, 3, 299, 299, generator=gen).mul_(2).sub_(1).to(device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    uint8 = torch.randint(0, 256, (args.n, 3, args.res, args.res), dtype=torch.uint8, generator=gen)
+    floats = torch.rand(args.n, 3, args.res, args.res, generator=gen).mul_(2).sub_(1)
+
+    def network(fn, inp):
+        def call():
+            with torch.inference_mode():
+                fn(inp)
+
+        return call
+
+    def tensors(batches, generated: bool):
+        def call():
+            for b in batches:
+                b = proto.from_generator(b) if generated else b
+                extract_features(model, b, proto.name, device)
+
+        return call
+
+    with tempfile.TemporaryDirectory(prefix="bench-inception-") as tmp:
+        folder = Path(tmp)
+        _write_pngs(folder, args.n, args.res)
+        files = ImageFiles(folder)
+
+        def from_files():
+            compute_statistics(files.batches(args.batch), proto.name, model, device=device, progress=False)
+
+        figures = {
+            ("network", "fp32"): (network(model.features, x), args.net_batch),
+            ("network", "channels_last"): (network(model.features, x_cl), args.net_batch),
+            ("network", "fused"): (network(model.fast_features, x), args.net_batch),
+            ("pipeline_files", "png"): (from_files, args.n),
+            ("pipeline_tensors", "uint8"): (tensors(uint8.split(args.batch), False), args.n),
+            ("pipeline_tensors", "float"): (tensors(floats.split(args.batch), True), args.n),
+        }
+        for fn, _ in figures.values():  # warm-up: first-call allocations, oneDNN weight reorders
+            fn()
+        seconds = {key: [] for key in figures}
+        for _ in range(args.reps):
+            for key, (fn, _) in figures.items():
+                seconds[key].append(time_call(fn, device, reps=1, warmup=0)[0] / 1e3)
+    rate = {key: figures[key][1] / statistics.median(s) for key, s in seconds.items()}
+    common = {
+        "mode": "inception",
+        "protocol": proto.name,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "reps": args.reps,
+        "weights": model.weights_source,
+    }
+    records = []
+    for (figure, variant), value in rate.items():
+        record = {**common, "figure": figure, "variant": variant, "imgs_per_s": round(value, 3)}
+        if figure == "network":
+            record.update(batch=args.net_batch, input=f"[{args.net_batch}, 3, 299, 299] float32")
+        else:
+            record.update(
+                n=args.n,
+                resolution=args.res,
+                batch=args.batch,
+                ratio_to_network=round(value / rate["network", "fused"], 3),
+                ratio_to_network_fp32=round(value / rate["network", "fp32"], 3),
+            )
+        records.append(record)
+    return {"records": records}
+
+
+def _inception_error(args, err: Exception) -> dict:
+    return {"records": [{"mode": "inception", "protocol": args.protocol, "error": error_text(err)}]}
+
+
+def bench_inception(args) -> None:
+    """Inception feature extraction img/s: the network alone and the pipelines around it (PNG files on
+    disk, generated-like uint8 / float tensors upsampled to 299 by the protocol), with their ratios."""
+    if torch.device(args.device).type == "cuda" or args.in_process:
+        result = measure_or_report(_inception_measure, _inception_error, args)
+    else:
+        result = in_fresh_process(_inception_measure, _inception_error, args)
+    for record in result["records"]:
+        emit(record)
+
+
 def _dilation_arg(value: str) -> str:
     if value != "split" and not (value.isdigit() and int(value) >= 1):
         raise argparse.ArgumentTypeError(f"--dilation must be a positive integer or 'split', got {value!r}")
     return value
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -731,6 +863,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU: no fresh process per resolution (max RSS then accumulates)",
     )
     sc.set_defaults(func=bench_scaling)
+
+    inc = modes.add_parser(
+        "inception", help="Inception feature extraction img/s: network alone vs the pipelines around it"
+    )
+    inc.add_argument("--n", type=_positive_int, default=64, help="images in each pipeline figure")
+    inc.add_argument("--res", type=_positive_int, default=32, help="resolution of the images (upsampled)")
+    inc.add_argument("--batch", type=_positive_int, default=32, help="pipeline batch (compute_ref_stats')")
+    inc.add_argument("--net-batch", type=_positive_int, default=16, help="batch of the network-alone figures")
+    inc.add_argument("--protocol", choices=("stylegan", "pytorch_fid"), default="stylegan")
+    inc.add_argument("--reps", type=_positive_int, default=3, help="timed rounds (median reported)")
+    inc.add_argument("--device", default="cpu")
+    inc.add_argument("--weights", default=None, help="Inception weights file (default: the usual search)")
+    inc.add_argument("--random-weights", action="store_true", help="seeded random weights (same speed)")
+    inc.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    inc.add_argument("--in-process", action="store_true", help="CPU: measure in this process")
+    inc.set_defaults(func=bench_inception)
     return parser
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from stylenat.cli import tune_cpu_allocator
 from stylenat.metrics import PROTOCOLS, ImageFiles, InceptionWeightsError, load_inception
 from stylenat.metrics.images import select_indices
 from stylenat.metrics.statistics import compute_statistics
@@ -47,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    tune_cpu_allocator()  # as the other entry points do: large activations reuse memory, no page faults
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     if out.suffix != ".npz":

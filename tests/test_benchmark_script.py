@@ -1,4 +1,5 @@
-"""scripts/benchmark.py smoke tests on the tiny model: the JSON lines of the ``scaling`` and ``generator`` modes."""
+"""scripts/benchmark.py smoke tests on the tiny model: the JSON lines of the ``scaling``, ``generator`` and
+``inception`` modes."""
 
 import importlib.util
 import json
@@ -127,3 +128,25 @@ def test_na_records_carry_the_gemm_share():
     for row in rows:
         assert "error" not in row and row["gemm_ms"] > 0 and row["gemm_share"] > 0, row
         assert row["malloc_tuned"] is (platform.libc_ver()[0] == "glibc")
+
+
+def test_inception_mode_reports_every_figure(bench, capsys):
+    argv = ["inception", "--n", "2", "--res", "16", "--batch", "2", "--net-batch", "1", "--reps", "1"]
+    bench.main([*argv, "--random-weights", "--threads", "1", "--in-process"])
+    rows = _lines(capsys)
+    assert [(r["figure"], r["variant"]) for r in rows] == [
+        ("network", "fp32"),
+        ("network", "channels_last"),
+        ("network", "fused"),
+        ("pipeline_files", "png"),
+        ("pipeline_tensors", "uint8"),
+        ("pipeline_tensors", "float"),
+    ]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["mode"] == "inception" and row["protocol"] == "stylegan" and row["imgs_per_s"] > 0
+        if row["figure"] == "network":
+            assert row["batch"] == 1
+        else:
+            assert (row["n"], row["resolution"], row["batch"]) == (2, 16, 2)
+            assert row["ratio_to_network"] > 0 and row["ratio_to_network_fp32"] > 0

@@ -18,6 +18,7 @@ Input pipelines (resize + value scaling) are the "protocols", see :mod:`stylenat
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib.util
 import json
@@ -68,8 +69,28 @@ class InceptionWeightsError(ValueError):
 # Network
 
 
+#: Set (per thread) by :meth:`InceptionV3Features.fast_features`: every ConvBN then runs its fused form.
+_FUSED = contextvars.ContextVar("stylenat_inception_fused", default=False)
+BN_EPS = 1e-3
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor (made under inference_mode) has no version counter
+        return -1
+
+
 class ConvBN(nn.Module):
-    """NVIDIA's ``Conv2dLayer``: bias-free convolution, scale-free batch norm (eps 1e-3), ReLU."""
+    """NVIDIA's ``Conv2dLayer``: bias-free convolution, scale-free batch norm (eps 1e-3), ReLU.
+
+    ``forward`` runs these three ops as the TorchScript graph does. Inside
+    :meth:`InceptionV3Features.fast_features` it runs the fused form instead: the batch norm folded into
+    the convolution (weight ``w / sqrt(var + eps)``, bias ``beta - mean / sqrt(var + eps)``, folded in
+    float64) and, on the CPU without autograd, one oneDNN convolution with the ReLU as its post-op and the
+    weight reordered once into oneDNN's blocked layout. The folded tensors are cached and rebuilt when a
+    buffer changes (new tensor, in-place update, device or dtype).
+    """
 
     def __init__(self, cin: int, cout: int, kernel, stride: int = 1, padding=0):
         super().__init__()
@@ -80,11 +101,53 @@ class ConvBN(nn.Module):
         self.register_buffer("beta", torch.zeros(cout))
         self.register_buffer("mean", torch.zeros(cout))
         self.register_buffer("var", torch.ones(cout))
+        self._folded_cache: tuple | None = None
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_folded_cache": None}  # copies and pickles rebuild it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _FUSED.get():
+            return self.fused(x)
         x = F.conv2d(x, self.weight.to(x.dtype), None, self.stride, self.padding)
-        x = F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.1, 1e-3)
+        x = F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.1, BN_EPS)
         return F.relu(x)
+
+    def _pairs(self) -> tuple[list[int], list[int]]:
+        pad = self.padding if isinstance(self.padding, (tuple, list)) else (self.padding, self.padding)
+        return list(pad), [self.stride, self.stride]
+
+    def folded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(weight, bias, oneDNN-reordered weight or None) with the batch norm folded in, for input ``x``."""
+        buffers = (self.weight, self.beta, self.mean, self.var)
+        onednn = x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        key = (x.device, x.dtype, onednn, *((t.data_ptr(), _version(t)) for t in buffers))
+        cache = self._folded_cache
+        if cache is None or cache[0] != key:
+            # normal tensors even under inference_mode, so a later autograd call may use them too
+            with torch.inference_mode(False), torch.no_grad():
+                weight, beta, mean, var = (t.detach().to(torch.float64) for t in buffers)
+                scale = (var + BN_EPS).rsqrt()
+                w = (weight * scale.view(-1, 1, 1, 1)).to(x.device, x.dtype)
+                b = (beta - mean * scale).to(x.device, x.dtype)
+                packed = None
+                if onednn:
+                    padding, stride = self._pairs()
+                    packed = torch.ops.mkldnn._reorder_convolution_weight(
+                        w, padding, stride, [1, 1], 1, list(x.shape)
+                    )
+            cache = self._folded_cache = (key, w, b, packed)
+        return cache[1], cache[2], cache[3]
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(conv(x, w_folded) + b_folded): the layer in one convolution (see the class docstring)."""
+        w, b, packed = self.folded(x)
+        if packed is not None and not (torch.is_grad_enabled() and x.requires_grad):
+            padding, stride = self._pairs()
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, packed, b, padding, stride, [1, 1], 1, "relu", [], ""
+            )
+        return F.relu(F.conv2d(x, w, b, self.stride, self.padding))
 
 
 def _avg_pool() -> nn.Module:
@@ -234,15 +297,31 @@ class InceptionV3Features(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _check_input(x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"Inception expects prepared [N, 3, 299, 299] input, got shape {tuple(x.shape)}")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The network exactly as NVIDIA's TorchScript graph runs it (conv, batch norm, ReLU per layer)."""
+        self._check_input(x)
         return self.layers(x).reshape(-1, FEATURE_DIM)
+
+    def fast_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The same features, computed faster: channels_last activations and every conv + batch norm +
+        ReLU as one fused convolution (see :class:`ConvBN`). Equal to :meth:`features` up to float32
+        rounding (max abs difference ~1e-5 on features of magnitude ~5)."""
+        self._check_input(x)
+        token = _FUSED.set(True)
+        try:
+            return self.layers(x.contiguous(memory_format=torch.channels_last)).reshape(-1, FEATURE_DIM)
+        finally:
+            _FUSED.reset(token)
 
     def forward(self, images: torch.Tensor, protocol: str = "stylegan") -> torch.Tensor:
         from stylenat.metrics.protocols import get_protocol
 
-        return self.features(get_protocol(protocol).prepare(images)).float()
+        return self.fast_features(get_protocol(protocol).prepare(images)).float()
 
     def extra_repr(self) -> str:
         return f"weights_source={self.weights_source!r}, weights_sha256={self.weights_sha256[:16]!r}"
@@ -267,8 +346,10 @@ def tf_resize_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     theta = torch.eye(2, 3, device=x.device)
     theta[0, 2] += theta[0, 0] / w - theta[0, 0] / size
     theta[1, 2] += theta[1, 1] / h - theta[1, 1] / size
-    theta = theta.to(x.dtype).unsqueeze(0).repeat([n, 1, 1])
-    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    # Every image has the same theta, hence the same grid: build one and expand it (NVIDIA repeats theta
+    # n times; the grid values are the same, without n [size, size, 2] matrix products).
+    grid = F.affine_grid(theta.to(x.dtype).unsqueeze(0), [1, c, size, size], align_corners=False)
+    grid = grid.expand(n, -1, -1, -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -35,6 +35,7 @@ from stylenat.metrics.protocols import get_protocol
 from stylenat.metrics.statistics import (
     FeatureAccumulator,
     FeatureStatistics,
+    InceptionRate,
     check_statistics,
     compute_statistics,
     extract_features,
@@ -286,12 +287,14 @@ def compute_metric(
     first = rank * per_rank  # index of this rank's first seed; slices past num_gen are padding
     acc = FeatureAccumulator()
     kept: list[tuple[np.ndarray, np.ndarray]] = []
+    rate = InceptionRate()
     with tqdm(
         total=num_gen,
         desc=f"{spec.name} generated",
         unit="img",
         disable=not (progress and rank == 0),
         leave=False,
+        smoothing=0,  # the average img/s since the start, like the postfix
     ) as bar:
         for offset in range(0, per_rank, batch_size):
             count = min(batch_size, per_rank - offset)
@@ -305,7 +308,9 @@ def compute_metric(
                 raise ValueError(
                     f"generator_fn returned {shape} for {count} seeds; expected [{count}, 3, H, W]"
                 )
-            feats = extract_features(extractor, proto.from_generator(images), proto.name, device)
+            with rate.timing(count):
+                feats = extract_features(extractor, proto.from_generator(images), proto.name, device)
+            bar.set_postfix_str(rate.text(), refresh=False)  # the bar's own rate includes generation
             parts = _all_gather(feats) if distributed else [feats]
             for r, part in enumerate(parts):
                 src = r if distributed else rank

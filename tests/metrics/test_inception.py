@@ -1,5 +1,6 @@
 """The Inception module: parity with NVIDIA's TorchScript and pytorch-fid's network, weight loading."""
 
+import copy
 import warnings
 
 import numpy as np
@@ -16,6 +17,7 @@ from stylenat.metrics.inception import (
     load_inception,
     to_pytorch_fid_state_dict,
 )
+from stylenat.metrics.protocols import get_protocol
 from tests.metrics.helpers import photo_batch, tf1_resize_bilinear
 
 N_PARITY = 8  # images per parity test (each costs two Inception passes on a shared 2-core CPU)
@@ -97,6 +99,45 @@ def test_pytorch_fid_protocol_matches_pytorch_fid_pipeline(real_inception, monke
     assert (ours - theirs).abs().max().item() < 1e-4
     fid = frechet_distance_from_features(ours.double().numpy(), theirs.double().numpy())
     assert abs(fid) < 0.05
+
+
+# fast path: fused conv + batch norm + ReLU, channels_last (what forward, compute_statistics and
+# compute_metric run) against the straightforward per-image path ------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["stylegan", "pytorch_fid"])
+def test_fast_path_equals_straightforward_per_image_path(real_inception, protocol):
+    """forward on a batch of 32x32 images (upsampled to 299 as for a small run) == per image: the protocol's
+    prepare alone, then the reference graph (conv, batch norm, ReLU as NVIDIA's TorchScript runs them)."""
+    proto = get_protocol(protocol)
+    images = photo_batch(3, 32, seed=2)
+    with torch.inference_mode():
+        fast = real_inception(images, protocol=protocol)
+        slow = torch.cat([real_inception.features(proto.prepare(img[None])) for img in images])
+    assert fast.shape == slow.shape == (3, 2048)
+    assert (fast - slow).abs().max().item() <= 1e-4
+
+
+def test_fast_path_follows_weight_changes_and_supports_autograd_and_copies():
+    model = build_inception(seed=0)
+    x = torch.rand(1, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        before = model.fast_features(x)  # builds the folded weights
+    model.load_state_dict(build_inception(seed=1).state_dict())  # in-place copies: the folded cache is stale
+    with torch.inference_mode():
+        fast, ref = model.fast_features(x), model.features(x)
+    scale = ref.abs().max().item()
+    assert (before - ref).abs().max().item() > 1e-2 * scale
+    assert (fast - ref).abs().max().item() <= 1e-5 * max(scale, 1.0)
+    copied = copy.deepcopy(model)  # the cache (oneDNN-layout weights) is not copied, it is rebuilt
+    assert copied.layers.conv._folded_cache is None
+    with torch.inference_mode():
+        assert torch.equal(copied.fast_features(x), fast)
+    xg = x.clone().requires_grad_(True)  # with autograd: the differentiable fused form
+    out = model.fast_features(xg)
+    out.sum().backward()
+    assert (out.detach() - ref).abs().max().item() <= 1e-5 * max(scale, 1.0)
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
 
 
 def test_pytorch_fid_state_dict_roundtrip_and_bn_scale_folding():

@@ -29,13 +29,14 @@ def _real_batches(n=48, shift=0.0, seed=100):
 
 
 def test_registry_names_and_specs():
-    assert set(METRICS) == {"fid50k_full", "fid50k", "kid50k_full", "fid10k", "fid1k"}
+    assert set(METRICS) == {"fid50k_full", "fid50k", "kid50k_full", "fid10k", "fid1k", "fid500"}
     full, paper = get_metric("fid50k_full"), get_metric("fid50k")
     assert (full.kind, full.num_gen, full.protocol, full.max_real) == ("fid", 50000, "stylegan", None)
     assert (paper.protocol, paper.max_real, paper.real_subset) == ("pytorch_fid", 50000, "random")
     kid = get_metric("kid50k_full")
     assert (kid.kind, kid.num_subsets, kid.max_subset_size) == ("kid", 100, 1000)
     assert get_metric("fid1k").num_gen == 1000 and get_metric("fid10k").protocol == "stylegan"
+    assert (get_metric("fid500").num_gen, get_metric("fid500").protocol) == (500, "stylegan")
     with pytest.raises(ValueError) as err:
         get_metric("fid_50k")
     msg = str(err.value)

@@ -12,6 +12,7 @@ from stylenat.metrics.images import ImageFiles, select_indices
 from stylenat.metrics.statistics import (
     FeatureAccumulator,
     FeatureStatistics,
+    InceptionRate,
     StatisticsMismatchError,
     check_statistics,
     compute_statistics,
@@ -38,6 +39,25 @@ def _stats(protocol="stylegan", sha="a" * 64, digest="", n=5):
         weights_sha256=sha,
         weights_digest=digest,
     )
+
+
+def test_accumulator_in_many_batches_matches_numpy():
+    x = np.random.default_rng(2).standard_normal((70, 2048)).astype(np.float32) * 2 + 1
+    acc = FeatureAccumulator()
+    for part in np.array_split(x, [32, 33, 64]):
+        acc.update(torch.from_numpy(part))
+    mu, sigma = acc.mean_cov(1)
+    np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_inception_rate_postfix():
+    rate = InceptionRate()
+    assert rate.text() == ""
+    with rate.timing(4):
+        sum(range(10000))
+    assert rate.images == 4 and rate.seconds > 0
+    assert rate.text().startswith("inception ") and rate.text().endswith(" img/s")
 
 
 @pytest.mark.parametrize("ddof", [0, 1])
