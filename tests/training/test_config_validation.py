@@ -135,8 +135,8 @@ def test_bad_key_is_one_line_naming_key_and_value(cli, args, message):
 
 
 def test_world_size_comes_from_the_environment(cli, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "3")  # the demo recipe: batch 16, batch_per_gpu null
-    assert cli() == (
+    monkeypatch.setenv("WORLD_SIZE", "3")  # the demo recipe at batch 16, batch_per_gpu null
+    assert cli("train.batch=16") == (
         2,
         ["error: train.batch=16 is not divisible by the world size 3 (processes, env WORLD_SIZE)"],
     )
@@ -145,7 +145,7 @@ def test_world_size_comes_from_the_environment(cli, monkeypatch):
     assert cli() == (2, ["error: environment WORLD_SIZE='two': expected a positive integer"])
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(AssertionError, match="training started"):
-        cli()  # 16 = 4 x 4: valid, so the (replaced) training is reached
+        cli("train.batch=16")  # 16 = 4 x 4: valid, so the (replaced) training is reached
 
 
 def test_config_errors_come_before_the_data_set(cli, tmp_path):
