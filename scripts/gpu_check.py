@@ -241,7 +241,12 @@ def stage_parity(args) -> int:
         try:
             record = run_parity_case(case)
         except Exception as err:  # noqa: BLE001 - report the case, go on with the others
-            record = {"check": "na_parity", **case, "error": f"{type(err).__name__}: {err}"[:800], "pass": False}
+            record = {
+                "check": "na_parity",
+                **case,
+                "error": f"{type(err).__name__}: {err}"[:800],
+                "pass": False,
+            }
         failed += not record["pass"]
         emit(record)
         torch.cuda.empty_cache()
@@ -288,7 +293,9 @@ def check_train_config(overrides: list[str]) -> None:
 
 def summarize_train(records: list[dict], steps: int) -> dict:
     d_loss = [r["d_loss"] for r in records]
-    finite = all(math.isfinite(r[key]) for r in records for key in ("d_loss", "g_loss") if r.get(key) is not None)
+    finite = all(
+        math.isfinite(r[key]) for r in records for key in ("d_loss", "g_loss") if r.get(key) is not None
+    )
     head, tail = d_loss[:5], d_loss[-5:]
     step_times = sorted(r["sec_per_step"] for r in records[1:]) or [float("nan")]
     summary = {
@@ -369,7 +376,14 @@ def stage_throughput(args) -> int:
     for dtype in args.dtypes:
         cmd = throughput_command(dtype)
         if args.dry_run:
-            emit({"check": "throughput", "dtype": dtype, "dry_run": True, "command": " ".join(["python", *cmd[1:]])})
+            emit(
+                {
+                    "check": "throughput",
+                    "dtype": dtype,
+                    "dry_run": True,
+                    "command": " ".join(["python", *cmd[1:]]),
+                }
+            )
             continue
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -377,8 +391,15 @@ def stage_throughput(args) -> int:
             emit({"check": "throughput", **record, "pass": proc.returncode == 0})
         if proc.returncode != 0 or not records:
             failed += 1
-            emit({"check": "throughput", "dtype": dtype, "rc": proc.returncode, "pass": False,
-                  "stderr_tail": proc.stderr[-1500:]})
+            emit(
+                {
+                    "check": "throughput",
+                    "dtype": dtype,
+                    "rc": proc.returncode,
+                    "pass": False,
+                    "stderr_tail": proc.stderr[-1500:],
+                }
+            )
     return 1 if failed else 0
 
 
@@ -404,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--sizes", type=int, nargs="+", default=list(PARITY_SIZES))
             sub.add_argument("--backends", nargs="+", choices=("natten", "flex"), default=["natten", "flex"])
         if name == "train":
-            sub.add_argument("--variants", nargs="+", choices=tuple(TRAIN_VARIANTS), default=list(TRAIN_VARIANTS))
+            sub.add_argument(
+                "--variants", nargs="+", choices=tuple(TRAIN_VARIANTS), default=list(TRAIN_VARIANTS)
+            )
             sub.add_argument(
                 "--compile",
                 choices=("true", "false"),
@@ -412,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="train.compile (default: the recipe's); the first step's time includes every compile",
             )
         if name == "throughput":
-            sub.add_argument("--dtypes", nargs="+", choices=THROUGHPUT_DTYPES, default=list(THROUGHPUT_DTYPES))
+            sub.add_argument(
+                "--dtypes", nargs="+", choices=THROUGHPUT_DTYPES, default=list(THROUGHPUT_DTYPES)
+            )
     return parser
 
 

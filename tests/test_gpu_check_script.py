@@ -28,7 +28,9 @@ def _gpu_check_module():
 @pytest.mark.slow
 def test_dry_run_lists_every_stage_without_a_gpu():
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     summary = records[-1]
@@ -75,7 +77,9 @@ def test_stage_selection_and_bad_arguments():
 
 def test_train_summary_judges_loss_and_finiteness():
     gpu_check = _gpu_check_module()
-    records = [{"d_loss": 1.4 - 0.01 * i, "g_loss": 0.7, "sec_per_step": 30.0 if i == 0 else 0.2} for i in range(20)]
+    records = [
+        {"d_loss": 1.4 - 0.01 * i, "g_loss": 0.7, "sec_per_step": 30.0 if i == 0 else 0.2} for i in range(20)
+    ]
     summary = gpu_check.summarize_train(records, 20)
     assert summary["pass"] and summary["first_step_s"] == 30.0 and summary["median_step_s"] == 0.2
     assert summary["d_loss_first5"] > summary["d_loss_last5"]

@@ -797,7 +797,9 @@ def backend_override(name: str):
     explicit backend, "auto", STYLENAT_NA_BACKEND): for measurements that need one implementation on every
     device, such as FLOP counting (under torch's FlopCounterMode the compiled flex kernel cannot run)."""
     if name not in BACKENDS or name == "auto":
-        raise ValueError(f"backend_override needs a concrete backend, one of torch, natten, flex; got {name!r}")
+        raise ValueError(
+            f"backend_override needs a concrete backend, one of torch, natten, flex; got {name!r}"
+        )
     previous = getattr(_override, "backend", None)
     _override.backend = name
     try:

@@ -45,7 +45,13 @@ def test_natten_021_with_libnatten_is_picked_and_called_in_its_layout(natten_stu
     out = na2d(*fakes, 5, 2, backend="natten")
     torch.testing.assert_close(out.as_subclass(torch.Tensor), na2d_reference(q, k, v, 5, 2))
     assert natten.calls == [
-        {"shape": (1, 12, 12, 2, 8), "kernel_size": 5, "dilation": 2, "scale": 8**-0.5, "dtype": torch.float32}
+        {
+            "shape": (1, 12, 12, 2, 8),
+            "kernel_size": 5,
+            "dilation": 2,
+            "scale": 8**-0.5,
+            "dtype": torch.float32,
+        }
     ]
     assert _resolve_backend("auto", *fakes, torch.zeros(2, 9, 9)) == "torch"  # RPB: natten >= 0.20 has none
 
