@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from stylenat.sampling import seed_latents
+from stylenat.sampling import seeded_images_fn
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ def run_metrics(cfg, G, device, rank=0):
     real = _real_source(cfg)
     extractor = load_inception(cfg.inception_weights, device=device)
 
-    def generator_fn(seeds):
-        z = seed_latents(seeds.tolist(), G.z_dim, device)
-        return G(z, truncation_psi=cfg.truncation_psi).float()
+    generator_fn = seeded_images_fn(G, device, cfg.truncation_psi)
 
     results = []
     for spec in specs:

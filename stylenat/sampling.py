@@ -36,6 +36,15 @@ def seed_latents(seeds, z_dim, device="cpu"):
     return torch.from_numpy(z).float().to(device)
 
 
+def seeded_images_fn(G, device, truncation_psi: float = 1.0):
+    """``seeds (int tensor) -> images`` in [-1, 1], float32: the generator function metrics take."""
+
+    def generate(seeds: torch.Tensor) -> torch.Tensor:
+        return G(seed_latents(seeds.tolist(), G.z_dim, device), truncation_psi=truncation_psi).float()
+
+    return generate
+
+
 def to_uint8(images):
     """[-1, 1] NCHW float -> NHWC uint8 numpy, rounding like StyleGAN."""
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

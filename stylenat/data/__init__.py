@@ -31,6 +31,7 @@ _EXPORTS = {
     "BatchStream": "sampler",
     "build_loader": "sampler",
     "demo_dataset_path": "demo",
+    "dataset_path_or_demo": "demo",
     "prepare_dataset": "prepare",
 }
 
@@ -50,6 +51,7 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "dataset_fingerprint",
+    "dataset_path_or_demo",
     "demo_dataset_path",
     "denormalize",
     "lmdb_key",
@@ -82,7 +84,7 @@ if TYPE_CHECKING:
         dataset_fingerprint,
         lmdb_key,
     )
-    from stylenat.data.demo import demo_dataset_path
+    from stylenat.data.demo import dataset_path_or_demo, demo_dataset_path
     from stylenat.data.errors import DatasetError, DatasetWarning
     from stylenat.data.images import IMAGE_EXTENSIONS
     from stylenat.data.prepare import prepare_dataset

@@ -69,6 +69,11 @@ def _write(folder: Path) -> None:
     (folder / _MARKER).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def dataset_path_or_demo(path) -> Path:
+    """A training run's images: ``dataset.path``, or the demo faces when it is null (built on first use)."""
+    return Path(path) if path is not None else demo_dataset_path()
+
+
 def demo_dataset_path(cache_dir=None) -> Path:
     """Path of the demo image folder (100 RGB 32x32 PNGs), building it on first use."""
     final = cache_root(cache_dir) / DEMO_DIRNAME

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from stylenat.data.transforms import denormalize, normalize
+
 AUGMENT_OPS = ("flip", "translation", "color", "cutout")
 
 
@@ -261,23 +263,11 @@ def _rotate_about(axis: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 def _to_unit_range(x: torch.Tensor, normalization: str) -> torch.Tensor:
     """D's pixel space -> [-1, 1] RGB, where ADA's colour transforms are defined."""
-    if normalization == "imagenet":
-        from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (x * std + mean) * 2 - 1
-    return x
+    return x if normalization == "minus_one_one" else denormalize(x, normalization, clamp=False) * 2 - 1
 
 
 def _from_unit_range(x: torch.Tensor, normalization: str) -> torch.Tensor:
-    if normalization == "imagenet":
-        from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return ((x + 1) / 2 - mean) / std
-    return x
+    return x if normalization == "minus_one_one" else normalize((x + 1) * 127.5, normalization)
 
 
 def ada_augment(

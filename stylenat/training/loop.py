@@ -116,14 +116,11 @@ def build_augment(opts: TrainOptions, normalization: str):
 
 def build_training_dataset(config: dict):
     """The data set of ``dataset.*`` (the demo faces when dataset.path is null), in G's pixel space."""
-    from stylenat.data import build_dataset, demo_dataset_path
+    from stylenat.data import build_dataset, dataset_path_or_demo
 
     data_cfg = config["dataset"]
-    path = data_cfg.get("path")
-    if path is None:
-        path = demo_dataset_path()  # concurrency-safe: every rank may build it
     dataset = build_dataset(
-        path,
+        dataset_path_or_demo(data_cfg.get("path")),  # the demo is built concurrency-safely by every rank
         data_cfg["resolution"],
         normalize=config["model"].get("output_normalization", "imagenet"),
         xflip=bool(data_cfg.get("xflip", False)),
@@ -400,9 +397,8 @@ class Trainer:
             self.stats.add("d_fake", fake_logits.float().mean())
             signs = real_logits.detach().float().sign()
             self.stats.add("ada_rt", signs.mean())
-            self.ada_sums += torch.stack(
-                [signs.sum(), torch.tensor(float(signs.numel()), device=signs.device)]
-            )
+            self.ada_sums[0] += signs.sum()
+            self.ada_sums[1] += signs.numel()
         self._optimizer_step(self.D, self.opt_D, opts.d_clip_grad)
 
     def r1_step(self, reals: list[torch.Tensor]) -> None:

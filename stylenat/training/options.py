@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
-from stylenat.training.augment import ADA_OPS, AUGMENT_MODES, AUGMENT_OPS, check_ada_ops, check_ops
+from stylenat.training.augment import ADA_OPS, AUGMENT_MODES, AUGMENT_OPS, check_ops
 
 AMP_MODES = (False, "bf16")
 AUTO = "auto"
@@ -184,7 +184,6 @@ class TrainOptions:
         need(
             not unknown_ada, "ada_ops", f"unknown op {unknown_ada[:1]}; expected a subset of {list(ADA_OPS)}"
         )
-        check_ada_ops(self.ada_ops)
         unknown_diff = [o for o in self.diffaugment_ops if o not in AUGMENT_OPS]
         need(
             not unknown_diff,

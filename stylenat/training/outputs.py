@@ -18,7 +18,7 @@ import torch
 from stylenat.training import checkpoint as ckpt
 from stylenat.training import distributed as dist
 from stylenat.training.guard import CheckpointWriteError, check_run_dir, clean_stale_temp_files, state_bytes
-from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_handler
+from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_handler, metric_record
 
 if TYPE_CHECKING:
     from stylenat.training.loop import Trainer
@@ -319,20 +319,14 @@ class RunOutputs:
         Real statistics are cached by ``stylenat.metrics``; each result goes to the sinks as its own record.
         """
         from stylenat import metrics
-        from stylenat.sampling import seed_latents
+        from stylenat.data import dataset_path_or_demo
+        from stylenat.sampling import seeded_images_fn
 
         t = self.t
         if getattr(self, "_extractor", None) is None:
             self._extractor = metrics.load_inception(device=t.device)
-        real = t.config["dataset"].get("path")
-        if real is None:
-            from stylenat.data import demo_dataset_path
-
-            real = demo_dataset_path()
-
-        def generate(seeds: torch.Tensor) -> torch.Tensor:
-            return t.G_ema(seed_latents(seeds.tolist(), t.G_ema.z_dim, t.device)).float()
-
+        real = dataset_path_or_demo(t.config["dataset"].get("path"))
+        generate = seeded_images_fn(t.G_ema, t.device)
         for name in t.opts.metrics:
             result = metrics.compute_metric(
                 name,
@@ -346,15 +340,7 @@ class RunOutputs:
                 progress=False,
             )
             if self.main:
-                record = {
-                    "kimg": t.images_seen / 1000,
-                    "step": t.step_index,
-                    "timestamp": time.time(),
-                    "metric": name,
-                    name: result["value"],
-                    "protocol": result.get("protocol"),
-                    "metric_time_s": result.get("time_s"),
-                }
+                record = metric_record(name, result, t.images_seen, t.step_index)
                 for sink in self.sinks:
                     sink.log(record)
                 log.info("%s = %.4f at %.3f kimg", name, result["value"], record["kimg"])

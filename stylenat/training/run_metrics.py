@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
-from stylenat.sampling import seed_latents
+from stylenat.data import dataset_path_or_demo
+from stylenat.sampling import seeded_images_fn
+from stylenat.training.sinks import metric_record
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,7 @@ def run_real_data(run_dir: Path) -> str:
         raise FileNotFoundError(f"{config_path} does not exist: is {run_dir} a training run directory?")
     path = OmegaConf.select(OmegaConf.load(config_path), "dataset.path", default=None)
     if path is None:
-        from stylenat.data import demo_dataset_path
-
-        return str(demo_dataset_path())
+        return str(dataset_path_or_demo(None))
     if not Path(path).exists():
         raise FileNotFoundError(f"dataset path {path} (from {config_path}) does not exist")
     return str(path)
@@ -116,14 +115,10 @@ def evaluate_run(
                     raise CheckpointError(f"{path} is not a stylenat inference snapshot")
                 G = generator_from_snapshot(snapshot, source=str(path)).eval().requires_grad_(False).to(dev)
                 meta = snapshot.get("meta") or {}
-
-                def generate(seeds, G=G):
-                    return G(seed_latents(seeds.tolist(), G.z_dim, dev)).float()
-
                 for name in missing:
                     result = registry.compute_metric(
                         name,
-                        generate,
+                        seeded_images_fn(G, dev),
                         extractor=extractor,
                         real_data=real,
                         num_gen=num_gen,
@@ -131,17 +126,14 @@ def evaluate_run(
                         device=dev,
                         progress=progress,
                     )
-                    record = {
-                        "kimg": images / 1000,
-                        "step": meta.get("step"),
-                        "timestamp": time.time(),
-                        "metric": name,
-                        name: result["value"],
-                        "protocol": result.get("protocol"),
-                        "metric_time_s": result.get("time_s"),
-                        "num_gen": result.get("num_gen"),
-                        "snapshot": path.name,
-                    }
+                    record = metric_record(
+                        name,
+                        result,
+                        images,
+                        meta.get("step"),
+                        num_gen=result.get("num_gen"),
+                        snapshot=path.name,
+                    )
                     sink.log(record)
                     records.append(record)
                     logger.info(

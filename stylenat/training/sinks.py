@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,6 +43,20 @@ class JsonlSink:
 
     def close(self, failed: bool = False) -> None:
         self._fh.close()
+
+
+def metric_record(name: str, result: Mapping, images_seen: int, step: int | None, **extra) -> dict:
+    """The log record of one metric result at a training position (training-time and evaluate_run alike)."""
+    return {
+        "kimg": images_seen / 1000,
+        "step": step,
+        "timestamp": time.time(),
+        "metric": name,
+        name: result["value"],
+        "protocol": result.get("protocol"),
+        "metric_time_s": result.get("time_s"),
+        **extra,
+    }
 
 
 def record_images(record: Mapping) -> int | None:
