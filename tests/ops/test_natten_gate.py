@@ -56,30 +56,30 @@ def test_natten_021_with_libnatten_is_picked_and_called_in_its_layout(natten_stu
     assert _resolve_backend("auto", *fakes, torch.zeros(2, 9, 9)) == "torch"  # RPB: natten >= 0.20 has none
 
 
-def test_natten_017_falls_back_and_a_forced_natten_says_why(natten_stub):
-    natten = natten_stub("0.17.5", na2d_kind="module", has_libnatten=None)
-    assert hasattr(natten, "na2d") and not callable(natten.na2d)  # what fooled the old hasattr gate
+def _refused(version: str) -> str:
+    """natten is not offered on CUDA, auto falls back to torch, a forced natten is one line; its message."""
     _, fakes = _qkv()
     assert "natten" not in available_backends("cuda")
     assert _resolve_backend("auto", *fakes, None) == "torch"
     with pytest.raises(RuntimeError) as err:
         na2d(*fakes, 5, backend="natten")
     message = str(err.value)
-    assert message.startswith("na2d backend 'natten' is unavailable: natten 0.17.5 ")
-    assert ">= 0.20" in message and "\n" not in message
+    assert message.startswith(f"na2d backend 'natten' is unavailable: natten {version} ")
+    assert "\n" not in message
+    return message
+
+
+def test_natten_017_falls_back_and_a_forced_natten_says_why(natten_stub):
+    natten = natten_stub("0.17.5", na2d_kind="module", has_libnatten=None)
+    assert hasattr(natten, "na2d") and not callable(natten.na2d)  # what fooled the old hasattr gate
+    assert ">= 0.20" in _refused("0.17.5")
 
 
 @pytest.mark.parametrize("has_libnatten", [False, None], ids=["HAS_LIBNATTEN=False", "no-flag-no-libnatten"])
 def test_natten_without_libnatten_is_unavailable(natten_stub, monkeypatch, caplog, has_libnatten):
     natten = natten_stub("0.21.0", has_libnatten=has_libnatten)
+    assert "libnatten" in _refused("0.21.0")
     _, fakes = _qkv()
-    assert "natten" not in available_backends("cuda")
-    assert _resolve_backend("auto", *fakes, None) == "torch"
-    with pytest.raises(RuntimeError) as err:
-        na2d(*fakes, 5, backend="natten")
-    message = str(err.value)
-    assert message.startswith("na2d backend 'natten' is unavailable: natten 0.21.0 ")
-    assert "libnatten" in message and "\n" not in message
     assert natten.calls == []  # its uncompiled fallback (a dense L x L score matrix) never ran
 
     # the backend log line names the reason too (the torch backend itself is stubbed: fake CUDA tensors
