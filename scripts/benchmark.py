@@ -341,7 +341,7 @@ def _train_step_measure(args, model: str) -> dict:
     import tempfile
 
     from stylenat.training.config import compose_config
-    from stylenat.training.distributed import DistEnv
+    from stylenat.distributed import DistEnv
     from stylenat.training.loop import Trainer, prepare_run
 
     if args.threads:

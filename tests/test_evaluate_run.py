@@ -16,7 +16,7 @@ import torch
 
 from stylenat import metrics
 from stylenat.training.config import compose_config
-from stylenat.training.distributed import DistEnv
+from stylenat.distributed import DistEnv
 from stylenat.training.loop import Trainer, prepare_run
 from stylenat.training.run_metrics import evaluate_run
 from tests.metrics.helpers import FakeExtractor

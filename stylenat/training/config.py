@@ -149,7 +149,7 @@ def check_config(config: dict, world_size: int | None = None) -> None:
     if not _is_int(seed) or not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed!r}: expected an integer in [0, 2**32)")
 
-    from stylenat.training.distributed import DEVICES
+    from stylenat.distributed import DEVICES
     from stylenat.training.options import TrainOptions
 
     device = config.get("device", "auto")
@@ -219,7 +219,7 @@ def cli_main(config_dir: Path, argv: list[str]) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     check_config(resolve_config(cfg))  # fail fast: before any data is read or network built
-    from stylenat.training.distributed import env_rank
+    from stylenat.distributed import env_rank
     from stylenat.training.loop import train
 
     setup_logging(env_rank())

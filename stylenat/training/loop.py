@@ -26,7 +26,7 @@ from torch import nn
 
 from stylenat.ops.precision import set_tf32
 from stylenat.training import checkpoint as ckpt
-from stylenat.training import distributed as dist
+from stylenat import distributed as dist
 from stylenat.training.augment import AdaptiveAugment, FixedDiffAugment, diff_augment, to_device
 from stylenat.training.config import check_config, resolve_config
 from stylenat.training.ema import ema_beta, make_ema, update_ema

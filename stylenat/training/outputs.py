@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from stylenat.training import checkpoint as ckpt
-from stylenat.training import distributed as dist
+from stylenat import distributed as dist
 from stylenat.training.guard import CheckpointWriteError, check_run_dir, clean_stale_temp_files, state_bytes
 from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_handler, metric_record
 

@@ -74,7 +74,7 @@ def evaluate_run(
     from stylenat.snapshot import CheckpointError, generator_from_snapshot, read_checkpoint
     from stylenat.training import checkpoint as ckpt
     from stylenat.training.curves import LOG_NAME, plot_run
-    from stylenat.training.distributed import resolve_device
+    from stylenat.distributed import resolve_device
     from stylenat.training.sinks import JsonlSink
 
     run_dir = Path(run_dir)

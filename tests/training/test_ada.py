@@ -224,7 +224,7 @@ def test_the_training_loop_moves_p_from_d_real_logits(tmp_path, offset, directio
     """In the real loop: a D that calls every real image real (logits shifted up) raises p by
     batch x interval / (ada_kimg x 1000) per interval; one that calls them fake lowers it."""
     from stylenat.training.config import compose_config
-    from stylenat.training.distributed import DistEnv
+    from stylenat.distributed import DistEnv
     from stylenat.training.loop import Trainer, prepare_run
     from tests.training.helpers import CONFIG_DIR, TINY
 

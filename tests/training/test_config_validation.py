@@ -20,7 +20,7 @@ from stylenat.training.config import (
     default_config_dir,
     env_world_size,
 )
-from stylenat.training.distributed import DistEnv
+from stylenat.distributed import DistEnv
 from tests.training.helpers import TINY, run_train
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

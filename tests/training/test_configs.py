@@ -112,7 +112,7 @@ def _folder(tmp_path, count):
 def test_folder_derives_r1_gamma_and_ada_from_the_data(tmp_path):
     import torch
 
-    from stylenat.training.distributed import DistEnv
+    from stylenat.distributed import DistEnv
     from stylenat.training.loop import prepare_run
 
     cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

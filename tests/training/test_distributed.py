@@ -44,7 +44,7 @@ def _grad_scenario(rank: int = 0, world: int = 1, init_file: str | None = None, 
     import torch
     import torch.distributed as tdist
 
-    from stylenat.training.distributed import all_reduce_grads
+    from stylenat.distributed import all_reduce_grads
 
     if world > 1:
         tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -109,7 +109,7 @@ def test_params_without_grad_stay_put_with_two_processes_as_with_one(tmp_path):
 def _fake_cuda_host(monkeypatch, count: int, env: dict):
     import torch
 
-    from stylenat.training import distributed
+    from stylenat import distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
@@ -127,7 +127,7 @@ def _fake_cuda_host(monkeypatch, count: int, env: dict):
 def test_rank_with_one_visible_device_uses_cuda0(monkeypatch):
     import torch
 
-    from stylenat.training import distributed
+    from stylenat import distributed
 
     # torchrun rank 1 of 2 on a host whose scheduler gives each process one GPU through CUDA_VISIBLE_DEVICES
     set_devices, groups = _fake_cuda_host(
@@ -142,7 +142,7 @@ def test_rank_with_one_visible_device_uses_cuda0(monkeypatch):
 def test_rank_with_every_device_visible_uses_cuda_local_rank(monkeypatch):
     import torch
 
-    from stylenat.training import distributed
+    from stylenat import distributed
 
     _fake_cuda_host(monkeypatch, 4, {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2"})
     assert distributed.init("auto").device == torch.device("cuda", 2)

@@ -23,7 +23,7 @@ import torch
 from stylenat.training import guard, loop
 from stylenat.training.checkpoint import ResumeError, find_latest_state, list_artifacts, load_resume_state
 from stylenat.training.config import compose_config
-from stylenat.training.distributed import DistEnv
+from stylenat.distributed import DistEnv
 from stylenat.training.guard import CheckpointWriteError, DivergenceError
 from stylenat.training.loop import Trainer, prepare_run
 from tests.training.helpers import CONFIG_DIR, PYTHON, REPO, TINY, steps_kimg

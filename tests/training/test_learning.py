@@ -15,7 +15,7 @@ from PIL import Image
 
 from stylenat.training import loop
 from stylenat.training.config import compose_config
-from stylenat.training.distributed import DistEnv
+from stylenat.distributed import DistEnv
 from tests.training.helpers import CONFIG_DIR
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -9,7 +9,7 @@ import torch
 from tqdm import TqdmWarning
 
 from stylenat.training.config import compose_config, console_above_progress, resolve_config
-from stylenat.training.distributed import DistEnv
+from stylenat.distributed import DistEnv
 from stylenat.training.loop import Trainer, prepare_run
 from stylenat.training.options import TrainOptions
 from stylenat.training.sinks import Progress, file_log_handler

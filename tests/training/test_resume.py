@@ -5,7 +5,7 @@ import torch
 
 from stylenat.training.checkpoint import ResumeError, find_latest_state, load_state
 from stylenat.training.config import compose_config
-from stylenat.training.distributed import DistEnv
+from stylenat.distributed import DistEnv
 from stylenat.training.loop import Trainer, prepare_run
 from tests.training.helpers import CONFIG_DIR, TINY, steps_kimg
 
