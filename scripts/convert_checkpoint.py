@@ -67,12 +67,13 @@ def main(argv=None) -> None:
         if out.exists() and not args.overwrite:
             raise SystemExit(f"error: {out} exists (pass --overwrite to replace it)")
 
-    from stylenat.convert import (
+    from stylenat.files import atomic_save
+    from stylenat.reference import (
         read_reference_checkpoint,
         reference_to_snapshot,
         reference_to_training_weights,
     )
-    from stylenat.snapshot import CheckpointError, atomic_save
+    from stylenat.snapshot import CheckpointError
 
     try:
         data = read_reference_checkpoint(args.src)

@@ -4,8 +4,11 @@ __version__ = "0.1.0"
 
 
 def load_generator(path, device="cpu"):
-    """Load an inference snapshot (native or converted official) as a ready-to-sample generator."""
-    from stylenat.snapshot import load_generator as _load
+    """Load an inference snapshot (native or converted official) as a ready-to-sample generator.
+
+    Imported on call, so `import stylenat` stays light (no torch until a model is needed).
+    """
+    from stylenat.reference import load_generator as _load
 
     return _load(path, device=device)
 

@@ -67,7 +67,7 @@ def run_metrics(cfg, G, device, rank=0):
 
 def run_evaluate(cfg):
     """Single process, or one shard of seeds per process under torchrun (features gathered on rank 0)."""
-    from stylenat.snapshot import load_generator
+    from stylenat.reference import load_generator
     from stylenat import distributed
 
     if cfg.mode not in ("metrics", "throughput"):

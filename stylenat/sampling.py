@@ -114,7 +114,7 @@ def interpolation_frames(G, seeds, steps=8, truncation_psi=1.0, device="cpu"):
 
 def run_generate(cfg):
     """generate.py's body: per-seed PNGs, a grid, and optional mixing/interpolation figures."""
-    from stylenat.snapshot import load_generator
+    from stylenat.reference import load_generator
     from stylenat.distributed import resolve_device
 
     device = resolve_device(cfg.device)

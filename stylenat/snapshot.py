@@ -1,14 +1,16 @@
-"""Inference snapshots: EMA generator weights + the model config that rebuilds them.
+"""Our checkpoint formats: inference snapshots (EMA generator weights + the model config that rebuilds them)
+and the one-line errors of reading any checkpoint file.
 
 A snapshot is a plain dict of tensors and Python scalars, so `torch.load(path, weights_only=True)` reads it
-without this source tree. Resumable training state lives in `stylenat.training.checkpoint`.
+without this source tree. Resumable training state lives in `stylenat.training.checkpoint`; official
+reference files are converted by `stylenat.reference`, which also holds `load_generator` (any of them).
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from stylenat.files import atomic_save
 
 SNAPSHOT_FORMAT = "stylenat.snapshot"
 SNAPSHOT_VERSION = 1
@@ -16,54 +18,6 @@ SNAPSHOT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint or snapshot file that cannot be used; the message names the file and the problem."""
-
-
-class _WriteTracker:
-    """A writable file that remembers the OSError of a failed write: torch.save turns it into an
-    opaque RuntimeError ("unexpected pos ..."), and the caller should learn "No space left on device"."""
-
-    def __init__(self, f):
-        self._f, self.error = f, None
-
-    def write(self, data) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
-def atomic_save(obj, path):
-    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves half a file.
-
-    A failed write (disk full, I/O error) removes the temp file, leaves any existing ``path`` untouched
-    and raises OSError naming ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tracker = None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            tracker = _WriteTracker(f)
-            torch.save(obj, tracker)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        cause = tracker.error if tracker is not None and tracker.error is not None else err
-        if isinstance(cause, OSError):
-            raise OSError(cause.errno, f"cannot write {path}: {cause.strerror or cause}") from None
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_checkpoint(path):
@@ -95,6 +49,20 @@ def save_snapshot(path, G, extra=None):
     atomic_save(snapshot_dict(G, extra), path)
 
 
+def native_snapshot(data):
+    """`data` as a snapshot dict when it is one of our formats, else None (so a converter may try it).
+
+    Our formats: an inference snapshot, or a resumable training state (its `G_ema` and `model_config`).
+    """
+    if not isinstance(data, dict):
+        return None
+    if data.get("format") == SNAPSHOT_FORMAT:
+        return data
+    if "G_ema" in data and "model_config" in data:
+        return {"model_config": data["model_config"], "state_dict": data["G_ema"]}
+    return None
+
+
 def load_state_dict_strict(module, state_dict, source):
     """load_state_dict with one-line errors naming the first missing/unexpected key or shape mismatch."""
     own = module.state_dict()
@@ -120,25 +88,3 @@ def generator_from_snapshot(snapshot, source="snapshot"):
     G = build_generator(snapshot["model_config"])
     load_state_dict_strict(G, snapshot["state_dict"], source)
     return G
-
-
-def load_generator(path, device="cpu"):
-    """Load a snapshot (native, converted official, or an official reference file) ready for sampling."""
-    from stylenat.convert import read_reference_checkpoint  # read_checkpoint + the reference files' `args`
-
-    data = read_reference_checkpoint(path)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a StyleNAT checkpoint (found a {type(data).__name__})")
-    if data.get("format") != SNAPSHOT_FORMAT:
-        if "G_ema" in data and "model_config" in data:  # a resumable training state
-            data = {"model_config": data["model_config"], "state_dict": data["G_ema"]}
-        else:
-            from stylenat.convert import is_reference_checkpoint, reference_to_snapshot
-
-            if not is_reference_checkpoint(data):
-                raise CheckpointError(
-                    f"{path} is not a StyleNAT checkpoint (top-level keys: {sorted(map(str, data))[:8]})"
-                )
-            data = reference_to_snapshot(data, source=str(path))
-    G = generator_from_snapshot(data, source=str(path))
-    return G.eval().requires_grad_(False).to(device)

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 import stylenat
-from stylenat import convert
+from stylenat import reference
+from stylenat.files import atomic_save
 from stylenat.models.build import build_generator
 from stylenat.models.generator import Generator, GeneratorConfig
-from stylenat.snapshot import CheckpointError, atomic_save
+from stylenat.snapshot import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -277,8 +278,8 @@ def to_minus_one_one(img):
 
 
 def converted(sd, layout="legacy", **kw):
-    snap = convert.reference_to_snapshot(
-        convert.reference_checkpoint(sd, layout), w_avg_samples=kw.pop("n", 64), **kw
+    snap = reference.reference_to_snapshot(
+        reference.reference_checkpoint(sd, layout), w_avg_samples=kw.pop("n", 64), **kw
     )
     G = build_generator(snap["model_config"])
     G.load_state_dict(snap["state_dict"])
@@ -300,7 +301,7 @@ def test_flipped_index_is_key_minus_query_and_matches_ours():
             dy, dx = k // 4 - q // 4, k % 4 - q % 4  # key - query
             assert idx[q, k] == (dy + 3) * 7 + (dx + 3)
     assert torch.equal(idx, relative_position_index(4))
-    assert torch.equal(idx, convert.reference_relative_position_index(4))
+    assert torch.equal(idx, reference.reference_relative_position_index(4))
 
 
 def test_tiny_every_tensor_lands(tiny_legacy):
@@ -315,7 +316,7 @@ def test_tiny_every_tensor_lands(tiny_legacy):
         snap["meta"]["reference_container"] == "legacy"
         and snap["meta"]["reference_attention_layout"] == "legacy"
     )
-    assert snap["meta"]["conversion_version"] == convert.CONVERSION_VERSION
+    assert snap["meta"]["conversion_version"] == reference.CONVERSION_VERSION
     expect = {"w_avg": None}
     for i in range(2):
         for p in ("weight", "bias"):
@@ -357,7 +358,9 @@ def test_tiny_every_tensor_lands(tiny_legacy):
 
 
 def test_w_avg_is_the_seeded_mapping_mean(tiny_legacy):
-    snap = convert.reference_to_snapshot({"g_ema": tiny_legacy, "g": {}, "d": {}}, w_avg_samples=300, seed=7)
+    snap = reference.reference_to_snapshot(
+        {"g_ema": tiny_legacy, "g": {}, "d": {}}, w_avg_samples=300, seed=7
+    )
     z = torch.randn(300, 32, generator=torch.Generator().manual_seed(7))
     expect = RefForward(tiny_legacy, TINY, "legacy").mapping(z).mean(0)
     torch.testing.assert_close(snap["state_dict"]["w_avg"], expect, rtol=1e-5, atol=1e-4)
@@ -370,19 +373,19 @@ def test_round_trip_is_identity(layout):
     snap, _ = converted(sd, layout)
     assert snap["meta"]["reference_attention_layout"] == layout
     assert snap["meta"]["reference_container"] == layout
-    back = convert.snapshot_to_reference(snap, layout=layout)
+    back = reference.snapshot_to_reference(snap, layout=layout)
     assert set(back) == set(sd)
     for k in sd:
         assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
-    again = convert.reference_to_snapshot(convert.reference_checkpoint(back, layout), w_avg_samples=64)
+    again = reference.reference_to_snapshot(reference.reference_checkpoint(back, layout), w_avg_samples=64)
     assert again["model_config"] == snap["model_config"]
     for k, v in snap["state_dict"].items():
         assert torch.equal(again["state_dict"][k], v), k
     # and across layouts: the legacy 8x8 halves merge into one group and split back
     other = "new" if layout == "legacy" else "legacy"
-    cross = convert.snapshot_to_reference(snap, layout=other)
+    cross = reference.snapshot_to_reference(snap, layout=other)
     assert set(cross) == set(make_reference_g(TINY, other, seed=0))
-    again = convert.reference_to_snapshot(convert.reference_checkpoint(cross, other), w_avg_samples=64)
+    again = reference.reference_to_snapshot(reference.reference_checkpoint(cross, other), w_avg_samples=64)
     for k, v in snap["state_dict"].items():
         assert torch.equal(again["state_dict"][k], v), k
 
@@ -403,8 +406,8 @@ def test_ours_to_reference_to_ours_from_a_fresh_generator():
         for p in G.parameters():
             p.copy_(torch.randn_like(p))
     snap = {"model_config": G.model_config, "state_dict": G.state_dict()}
-    ref = convert.snapshot_to_reference(snap, "legacy")
-    back = convert.reference_to_snapshot(ref, w_avg_samples=0)  # a bare reference G state dict works too
+    ref = reference.snapshot_to_reference(snap, "legacy")
+    back = reference.reference_to_snapshot(ref, w_avg_samples=0)  # a bare reference G state dict works too
     assert back["meta"]["reference_container"] == "bare"
     for k, v in G.state_dict().items():
         if k != "w_avg":
@@ -421,7 +424,7 @@ def test_paper_256_conversion_on_cpu():
         )
         == 48_921_000
     )
-    snap = convert.reference_to_snapshot({"g": sd, "d": {}, "g_ema": sd}, w_avg_samples=16)
+    snap = reference.reference_to_snapshot({"g": sd, "d": {}, "g_ema": sd}, w_avg_samples=16)
     cfg = snap["model_config"]
     paper = GeneratorConfig(resolution=256)
     assert (
@@ -442,7 +445,7 @@ def test_paper_256_conversion_on_cpu():
     )
     assert ours["stages.1.blocks.1.attn.rpb.0"].shape == (16, 13, 13)
     assert torch.equal(ours["stages.6.blocks.0.attn.rpb.1"], sd["layers.6.blocks.0.attn.rpb1"])  # d=32 heads
-    back = convert.snapshot_to_reference(snap, "legacy")
+    back = reference.snapshot_to_reference(snap, "legacy")
     assert set(back) == set(sd)
     for k in sd:
         assert torch.equal(back[k], sd[k]), k
@@ -530,7 +533,7 @@ def test_reindexes_an_unflipped_index_buffer(tiny_legacy):
 def test_load_generator_on_snapshot_and_raw_reference_file(tmp_path, tiny_legacy):
     raw = tmp_path / "FFHQ_tiny.pt"
     torch.save({"g": tiny_legacy, "d": {}, "g_ema": tiny_legacy}, raw)
-    snap = convert.load_reference(raw, w_avg_samples=64)
+    snap = reference.load_reference(raw, w_avg_samples=64)
     assert snap["meta"]["source"] == str(raw) and len(snap["meta"]["source_sha256"]) == 64
     atomic_save(snap, tmp_path / "snap.pt")
     z = torch.randn(3, 32, generator=torch.Generator().manual_seed(8))
@@ -571,10 +574,10 @@ def test_new_container_with_argparse_namespace_and_script(tmp_path):
     sd = make_reference_g(TINY, "new", seed=9)
     src = tmp_path / "000100.pt"
     args = argparse.Namespace(size=32, lr=2e-4)
-    torch.save(convert.reference_checkpoint(sd, "new", d_state_dict=small_reference_d(), args=args), src)
+    torch.save(reference.reference_checkpoint(sd, "new", d_state_dict=small_reference_d(), args=args), src)
     with pytest.raises(Exception, match="Namespace"):
         torch.load(src, weights_only=True)  # plain safe loading refuses the pickled Namespace
-    data = convert.read_reference_checkpoint(src)
+    data = reference.read_reference_checkpoint(src)
     assert isinstance(data["args"], argparse.Namespace) and data["args"].size == 32
     dst = tmp_path / "out" / "snap.pt"
     run = subprocess.run(
@@ -631,7 +634,7 @@ def test_foreign_globals_are_refused_with_a_way_forward(tmp_path):
     src = tmp_path / "odd.pt"
     torch.save({"g_ema": {}, "args": Fraction(1, 3)}, src)
     with pytest.raises(CheckpointError, match=r"fractions\.Fraction.*weights_only=False"):
-        convert.read_reference_checkpoint(src)
+        reference.read_reference_checkpoint(src)
 
 
 def test_training_weights_include_the_discriminator():
@@ -639,7 +642,7 @@ def test_training_weights_include_the_discriminator():
     d_sd = small_reference_d()
     assert any(k.endswith("weight_orig") for k in d_sd) and any(k.endswith("weight_u") for k in d_sd)
     g_train = make_reference_g(TINY, "legacy", seed=12)
-    out = convert.reference_to_training_weights({"g": g_train, "g_ema": sd, "d": d_sd}, w_avg_samples=16)
+    out = reference.reference_to_training_weights({"g": g_train, "g_ema": sd, "d": d_sd}, w_avg_samples=16)
     assert set(out["D"]) == set(d_sd) and all(torch.equal(out["D"][k], v) for k, v in d_sd.items())
     assert out["discriminator_config"]["channels"] == {32: 32, 8: 32, 4: 32}
     assert set(out["G"]) == set(out["G_ema"])
@@ -652,11 +655,11 @@ def test_training_weights_include_the_discriminator():
     bad = dict(d_sd)
     bad["dwt.ll"] = torch.ones(2, 2)
     with pytest.raises(CheckpointError, match=r"constant buffer 'dwt\.ll'"):
-        convert.reference_to_training_weights({"g": sd, "g_ema": sd, "d": bad}, w_avg_samples=0)
+        reference.reference_to_training_weights({"g": sd, "g_ema": sd, "d": bad}, w_avg_samples=0)
     bad = dict(d_sd)
     del bad["final_linear.2.weight_v"]
     with pytest.raises(CheckpointError, match=r"discriminator: missing key 'final_linear\.2\.weight_v'"):
-        convert.reference_to_training_weights({"g": sd, "g_ema": sd, "d": bad}, w_avg_samples=0)
+        reference.reference_to_training_weights({"g": sd, "g_ema": sd, "d": bad}, w_avg_samples=0)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -664,7 +667,7 @@ def test_not_a_stylenat_checkpoint(tmp_path):
     with pytest.raises(
         CheckpointError, match=r"not a StyleNAT reference checkpoint \(top-level keys: \['foo', 'step'\]"
     ):
-        convert.reference_to_snapshot({"foo": torch.zeros(1), "step": 3}, source="x.pt")
+        reference.reference_to_snapshot({"foo": torch.zeros(1), "step": 3}, source="x.pt")
     stylegan2 = {
         "g_ema": {
             "style.1.weight": torch.zeros(2, 2),
@@ -677,7 +680,7 @@ def test_not_a_stylenat_checkpoint(tmp_path):
         "d_optim": {},
     }
     with pytest.raises(CheckpointError, match=r"'d', 'd_optim', 'g', 'g_ema', 'g_optim'.*StyleGAN2"):
-        convert.reference_to_snapshot(stylegan2, source="sg2.pt")
+        reference.reference_to_snapshot(stylegan2, source="sg2.pt")
     path = tmp_path / "random.pt"
     torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError, match=r"not a StyleNAT checkpoint \(top-level keys: \['weights'\]"):
@@ -691,7 +694,7 @@ def test_truncated_file(tmp_path, tiny_legacy):
     half = tmp_path / "half.pt"
     half.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"half\.pt is not a readable checkpoint \(truncated"):
-        convert.read_reference_checkpoint(half)
+        reference.read_reference_checkpoint(half)
     with pytest.raises(CheckpointError, match=r"half\.pt is not a readable checkpoint \(truncated"):
         stylenat.load_generator(half)
 
@@ -702,11 +705,11 @@ def test_missing_key_is_named(tiny_legacy):
     with pytest.raises(
         CheckpointError, match=r"^ckpt\.pt: missing key 'layers\.2\.blocks\.1\.mlp\.fc2\.bias'$"
     ):
-        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+        reference.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
     sd = dict(tiny_legacy)
     del sd["layers.1.blocks.0.attn.rpb1"]
     with pytest.raises(CheckpointError, match=r"missing key 'layers\.1\.blocks\.0\.attn\.rpb1'"):
-        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+        reference.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
 
 
 def test_wrong_shape_names_key_and_both_shapes(tiny_legacy):
@@ -716,35 +719,35 @@ def test_wrong_shape_names_key_and_both_shapes(tiny_legacy):
         CheckpointError,
         match=r"key 'layers\.1\.blocks\.1\.attn\.proj\.weight' has shape \[64, 65\] but expected \[64, 64\]",
     ):
-        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+        reference.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
     sd = dict(tiny_legacy)
     sd["to_rgbs.2.bias"] = torch.zeros(3)
     with pytest.raises(
         CheckpointError, match=r"key 'to_rgbs\.2\.bias' has shape \[3\] but expected \[1, 3, 1, 1\]"
     ):
-        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+        reference.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
     sd = dict(tiny_legacy)
     sd["layers.2.blocks.1.attn.rpb1"] = torch.zeros(2, 9, 9)  # kernel 5 where the config (from block 0) has 3
     with pytest.raises(
         CheckpointError,
         match=r"key 'layers\.2\.blocks\.1\.attn\.rpb1' has shape \[2, 9, 9\] but expected \[2, 5, 5\]",
     ):
-        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+        reference.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
     sd = dict(tiny_legacy)
     sd["layers.3.blocks.0.attn.rpb0"] = torch.zeros(3, 5, 5)  # 3 + 2 heads where qkv says 4
     with pytest.raises(CheckpointError, match=r"'layers\.3\.blocks\.0\.attn\.rpb0' \[3, 5, 5\].*5 heads"):
-        convert.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
+        reference.reference_to_snapshot({"g_ema": sd}, source="ckpt.pt")
 
 
 def test_unexpected_key_and_bad_blur_kernel(tiny_legacy):
     sd = dict(tiny_legacy, **{"layers.0.blocks.0.gamma1": torch.ones(64)})
     with pytest.raises(CheckpointError, match=r"unexpected key 'layers\.0\.blocks\.0\.gamma1'"):
-        convert.reference_to_snapshot({"g_ema": sd})
+        reference.reference_to_snapshot({"g_ema": sd})
     sd = dict(tiny_legacy, **{"to_rgbs.0.upsample.kernel": torch.ones(4, 4) / 4})
     with pytest.raises(
         CheckpointError, match=r"'to_rgbs\.0\.upsample\.kernel' is not the \[1, 3, 3, 1\] blur"
     ):
-        convert.reference_to_snapshot({"g_ema": sd})
+        reference.reference_to_snapshot({"g_ema": sd})
 
 
 def test_dilation_override_and_unknown_group_count():
@@ -752,8 +755,8 @@ def test_dilation_override_and_unknown_group_count():
         dict(TINY, kernels=[[3], [5], [5], [3]], dilations=[[1], [1], [1, 2, 3], [1, 4]]), "legacy", seed=11
     )
     with pytest.raises(CheckpointError, match=r"stage 16x16 has 3 attention groups.*--dilations"):
-        convert.reference_to_snapshot({"g_ema": sd})
-    snap = convert.reference_to_snapshot(
+        reference.reference_to_snapshot({"g_ema": sd})
+    snap = reference.reference_to_snapshot(
         {"g_ema": sd}, dilations=[[1], [1], [1, 2, 3], [1, 4]], w_avg_samples=0
     )
     assert snap["model_config"]["dilations"][2] == [1, 2, 3]

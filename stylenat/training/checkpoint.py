@@ -130,7 +130,7 @@ def prune(run_dir: Path, prefix: str, keep: int | None) -> list[Path]:
 
 def save_state(state: dict, path: Path) -> None:
     """Write a training state atomically (never a half-written file under the final name)."""
-    from stylenat.snapshot import atomic_save
+    from stylenat.files import atomic_save
 
     atomic_save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, Path(path))
 

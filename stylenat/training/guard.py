@@ -10,7 +10,7 @@ checks that a run directory can take the next checkpoint.
   skips it).
 * ``check_run_dir``: before training, the run directory must be writable and hold room for the next
   training state; a failed save (disk full) raises ``CheckpointWriteError`` and leaves the previous
-  state intact (``stylenat.snapshot.atomic_save`` never replaces a file with a partial one).
+  state intact (``stylenat.files.atomic_save`` never replaces a file with a partial one).
 """
 
 from __future__ import annotations

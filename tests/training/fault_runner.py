@@ -13,13 +13,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from stylenat import snapshot  # noqa: E402
+from stylenat import files  # noqa: E402
 from stylenat.training import loop  # noqa: E402
 
 FAULT = os.environ.get("STYLENAT_TEST_FAULT", "")
 
 if FAULT == "slow_save":
-    _write = snapshot._WriteTracker.write
+    _write = files._WriteTracker.write
 
     def slow_write(self, data):
         written = _write(self, data)
@@ -28,7 +28,7 @@ if FAULT == "slow_save":
             time.sleep(0.3)
         return written
 
-    snapshot._WriteTracker.write = slow_write
+    files._WriteTracker.write = slow_write
 
 elif FAULT == "raise_rank1":
     _g_step = loop.Trainer.g_step

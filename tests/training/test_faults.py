@@ -234,7 +234,7 @@ def test_disk_full_at_save_time_keeps_the_previous_state(tmp_path, monkeypatch):
             self.f.close()
 
     real_fdopen = os.fdopen
-    monkeypatch.setattr("stylenat.snapshot.os.fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    monkeypatch.setattr("stylenat.files.os.fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
     with pytest.raises(CheckpointWriteError) as info:
         _train(run_dir, 2)
     message = str(info.value)
