@@ -6,7 +6,7 @@ selection can be driven through their CUDA branches; anything that would allocat
 (no driver), so use it only where a decision is made, not where kernels run.
 
 ``install_natten_stub`` writes a package ``natten`` into a temporary folder, puts the folder first on
-sys.path, drops any imported ``natten`` modules and clears ``stylenat.ops.na``'s cached import, so the
+sys.path, drops any imported ``natten`` modules and clears the natten backend's cached import, so the
 next ``na2d`` call sees the stub. Shapes (from NATTEN's sources):
 
 * 0.17: ``natten.na2d`` is a submodule (the functional ops live in natten.functional); no HAS_LIBNATTEN.
@@ -46,7 +46,7 @@ def na2d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, 
     """NATTEN >= 0.20's signature and layout: [B, H, W, heads, D] in and out."""
     import torch
 
-    from stylenat.ops.na_reference import na2d_reference
+    from stylenat.ops.na.reference import na2d_reference
 
     calls.append({"shape": tuple(query.shape), "kernel_size": kernel_size, "dilation": dilation,
                   "scale": scale, "dtype": query.dtype})
@@ -60,7 +60,7 @@ def install_natten_stub(
 ):
     """Write and activate a stub natten ``version``. na2d_kind: "function" (>= 0.20) or "module"
     (0.17); has_libnatten: the value of natten.HAS_LIBNATTEN, or None for no such attribute."""
-    import stylenat.ops.na as na
+    from stylenat.ops.na import natten_backend
 
     package = root / f"natten-{version}-{na2d_kind}-{has_libnatten}" / "natten"
     package.mkdir(parents=True)
@@ -77,7 +77,7 @@ def install_natten_stub(
     for name in [m for m in sys.modules if m == "natten" or m.startswith("natten.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(package.parent))
-    na._natten_import.cache_clear()
+    natten_backend.natten_import.cache_clear()
     import natten
 
     assert natten.__version__ == version

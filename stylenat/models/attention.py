@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylenat.models.layers import affine, affine_chunks, linear_add, workspace
-from stylenat.ops import na2d
+from stylenat.ops.checks import is_odd_kernel
+from stylenat.ops.na import NA_BACKENDS, na2d
 
 
 def split_heads(num_heads, num_groups):
@@ -31,15 +31,17 @@ def broadcast_groups(kernels, dilations):
 class HydraNeighborhoodAttention(nn.Module):
     """Heads split into groups, each group with its own kernel size and dilation (the paper's Hydra-NA).
 
-    Head order is group 0 first, as in the reference checkpoints. With RPB off the op can use NATTEN's
-    fused CUDA kernels.
+    qkv = Linear(C, 3C) laid out (3, heads, head_dim); per group neighborhood attention with that group's
+    RPB table; outputs concatenated in head order (group 0 first, as in the reference checkpoints); then
+    proj = Linear(C, C). ``backend`` picks the na2d implementation (with RPB off NATTEN's fused CUDA
+    kernels can run).
     """
 
     def __init__(self, dim, num_heads, kernels, dilations, use_rpb=True, backend="auto"):
         super().__init__()
         kernels, dilations = broadcast_groups(kernels, dilations)
         for k in kernels:
-            if k < 1 or k % 2 == 0:
+            if not is_odd_kernel(k):
                 raise ValueError(f"neighborhood attention kernel sizes must be odd, got {k}")
         if dim % num_heads:
             raise ValueError(f"channels {dim} are not divisible by {num_heads} heads")
@@ -48,7 +50,7 @@ class HydraNeighborhoodAttention(nn.Module):
         self.kernels = kernels
         self.dilations = dilations
         self.group_heads = split_heads(num_heads, len(kernels))
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.rpb = (
@@ -62,61 +64,42 @@ class HydraNeighborhoodAttention(nn.Module):
             for table in self.rpb:
                 nn.init.trunc_normal_(table, std=0.02, a=-2.0, b=2.0)
 
-    def check_size(self, height, width):
-        for k, d in zip(self.kernels, self.dilations):
-            if k * d > min(height, width):
-                raise ValueError(
-                    f"kernel_size {k} * dilation {d} = {k * d} exceeds the {height}x{width} feature map"
-                )
+    def forward(self, x):
+        return self.proj(self.attend(self.qkv(x)))
 
-    def _qkv(self, x, scale=None, shift=None):
-        """The qkv projection of x, or (no autograd) of x * scale + shift with per-sample scale, shift
-        [B, C]: chunk by chunk straight into the projection, so the normalised map is never written out."""
-        if scale is None:
-            return self.qkv(x)
-        B, H, W, _ = x.shape
-        weight, bias = self.qkv.weight.t().to(x.dtype), self.qkv.bias.to(x.dtype)
-        out = workspace("qkv", (B, H * W, weight.shape[1]), x)  # dies inside this layer's call
-        for samples, rows, _, inputs in affine_chunks(x, weight.shape[1], scale, shift):
-            torch.addmm(bias, inputs, weight, out=out[samples, rows].view(inputs.shape[0], -1))
-        return out.view(B, H, W, -1)
+    def attend(self, qkv, out=None):
+        """Everything between the projections: qkv [B, H, W, 3C] -> heads [B, H, W, C] in head order.
 
-    def _attend(self, x, scale=None, shift=None):
-        """Everything before the output projection: [B, H, W, C] heads in head order."""
-        B, H, W, C = x.shape
-        qkv = self._qkv(x, scale, shift).view(B, H, W, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # views [B, heads, H, W, D], no copies
-        # Without autograd (and outside torch.compile) every group writes into one token-major buffer
-        # [B, H, W, heads, D], the layout the projection reads: no concatenation, no permuting copy.
+        Without autograd (and outside torch.compile) every group writes into one token-major buffer
+        [B, H, W, heads, head_dim], the layout the output projection reads: no concatenation, no permuting
+        copy. ``out`` supplies that buffer (the CPU inference path passes a pooled one)."""
+        B, H, W, _ = qkv.shape
+        q, k, v = qkv.view(B, H, W, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 1, 2, 5).unbind(0)
         grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters())
+            qkv.requires_grad or any(p.requires_grad for p in self.parameters())
         )
-        direct = not grad and not torch.compiler.is_compiling()
-        buffer = workspace("heads", (B, H, W, self.num_heads, self.head_dim), q) if direct else None
+        if out is None and not grad and not torch.compiler.is_compiling():
+            out = qkv.new_empty(B, H, W, self.num_heads, self.head_dim)
         outputs, start = [], 0
         for g, (heads, kernel, dilation) in enumerate(zip(self.group_heads, self.kernels, self.dilations)):
             sl = slice(start, start + heads)
             rpb = self.rpb[g] if self.rpb is not None else None
-            target = None if buffer is None else buffer[:, :, :, sl].permute(0, 3, 1, 2, 4)
-            out = na2d(
+            target = None if out is None else out[:, :, :, sl].permute(0, 3, 1, 2, 4)
+            y = na2d(
                 q[:, sl], k[:, sl], v[:, sl], kernel, dilation, rpb=rpb, backend=self.backend, out=target
             )
-            outputs.append(out.permute(0, 2, 3, 1, 4))  # [B, H, W, heads_g, D]: a view for the torch op
+            outputs.append(y.permute(0, 2, 3, 1, 4))  # [B, H, W, heads_g, D]: a view for the torch op
             start += heads
-        if buffer is not None:
-            return buffer.view(B, H, W, C)
-        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=3)
-        return out.reshape(B, H, W, C)
+        if out is not None:
+            return out.view(B, H, W, -1)
+        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=3)).reshape(B, H, W, -1)
 
-    def forward(self, x):
-        return self.proj(self._attend(x))
 
-    @torch.no_grad()
-    def add_to(self, x, scale, shift, inplace=False):
-        """x + self(x * scale + shift) for per-sample scale, shift [B, C] (the AdaIN in front), without
-        autograd, as a new tensor or (inplace) into x: the affine is fused into the qkv projection and the
-        residual into the output one."""
-        return linear_add(self._attend(x, scale, shift), self.proj, x, inplace)
+def check_backend(name):
+    """``name`` if it is a neighborhood attention backend, else ValueError."""
+    if name not in NA_BACKENDS:
+        raise ValueError(f"na_backend={name!r}: expected one of {', '.join(NA_BACKENDS)}")
+    return name
 
 
 def relative_position_index(size):
@@ -141,16 +124,6 @@ class MultiHeadSelfAttentionRPB(nn.Module):
         self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * size - 1, 2 * size - 1))
         nn.init.trunc_normal_(self.rpb, std=0.02)
         self.register_buffer("rp_index", relative_position_index(size), persistent=False)
-
-    def check_size(self, height, width):
-        if (height, width) != (self.size, self.size):
-            raise ValueError(f"MHSA-RPB was built for {self.size}x{self.size} maps, got {height}x{width}")
-
-    @torch.no_grad()
-    def add_to(self, x, scale, shift, inplace=False):
-        """x + self(x * scale + shift) for per-sample scale, shift [B, C], without autograd (inplace: into x)."""
-        h = self(affine(x, scale, shift))
-        return x.add_(h) if inplace else x + h
 
     def forward(self, x):
         B, H, W, C = x.shape

@@ -14,9 +14,13 @@ def _plain(cfg):
     return dict(cfg)
 
 
-def build_generator(model_cfg: Mapping) -> Generator:
-    """Build the generator from a model config (Hydra `model` group or a snapshot's `model_config`)."""
-    return Generator(GeneratorConfig.from_dict(_plain(model_cfg)))
+def build_generator(
+    model_cfg: Mapping, *, na_backend: str = "auto", checkpoint_blocks: bool = False
+) -> Generator:
+    """Build the generator from a model config (Hydra `model` group or a snapshot's `model_config`) and the
+    runtime settings that are not part of it (see Generator)."""
+    config = GeneratorConfig.from_dict(_plain(model_cfg))
+    return Generator(config, na_backend=na_backend, checkpoint_blocks=checkpoint_blocks)
 
 
 def build_discriminator(disc_cfg: Mapping, resolution: int):

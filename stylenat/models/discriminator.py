@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from stylenat.models.layers import EqualConv2d, EqualLinear, fused_leaky_relu
+from stylenat.ops.checks import is_int, is_number, is_power_of_two
 from stylenat.ops.upfirdn import Blur, Downsample
 from stylenat.ops.wavelet import HaarTransform, InverseHaarTransform
 
@@ -66,9 +67,7 @@ def channel_table(
 
 
 def _check_resolution(resolution, minimum: int, what: str) -> int:
-    ok = isinstance(resolution, int) and not isinstance(resolution, bool)
-    ok = ok and resolution >= minimum and resolution & (resolution - 1) == 0
-    if not ok:
+    if not is_power_of_two(resolution, minimum):
         raise ValueError(f"{what}: resolution must be a power of two >= {minimum}, got {resolution!r}")
     return resolution
 
@@ -379,29 +378,24 @@ _CONFIG_KEYS = (
 
 
 def check_discriminator_config(cfg: Mapping, resolution) -> None:
-    """Check the Hydra ``discriminator`` group for a D of ``resolution`` before anything is built.
-
-    Each error is one line naming ``discriminator.<key>`` and its value (``ValueError``).
-    """
-
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
+    """Check a discriminator config (the keys of ``build_discriminator``) for a D of ``resolution`` before
+    anything is built. Each error (ValueError) is one line that starts with the key as written in the
+    config and its value (``channel_max=0: ...``): a config parser can prefix its own key path."""
 
     def fail(key: str, what: str):
-        raise ValueError(f"discriminator.{key}={cfg.get(key)!r}: {what}")
+        raise ValueError(f"{key}={cfg.get(key)!r}: {what}")
 
     if not isinstance(cfg, Mapping):
-        raise ValueError(f"discriminator={cfg!r}: expected a mapping of discriminator keys")
+        raise TypeError(f"a discriminator config is a mapping of its keys, got {type(cfg).__name__}")
     unknown = sorted(set(cfg) - set(_CONFIG_KEYS), key=str)
     if unknown:
-        raise ValueError(f"unknown key discriminator.{unknown[0]} (known: {', '.join(_CONFIG_KEYS)})")
+        fail(unknown[0], f"unknown key (known: {', '.join(_CONFIG_KEYS)})")
     name = cfg.get("name", "wavelet")
     if not isinstance(name, str) or name not in DISCRIMINATORS:
         fail("name", f"expected one of {', '.join(sorted(DISCRIMINATORS))}")
     minimum = MIN_RESOLUTION[name]
-    ok = is_int(resolution) and resolution >= minimum and resolution & (resolution - 1) == 0
-    if not ok:
-        fail("name", f"needs a power-of-two model.resolution >= {minimum}, got {resolution!r}")
+    if not is_power_of_two(resolution, minimum):
+        fail("name", f"needs a power-of-two image resolution >= {minimum}, got {resolution!r}")
     if not is_int(cfg.get("channel_multiplier", 2)) or cfg.get("channel_multiplier", 2) < 1:
         fail("channel_multiplier", "expected an integer >= 1")
     if not isinstance(cfg.get("sn", name == "wavelet"), bool):
@@ -418,13 +412,13 @@ def check_discriminator_config(cfg: Mapping, resolution) -> None:
                 res = int(k)
             except (TypeError, ValueError):
                 res = -1
-            if res < 4 or res > resolution or res & (res - 1):
+            if not is_power_of_two(res, 4) or res > resolution:
                 fail("channels", f"key {k!r} is not a power-of-two resolution in 4..{resolution}")
             if not is_int(v) or v < 1:
                 fail("channels", f"entry {k!r}: {v!r} is not an integer >= 1")
     blur = cfg.get("blur_kernel", DEFAULT_BLUR_KERNEL)
     ok = isinstance(blur, Sequence) and not isinstance(blur, str) and len(blur) > 0
-    if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in blur):
+    if not ok or not all(is_number(v) for v in blur):
         fail("blur_kernel", "expected a non-empty list of numbers")
     for key in ("stddev_group", "stddev_feat"):
         if not is_int(cfg.get(key, 4 if key == "stddev_group" else 1)) or cfg.get(key, 1) < 1:

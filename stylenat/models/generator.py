@@ -1,7 +1,9 @@
 """The StyleNAT generator, top to bottom: mapping -> 4x4 constant -> stages of transformer blocks -> RGB.
 
 Tokens stay channels-last ([B, H, W, C]) from the constant input to the last ToRGB; only the bilinear
-upsample and the RGB skip path switch to NCHW.
+upsample and the RGB skip path switch to NCHW. The modules' forwards are the plain maths; CPU inference
+runs each Stage through ``stylenat.ops.fused_cpu`` instead (the same maths in cache-sized fused kernels),
+decided at one point, ``Stage.forward``.
 """
 
 import math
@@ -12,22 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB
-from stylenat.models.layers import (
-    AdaptiveInstanceNorm,
-    EqualLinear,
-    Mlp,
-    PixelNorm,
-    fast_path,
-    sample_chunks,
-    sinusoidal_grid_2d,
-)
+from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB, check_backend
+from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
+from stylenat.ops import fused_cpu
+from stylenat.ops.checks import is_int, is_number, is_odd_kernel, is_power_of_two
 from stylenat.ops.upfirdn import make_kernel, upfirdn2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_NORMALIZATIONS = ("imagenet", "minus_one_one")
-NA_BACKENDS = ("auto", "torch", "natten", "flex")
+# Runtime settings older snapshots stored in their model config; now Generator arguments (from_dict
+# drops them).
+LEGACY_RUNTIME_KEYS = ("na_backend", "checkpoint_blocks")
 
 
 def paper_channels(resolution, channel_multiplier=2):
@@ -56,16 +54,17 @@ class GeneratorConfig:
     )
     use_rpb: bool = True
     output_normalization: str = "imagenet"  # pixel space of synthesis(): what D sees in training
-    na_backend: str = "auto"
-    checkpoint_blocks: bool = False  # activation checkpointing per block (memory for the 1024 model)
 
     @classmethod
     def from_dict(cls, cfg):
+        """From a plain mapping (a Hydra ``model`` group, a snapshot's ``model_config``); per-stage entries
+        may be single integers. Unknown keys raise; the legacy runtime keys are dropped."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
+        values = {key: value for key, value in dict(cfg).items() if key not in LEGACY_RUNTIME_KEYS}
+        unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown generator config key(s) {unknown}; known keys: {sorted(known)}")
-        values = dict(cfg)
+            key = unknown[0]
+            raise ValueError(f"{key}={values[key]!r}: unknown key (known: {', '.join(sorted(known))})")
         for key in ("kernels", "dilations"):
             if values.get(key) is not None:
                 values[key] = [[s] if isinstance(s, int) else list(s) for s in values[key]]
@@ -88,92 +87,82 @@ class GeneratorConfig:
         )
 
     def validate(self):
-        """Check types and ranges before any layer is built; each error is one line naming the key as
-        ``model.<key>`` (its Hydra name), its value and, for per-stage keys, the stage."""
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
+        """Check types and ranges before any layer is built. Each error is one line that starts with the
+        field as written here (``resolution=...``, ``kernels[2]=...``), its value and, for per-stage
+        fields, the stage: a config parser can prefix its own key path."""
         r = self.resolution
-        if not is_int(r) or r < 8 or r & (r - 1):
-            raise ValueError(f"model.resolution must be a power of two >= 8, got {r!r}")
+        if not is_power_of_two(r, minimum=8):
+            raise ValueError(f"resolution={r!r}: expected a power of two >= 8")
         for key in ("z_dim", "w_dim", "n_mlp", "min_heads", "head_channels", "channel_multiplier"):
             v = getattr(self, key)
             if not is_int(v) or v < 1:
-                raise ValueError(f"model.{key}={v!r}: expected an integer >= 1")
+                raise ValueError(f"{key}={v!r}: expected an integer >= 1")
         for key in ("lr_mlp", "mlp_ratio"):
             v = getattr(self, key)
             if not is_number(v) or v <= 0:
-                raise ValueError(f"model.{key}={v!r}: expected a number > 0")
-        for key in ("use_rpb", "checkpoint_blocks"):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"model.{key}={getattr(self, key)!r}: expected true or false")
+                raise ValueError(f"{key}={v!r}: expected a number > 0")
+        if not isinstance(self.use_rpb, bool):
+            raise ValueError(f"use_rpb={self.use_rpb!r}: expected true or false")
         n = self.num_stages
         channels = self.stage_channels()
         if len(channels) != n:
-            raise ValueError(f"model.channels needs {n} entries for resolution {r}, got {channels}")
+            raise ValueError(f"channels={channels}: expected {n} entries (one per stage) for resolution {r}")
         for key in ("kernels", "dilations"):
             values = getattr(self, key)
             if len(values) < n:
                 raise ValueError(
-                    f"model.{key}: kernels/dilations need {n} stages for resolution {r}, "
-                    f"got {len(self.kernels)}/{len(self.dilations)}"
+                    f"{key}={values}: expected {n} entries (one per stage) for resolution {r}, "
+                    f"got {len(values)}"
                 )
         if self.output_normalization not in OUTPUT_NORMALIZATIONS:
             raise ValueError(
-                f"model.output_normalization {self.output_normalization!r} is not one of {OUTPUT_NORMALIZATIONS}"
-            )
-        if self.na_backend not in NA_BACKENDS:
-            raise ValueError(
-                f"unknown na_backend {self.na_backend!r} (model.na_backend); expected one of {NA_BACKENDS}"
+                f"output_normalization={self.output_normalization!r}: expected one of "
+                f"{', '.join(OUTPUT_NORMALIZATIONS)}"
             )
         for s in range(n):
-            size = 4 * 2**s
-            stage = f"stage {size}x{size}"
-            dim = channels[s]
-            if not is_int(dim) or dim < 1:
-                raise ValueError(f"model.channels[{s}]={dim!r}: {stage}: expected an integer >= 1")
-            heads = max(dim // self.head_channels, self.min_heads)
-            if dim % heads:
-                raise ValueError(
-                    f"model.channels[{s}]={dim}: {stage}: {dim} channels are not divisible by {heads} heads "
-                    f"(heads = max(channels // model.head_channels, model.min_heads))"
-                )
-            if s == 0:
-                continue  # the 4x4 stage is full attention: its kernels/dilations entry is unused
-            kernels, dilations = self.kernels[s], self.dilations[s]
-            for key, values in (("kernels", kernels), ("dilations", dilations)):
-                if (
-                    not isinstance(values, (list, tuple))
-                    or not values
-                    or not all(is_int(v) and v >= 1 for v in values)
-                ):
-                    raise ValueError(f"model.{key}[{s}]={values!r}: {stage}: expected positive integers")
-            for k in kernels:
-                if k % 2 == 0:
-                    raise ValueError(f"model.kernels[{s}]={kernels}: {stage}: kernel_size {k} must be odd")
-            for k in kernels:
-                for d in dilations:
-                    if k * d > size:
-                        raise ValueError(
-                            f"model.kernels[{s}]={kernels} x model.dilations[{s}]={dilations}: {stage}: "
-                            f"kernel_size {k} * dilation {d} = {k * d} exceeds the feature map"
-                        )
-            groups = max(len(kernels), len(dilations))
-            if len(kernels) != len(dilations) and 1 not in (len(kernels), len(dilations)):
-                raise ValueError(
-                    f"model.kernels[{s}]={kernels} x model.dilations[{s}]={dilations}: {stage}: "
-                    "give one kernel per dilation, or a single kernel or dilation for all"
-                )
-            if heads < groups:
-                raise ValueError(
-                    f"model.dilations[{s}]={dilations}: {stage}: {groups} head groups need at least "
-                    f"{groups} heads, the stage has {heads}"
-                )
+            self._validate_stage(s, channels[s])
         return self
+
+    def _validate_stage(self, s, dim):
+        """Stage s's channels, heads and (from 8x8 on) its kernels and dilations."""
+        size = 4 * 2**s
+        stage = f"stage {size}x{size}"
+        if not is_int(dim) or dim < 1:
+            raise ValueError(f"channels[{s}]={dim!r}: {stage}: expected an integer >= 1")
+        heads = max(dim // self.head_channels, self.min_heads)
+        if dim % heads:
+            raise ValueError(
+                f"channels[{s}]={dim}: {stage}: {dim} channels are not divisible by {heads} heads "
+                f"(heads = max(channels // head_channels, min_heads))"
+            )
+        if s == 0:
+            return  # the 4x4 stage is full attention: its kernels/dilations entry is unused
+        kernels, dilations = self.kernels[s], self.dilations[s]
+        for key, values in (("kernels", kernels), ("dilations", dilations)):
+            if (
+                not isinstance(values, (list, tuple))
+                or not values
+                or not all(is_int(v) and v >= 1 for v in values)
+            ):
+                raise ValueError(f"{key}[{s}]={values!r}: {stage}: expected positive integers")
+        for k in kernels:
+            if not is_odd_kernel(k):
+                raise ValueError(f"kernels[{s}]={kernels}: {stage}: kernel_size {k} must be odd")
+        both = f"kernels[{s}]={kernels} x dilations[{s}]={dilations}: {stage}"
+        for k in kernels:
+            for d in dilations:
+                if k * d > size:
+                    raise ValueError(
+                        f"{both}: kernel_size {k} * dilation {d} = {k * d} exceeds the feature map"
+                    )
+        groups = max(len(kernels), len(dilations))
+        if len(kernels) != len(dilations) and 1 not in (len(kernels), len(dilations)):
+            raise ValueError(f"{both}: give one kernel per dilation, or a single kernel or dilation for all")
+        if heads < groups:
+            raise ValueError(
+                f"dilations[{s}]={dilations}: {stage}: {groups} head groups need at least "
+                f"{groups} heads, the stage has {heads}"
+            )
 
 
 class MappingNetwork(nn.Module):
@@ -201,20 +190,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = AdaptiveInstanceNorm(dim, w_dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, w, inplace=False):
-        """inplace: the caller owns x and lets the no-autograd path overwrite it (the synthesis loop does)."""
-        if fast_path(x):
-            return self._forward_no_grad(x, w, inplace)
+    def forward(self, x, w):
         x = x + self.attn(self.norm1(x, w))
         return x + self.mlp(self.norm2(x, w))
-
-    def _forward_no_grad(self, x, w, inplace=False):
-        """The same block without autograd, lean on memory traffic: each AdaIN becomes a per-sample
-        (scale, shift) fused into the next projection, the MLP runs in cache-sized chunks and both
-        residual adds go in place (into a new tensor unless inplace: the caller's x is left alone)."""
-        x = self.attn.add_to(x, *self.norm1.coefficients(x, w), inplace=inplace)
-        scale, shift = self.norm2.coefficients(x, w)
-        return self.mlp.add_to_(x, scale, shift)
 
 
 class BilinearUpsample(nn.Module):
@@ -228,27 +206,14 @@ class BilinearUpsample(nn.Module):
         self.register_buffer("pos", sinusoidal_grid_2d(out_size, out_size, out_dim), persistent=False)
 
     def forward(self, x):
-        x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
-        x = x.permute(0, 2, 3, 1)
-        pos = self.alpha * self.pos.to(x.dtype)
-        if fast_path(x):
-            return self._norm_proj_add(x, pos)
-        return self.proj(self.norm(x)) + pos
+        x = self.resize(x)
+        return self.proj(self.norm(x)) + self.alpha * self.pos.to(x.dtype)
 
-    @torch.no_grad()
-    def _norm_proj_add(self, x, pos):
-        """proj(norm(x)) + pos in cache-sized row chunks (no autograd): neither the normalised map nor the
-        projection's output streams through memory on its own."""
-        batch, height, width, channels = x.shape
-        flat, pos = x.reshape(batch, height * width, channels), pos.reshape(height * width, -1)
-        out = x.new_empty(batch, height * width, pos.shape[-1])
-        weight = self.proj.weight.t().to(x.dtype)
-        for samples, rows in sample_chunks(batch, height * width, max(channels, pos.shape[-1])):
-            normed = self.norm(flat[samples, rows])
-            part = out[samples, rows]
-            torch.mm(normed.view(-1, channels), weight, out=part.view(-1, part.shape[-1]))
-            part.add_(pos[rows])
-        return out.view(batch, height, width, -1)
+    @staticmethod
+    def resize(x):
+        """x2 bilinear of a channels-last map (through NCHW and back, a view)."""
+        x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        return x.permute(0, 2, 3, 1)
 
 
 class ToRGB(nn.Module):
@@ -278,7 +243,7 @@ class ToRGB(nn.Module):
 class Stage(nn.Module):
     """Two transformer blocks at one resolution, then (except in the last stage) the upsample."""
 
-    def __init__(self, cfg, size, dim, next_dim, kernels, dilations):
+    def __init__(self, cfg, size, dim, next_dim, kernels, dilations, na_backend="auto"):
         super().__init__()
         heads = max(dim // cfg.head_channels, cfg.min_heads)
         if dim % heads:
@@ -287,31 +252,39 @@ class Stage(nn.Module):
         def make_attn():
             if size == 4:
                 return MultiHeadSelfAttentionRPB(dim, heads, size)
-            return HydraNeighborhoodAttention(dim, heads, kernels, dilations, cfg.use_rpb, cfg.na_backend)
+            return HydraNeighborhoodAttention(dim, heads, kernels, dilations, cfg.use_rpb, na_backend)
 
         self.size = size
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, cfg.w_dim, make_attn(), cfg.mlp_ratio) for _ in range(2)
         )
         self.upsample = BilinearUpsample(dim, next_dim, 2 * size) if next_dim is not None else None
-        self.checkpoint_blocks = cfg.checkpoint_blocks
+        self.checkpoint_blocks = False  # activation checkpointing per block in training (Generator sets it)
 
     def forward(self, x, w0, w1, inplace=False):
-        """inplace: the caller owns x (see TransformerBlock.forward); the second block always owns its input."""
-        for j, (block, w) in enumerate(zip(self.blocks, (w0, w1))):
+        """inplace: the caller owns x, so CPU inference may overwrite it (the synthesis loop does)."""
+        if fused_cpu.applies(x):  # CPU inference: the same maths through cache-sized fused kernels
+            return fused_cpu.stage(self, x, w0, w1, inplace)
+        for block, w in zip(self.blocks, (w0, w1)):
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, w, use_reentrant=False)
             else:
-                x = block(x, w, inplace=inplace or j > 0)
+                x = block(x, w)
         return self.upsample(x) if self.upsample is not None else x
 
 
 class Generator(nn.Module):
     """StyleNAT generator. `G(z)` returns images in [-1, 1]; `synthesis(ws)` returns the training pixel space."""
 
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, *, na_backend: str = "auto", checkpoint_blocks: bool = False):
+        """na_backend: the neighborhood attention backend (see stylenat.ops.na); checkpoint_blocks:
+        activation checkpointing per transformer block in training (memory for the 1024 model). Both are
+        runtime settings, not part of the model: snapshots do not store them."""
         super().__init__()
         cfg.validate()
+        check_backend(na_backend)
+        if not isinstance(checkpoint_blocks, bool):
+            raise ValueError(f"checkpoint_blocks={checkpoint_blocks!r}: expected true or false")
         self.cfg = cfg
         self.z_dim, self.w_dim, self.resolution = cfg.z_dim, cfg.w_dim, cfg.resolution
         channels = cfg.stage_channels()
@@ -324,7 +297,10 @@ class Generator(nn.Module):
         for s in range(n):
             last = s == n - 1
             next_dim = None if last else channels[s + 1]
-            self.stages.append(Stage(cfg, 4 * 2**s, channels[s], next_dim, cfg.kernels[s], cfg.dilations[s]))
+            size = 4 * 2**s
+            self.stages.append(
+                Stage(cfg, size, channels[s], next_dim, cfg.kernels[s], cfg.dilations[s], na_backend)
+            )
             self.to_rgbs.append(ToRGB(channels[s] if last else next_dim, upsample_skip=not last))
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -332,10 +308,25 @@ class Generator(nn.Module):
         self.register_buffer("out_mean", mean, persistent=False)
         self.register_buffer("out_std", std, persistent=False)
         self.apply(_init_weights)
+        self.na_backend = na_backend
+        self.set_checkpoint_blocks(checkpoint_blocks)
 
     @property
     def model_config(self):
         return self.cfg.to_dict()
+
+    def set_na_backend(self, name: str) -> None:
+        """Run every neighborhood attention layer on backend ``name`` (auto | torch | natten | flex)."""
+        self.na_backend = check_backend(name)
+        for module in self.modules():
+            if isinstance(module, HydraNeighborhoodAttention):
+                module.backend = name
+
+    def set_checkpoint_blocks(self, enabled: bool) -> None:
+        """Turn activation checkpointing per transformer block (training only) on or off."""
+        self.checkpoint_blocks = enabled
+        for stage in self.stages:
+            stage.checkpoint_blocks = enabled
 
     def mapping(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False, w_avg_beta=0.995):
         """z [B, z_dim] -> per-layer ws [B, n_latent, w_dim], with optional truncation toward w_avg."""

@@ -1,4 +1,5 @@
-"""Low-level tensor operations: neighborhood attention, FIR resampling, Haar wavelets."""
+"""Low-level tensor operations: neighborhood attention, FIR resampling, Haar wavelets, the fused CPU
+inference kernels."""
 
 from stylenat.ops.na import available_backends, na2d
 from stylenat.ops.upfirdn import Blur, Downsample, downsample2d, make_kernel, upfirdn2d, upsample2d

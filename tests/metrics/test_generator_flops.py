@@ -44,9 +44,7 @@ def test_count_with_the_flex_backend_forced(monkeypatch):
     # implementation for the counter's mode (issue 14, defect 3): NA is counted as the torch backend runs it.
     want = throughput.generator_flops(_tiny_generator())
     G = _tiny_generator()
-    for block in G.modules():
-        if hasattr(block, "backend"):
-            block.backend = "flex"  # the model's na_backend=flex
+    G.set_na_backend("flex")
     assert throughput.generator_flops(G) == want
     monkeypatch.setenv("STYLENAT_NA_BACKEND", "flex")  # auto resolved to flex through the environment
     assert throughput.generator_flops(_tiny_generator()) == want

@@ -1,4 +1,5 @@
-"""Activation checkpointing (``model.checkpoint_blocks``, meant for the 1024 model) changes memory, not maths."""
+"""Activation checkpointing (``Generator(checkpoint_blocks=True)``, meant for the 1024 model) changes memory, not
+maths."""
 
 import torch
 

@@ -6,10 +6,19 @@ import math
 import pytest
 import torch
 
-import stylenat.ops.na as na_module
 from stylenat.ops import na2d
-from stylenat.ops.na import ENV_VAR, _na2d_torch, available_backends, neighborhood
-from stylenat.ops.na_reference import na2d_reference
+from stylenat.ops.na import (
+    ENV_VAR,
+    available_backends,
+    backend_override,
+    dispatch,
+    natten_backend,
+    neighborhood,
+    tiling,
+    torch_backend,
+)
+from stylenat.ops.na.reference import na2d_reference
+from stylenat.ops.na.torch_backend import na2d_torch
 from stylenat.ops.precision import set_tf32
 
 # ----------------------------------------------------------------------------------------------------
@@ -136,9 +145,9 @@ def test_matches_loop_oracle(height, width, kernel_size, dilation, with_rpb, mon
     # or the probabilities and the gathered tiles kept; then small odd tiles (several tiles per group,
     # partial last tiles, clamped halos) with each of those.
     for keep, tiles in [(keep, tiles) for tiles in (None, (2, 3)) for keep in (None, "probs", "tiles")]:
-        monkeypatch.setattr(na_module, "_keep_level", lambda q, plan, keep=keep: keep)
+        monkeypatch.setattr(torch_backend, "_keep_level", lambda q, plan, keep=keep: keep)
         got, got_grads = _outputs_and_grads(
-            lambda tiles=tiles: _na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles),
+            lambda tiles=tiles: na2d_torch(q, k, v, kernel_size, dilation, rpb, scale, tiles),
             q,
             k,
             v,
@@ -151,7 +160,7 @@ def test_matches_loop_oracle(height, width, kernel_size, dilation, with_rpb, mon
 
 def test_keep_level_follows_the_byte_budget(monkeypatch):
     # 16x16, k=7, 4x8 tiles: 8 tiles of 32 queries and 10x14 keys per (batch, head) item.
-    plan = na_module._plan(16, 16, 7, 1, (4, 8), torch.device("cpu"))
+    plan = tiling.tile_plan(16, 16, 7, 1, (4, 8), torch.device("cpu"))
     q = torch.zeros(2, 3, 16, 16, 8)
     n_tiles = 2 * 3 * 8
     probs_bytes = n_tiles * 32 * 140 * 4
@@ -162,8 +171,8 @@ def test_keep_level_follows_the_byte_budget(monkeypatch):
         (probs_bytes, "probs"),
         (probs_bytes - 1, None),
     ):
-        monkeypatch.setattr(na_module, "_KEEP_BYTES", budget)
-        assert na_module._keep_level(q, plan) == want, budget
+        monkeypatch.setattr(torch_backend, "KEEP_BYTES", budget)
+        assert torch_backend._keep_level(q, plan) == want, budget
 
 
 @pytest.mark.parametrize("dilation", [1, 3])
@@ -257,16 +266,16 @@ def test_strided_qkv_views_values_and_grads(height, width, kernel_size, dilation
         heads, 2 * kernel_size - 1, 2 * kernel_size - 1, dtype=torch.float64, requires_grad=True
     )
     qkv, (q, k, v) = _qkv_views(2, height, width, heads, 4, requires_grad=True)
-    plan = na_module._plan(
+    plan = tiling.tile_plan(
         height,
         width,
         kernel_size,
         dilation,
-        tiles or na_module._pick_tiles(height, width, kernel_size, dilation),
+        tiles or tiling.pick_tiles(height, width, kernel_size, dilation),
         torch.device("cpu"),
     )
     assert (plan.strided, plan.direct) == (strided, direct)
-    got = _na2d_torch(q, k, v, kernel_size, dilation, rpb, 0.5, tiles)
+    got = na2d_torch(q, k, v, kernel_size, dilation, rpb, 0.5, tiles)
     grad = torch.randn(got.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     got_grads = torch.autograd.grad(got, (qkv, rpb), grad)
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
@@ -276,7 +285,7 @@ def test_strided_qkv_views_values_and_grads(height, width, kernel_size, dilation
     torch.testing.assert_close(got_grads[0], torch.stack(want_grads[:3], 3).permute(0, 2, 4, 3, 1, 5))
     torch.testing.assert_close(got_grads[1], want_grads[3], rtol=0, atol=1e-10)
     with torch.no_grad():  # the no-autograd path (no autograd.Function) gives the same values
-        torch.testing.assert_close(_na2d_torch(q, k, v, kernel_size, dilation, rpb, 0.5, tiles), want)
+        torch.testing.assert_close(na2d_torch(q, k, v, kernel_size, dilation, rpb, 0.5, tiles), want)
 
 
 @pytest.mark.parametrize("height,width,kernel_size,dilation,tiles,strided,direct", LAYOUT_CASES)
@@ -287,7 +296,7 @@ def test_out_writes_into_a_token_major_buffer(height, width, kernel_size, dilati
     buffer = torch.full((2, height, width, heads, dim), float("nan"), dtype=torch.float64)
     for sl in (slice(0, 2), slice(2, 4)):  # two head groups into one [B, H, W, heads, D] buffer
         target = buffer[:, :, :, sl].permute(0, 3, 1, 2, 4)
-        got = _na2d_torch(q[:, sl], k[:, sl], v[:, sl], kernel_size, dilation, rpb, 0.5, tiles, out=target)
+        got = na2d_torch(q[:, sl], k[:, sl], v[:, sl], kernel_size, dilation, rpb, 0.5, tiles, out=target)
         assert got.data_ptr() == target.data_ptr()
     for sl in (slice(0, 2), slice(2, 4)):
         want = na2d_reference(q[:, sl], k[:, sl], v[:, sl], kernel_size, dilation, rpb, 0.5)
@@ -376,12 +385,12 @@ def test_env_var_overrides_auto_only(monkeypatch):
 
 
 def test_backend_logged_once(monkeypatch, caplog):
-    monkeypatch.setattr(na_module, "_logged_backends", set())
+    monkeypatch.setattr(dispatch, "_logged_backends", set())
     q, k, v = _small()
-    with caplog.at_level(logging.INFO, logger="stylenat.ops.na"):
+    with caplog.at_level(logging.INFO, logger=dispatch.logger.name):
         na2d(q, k, v, 3)
         na2d(q, k, v, 5)
-    messages = [r.getMessage() for r in caplog.records if r.name == "stylenat.ops.na"]
+    messages = [r.getMessage() for r in caplog.records if r.name == dispatch.logger.name]
     assert len(messages) == 1 and "torch backend" in messages[0]
 
 
@@ -404,8 +413,8 @@ GPU_BACKWARD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dilation", [1, 2, 4])
 def test_natten_matches_torch_backend(dtype, dilation):
-    if na_module._natten_import()[0] is None:
-        pytest.skip(f"natten backend unavailable: {na_module._natten_import()[1]}")
+    if natten_backend.natten_import()[0] is None:
+        pytest.skip(f"natten backend unavailable: {natten_backend.natten_import()[1]}")
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 32, 24, 32, device="cuda").to(dtype).requires_grad_() for _ in range(3))
     grad = torch.randn(2, 4, 32, 24, 32, device="cuda")
@@ -444,11 +453,11 @@ def test_torch_backend_half_precision_on_cuda(dtype):
 def test_backend_override_wins_over_the_requested_backend(monkeypatch):
     q, k, v = _small()
     monkeypatch.setenv(ENV_VAR, "natten")
-    with na_module.backend_override("torch"):
+    with backend_override("torch"):
         torch.testing.assert_close(na2d(q, k, v, 3, backend="natten"), na2d_reference(q, k, v, 3))
         torch.testing.assert_close(na2d(q, k, v, 3), na2d_reference(q, k, v, 3))
     with pytest.raises(RuntimeError, match="'natten' is unavailable"):  # restored on exit
         na2d(q, k, v, 3)
     with pytest.raises(ValueError, match="concrete backend"):
-        with na_module.backend_override("auto"):
+        with backend_override("auto"):
             pass

@@ -18,12 +18,12 @@ pytest.importorskip(
 
 from torch.nn.attention.flex_attention import create_block_mask  # noqa: E402
 
-import stylenat.ops.na_flex as na_flex_module  # noqa: E402
-from stylenat.ops.na import ENV_VAR, available_backends, na2d  # noqa: E402
-from stylenat.ops.na_flex import _plan, available, block_mask, flex_unavailable, na2d_flex  # noqa: E402
+from stylenat.ops.na import ENV_VAR, BackendUnavailable, available_backends, na2d  # noqa: E402
+from stylenat.ops.na import flex_backend as na_flex_module  # noqa: E402
+from stylenat.ops.na.flex_backend import _plan, available, block_mask, na2d_flex, unavailable  # noqa: E402
 
 try:
-    from stylenat.ops.na_reference import na2d_reference
+    from stylenat.ops.na.reference import na2d_reference
 except ImportError:  # pragma: no cover - tiny loop oracle when the shared reference is missing
 
     def _start(i, length, k, d):
@@ -202,27 +202,34 @@ def test_compiled_forward_matches_reference(compiled_cpu, height, width, use_rpb
 
 
 # ----------------------------------------------------------------------------------------------------
-# CPU limits: no backward, no float64 in the compiled kernel -> fall back to the torch backend
+# CPU limits: no backward, no float64 in the compiled kernel -> the backend raises, the dispatcher
+# ("auto") picks the torch backend
 # ----------------------------------------------------------------------------------------------------
 
 
 def test_unavailable_reasons():
     assert available("cpu") and not available("meta")
     q, k, v, rpb = _inputs(9, 13, 3, True)
-    assert flex_unavailable(q, rpb, k, v) is None
-    assert "backward" in flex_unavailable(q.requires_grad_(), rpb, k, v)
+    assert unavailable(q, k, v, rpb) is None
+    assert "backward" in unavailable(q.requires_grad_(), k, v, rpb)
     with torch.no_grad():
-        assert flex_unavailable(q, rpb, k, v) is None
-    assert "backward" in flex_unavailable(q.detach(), rpb.requires_grad_(), k, v)
-    assert "float64" in flex_unavailable(q.detach().double(), compile=True)
-    assert flex_unavailable(q.detach().double(), compile=False) is None
-    assert "does not run on meta" in flex_unavailable(torch.empty(1, 1, 9, 13, 8, device="meta"))
+        assert unavailable(q, k, v, rpb) is None
+    assert "backward" in unavailable(q.detach(), k, v, rpb.requires_grad_())
+    assert "float64" in unavailable(q.detach().double(), compile=True)
+    assert unavailable(q.detach().double(), compile=False) is None
+    assert "does not run on meta" in unavailable(torch.empty(1, 1, 9, 13, 8, device="meta"))
 
 
-def test_cpu_backward_falls_back_to_torch_backend():
+def test_cpu_backward_raises_and_auto_takes_the_torch_backend():
     q, k, v, rpb = _inputs(9, 13, 3, True, dtype=torch.float64)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
-    out = na2d_flex(*leaves[:3], 3, 2, rpb=leaves[3])
+    with pytest.raises(
+        BackendUnavailable, match=r"^na2d backend 'flex' is unavailable: .*no backward on the CPU$"
+    ):
+        na2d_flex(*leaves[:3], 3, 2, rpb=leaves[3], compile=False)  # eager: float64 is fine, autograd is not
+    with pytest.raises(BackendUnavailable, match="float64"):
+        na2d_flex(*leaves[:3], 3, 2, rpb=leaves[3])
+    out = na2d(*leaves[:3], 3, 2, rpb=leaves[3])
     grad = torch.randn_like(out)
     grads = torch.autograd.grad(out, leaves, grad)
     ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
@@ -233,9 +240,11 @@ def test_cpu_backward_falls_back_to_torch_backend():
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
 
 
-def test_cpu_float64_falls_back_exactly():
+def test_cpu_float64_raises_and_auto_is_exact():
     q, k, v, rpb = _inputs(16, 16, 5, True, dtype=torch.float64)
-    out = na2d_flex(q, k, v, 5, 3, rpb=rpb)
+    with pytest.raises(BackendUnavailable, match="float64"):
+        na2d_flex(q, k, v, 5, 3, rpb=rpb)
+    out = na2d(q, k, v, 5, 3, rpb=rpb)
     torch.testing.assert_close(out, na2d_reference(q, k, v, 5, 3, rpb=rpb), rtol=1e-10, atol=1e-10)
 
 
@@ -249,7 +258,7 @@ def test_plan_built_under_inference_mode_serves_a_later_call_with_grad(monkeypat
     q, k, v, rpb = _inputs(10, 14, 5, True, seed=11)
     with torch.inference_mode():
         na2d_flex(q, k, v, 5, 2, rpb=rpb, compile=False)
-    monkeypatch.setattr(na_flex_module, "flex_unavailable", lambda *args, **kwargs: None)
+    monkeypatch.setattr(na_flex_module, "unavailable", lambda *args, **kwargs: None)
     leaf = rpb.clone().requires_grad_()
     out = na2d_flex(q, k, v, 5, 2, rpb=leaf, compile=False)
     assert out.requires_grad

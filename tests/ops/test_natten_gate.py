@@ -13,9 +13,8 @@ import sys
 import pytest
 import torch
 
-import stylenat.ops.na as na
-from stylenat.ops.na import _resolve_backend, available_backends, na2d
-from stylenat.ops.na_reference import na2d_reference
+from stylenat.ops.na import available_backends, dispatch, na2d, natten_backend, resolve_backend, torch_backend
+from stylenat.ops.na.reference import na2d_reference
 from tests.fakes import fake_cuda, install_natten_stub
 
 
@@ -27,7 +26,7 @@ def natten_stub(monkeypatch, tmp_path):
     yield install
     for name in [m for m in sys.modules if m == "natten" or m.startswith("natten.")]:
         del sys.modules[name]  # monkeypatch then restores whatever was imported before
-    na._natten_import.cache_clear()
+    natten_backend.natten_import.cache_clear()
 
 
 def _qkv(dim=8):
@@ -41,7 +40,7 @@ def test_natten_021_with_libnatten_is_picked_and_called_in_its_layout(natten_stu
     natten = natten_stub("0.21.0")
     (q, k, v), fakes = _qkv()
     assert "natten" in available_backends("cuda")
-    assert _resolve_backend("auto", *fakes, None) == "natten"
+    assert resolve_backend("auto", *fakes, None) == "natten"
     out = na2d(*fakes, 5, 2, backend="natten")
     torch.testing.assert_close(out.as_subclass(torch.Tensor), na2d_reference(q, k, v, 5, 2))
     assert natten.calls == [
@@ -53,14 +52,14 @@ def test_natten_021_with_libnatten_is_picked_and_called_in_its_layout(natten_stu
             "dtype": torch.float32,
         }
     ]
-    assert _resolve_backend("auto", *fakes, torch.zeros(2, 9, 9)) == "torch"  # RPB: natten >= 0.20 has none
+    assert resolve_backend("auto", *fakes, torch.zeros(2, 9, 9)) == "torch"  # RPB: natten >= 0.20 has none
 
 
 def _refused(version: str) -> str:
     """natten is not offered on CUDA, auto falls back to torch, a forced natten is one line; its message."""
     _, fakes = _qkv()
     assert "natten" not in available_backends("cuda")
-    assert _resolve_backend("auto", *fakes, None) == "torch"
+    assert resolve_backend("auto", *fakes, None) == "torch"
     with pytest.raises(RuntimeError) as err:
         na2d(*fakes, 5, backend="natten")
     message = str(err.value)
@@ -84,11 +83,11 @@ def test_natten_without_libnatten_is_unavailable(natten_stub, monkeypatch, caplo
 
     # the backend log line names the reason too (the torch backend itself is stubbed: fake CUDA tensors
     # cannot run kernels)
-    monkeypatch.setattr(na, "_logged_backends", set())
-    monkeypatch.setattr(na, "_na2d_torch", lambda q, *args, **kwargs: q)
-    with caplog.at_level(logging.INFO, logger="stylenat.ops.na"):
+    monkeypatch.setattr(dispatch, "_logged_backends", set())
+    monkeypatch.setattr(torch_backend, "na2d_torch", lambda q, *args, **kwargs: q)
+    with caplog.at_level(logging.INFO, logger=dispatch.logger.name):
         na2d(*fakes, 5)
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "stylenat.ops.na"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == dispatch.logger.name]
     assert "using the torch backend" in line and "libnatten" in line
 
 
@@ -96,6 +95,6 @@ def test_natten_020_and_later_versions_pass_the_version_gate(natten_stub):
     for version in ("0.20.1", "0.21.0+torch2100cu128", "1.0.0"):
         natten_stub(version)
         _, fakes = _qkv()
-        assert _resolve_backend("auto", *fakes, None) == "natten", version
+        assert resolve_backend("auto", *fakes, None) == "natten", version
     natten_stub("0.19.9")
-    assert _resolve_backend("auto", *fakes, None) == "torch"
+    assert resolve_backend("auto", *fakes, None) == "torch"

@@ -1,7 +1,9 @@
 """Naive gather-based neighborhood attention: the yardstick for tests and benchmarks, never the default.
 
 It materialises every query's k*k keys and values ([B, heads, H, W, k*k, D]), which is simple to check by
-eye but slow and memory hungry. Use ``stylenat.ops.na2d`` everywhere else.
+eye but slow and memory hungry. Use ``stylenat.ops.na2d`` everywhere else. Its window rule is written
+out here again on purpose (not taken from ``windows``): an oracle that shares the code it checks could
+not catch a mistake in it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stylenat.ops.na_checks import check_na_args
+from stylenat.ops.na.windows import check_na_args
 
 
 def _axis_windows(length: int, kernel_size: int, dilation: int) -> tuple[Tensor, Tensor]:

@@ -23,24 +23,22 @@ relative position bias) with a block-sparse fused flex-attention kernel:
 Platform support (torch 2.14, measured): on the CPU the compiled flex kernel runs forward only, in float32,
 float16 and bfloat16 (no float64, no backward: torch raises "FlexAttention does not support backward on
 CPU"). Calls the flex kernel cannot serve -- CPU with autograd needed, CPU float64, or a device flex does not
-support -- fall back to ``stylenat.ops.na2d(..., backend="torch")`` (logged once); ``flex_unavailable``
-returns the reason so a dispatcher can decide before calling. The CPU compiles with static shapes (one C++
-compile, 10-25 s, per new problem shape; see ``_compiled``). On CUDA forward and backward (including the
-RPB gradient) are flex's fused Triton kernels (not exercised here: no GPU; see the ``gpu`` tests).
+support -- raise ``BackendUnavailable``; ``unavailable`` returns the reason so the dispatcher
+(``stylenat.ops.na.dispatch``) can choose another backend before calling. The CPU compiles with static
+shapes (one C++ compile, 10-25 s, per new problem shape; see ``_compiled``). On CUDA forward and backward
+(including the RPB gradient) are flex's fused Triton kernels (not exercised here: no GPU; see the ``gpu``
+tests).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from stylenat.ops.na_checks import check_na_args
-
-logger = logging.getLogger(__name__)
+from stylenat.ops.na.windows import BackendUnavailable, axis_windows, check_na_args, needs_grad
 
 # Flex attention's sparse block size (tokens per query / key block of the BlockMask).
 BLOCK_SIZE = 128
@@ -55,7 +53,6 @@ _MASK_CHUNK_TOKENS = 1 << 15
 _RECOMPILE_LIMIT = 64
 
 _compiled_flex: dict[bool | None, object] = {}
-_logged: set[str] = set()
 
 
 def _flex_module():
@@ -98,18 +95,18 @@ def _run_compiled(device_type: str, *args, **kwargs) -> Tensor:
 
 
 def available(device: str | torch.device = "cpu") -> bool:
-    """Whether this torch has flex attention for ``device`` (per-call limits: ``flex_unavailable``)."""
+    """Whether this torch has flex attention for ``device`` (per-call limits: ``unavailable``)."""
     return _flex_module() is not None and torch.device(device).type in ("cuda", "cpu", "xpu")
 
 
-def flex_unavailable(
+def unavailable(
     q: Tensor,
-    rpb: Tensor | None = None,
     k: Tensor | None = None,
     v: Tensor | None = None,
+    rpb: Tensor | None = None,
     compile: bool = True,
 ) -> str | None:
-    """Why flex attention cannot run this call (``na2d_flex`` would fall back), or None when it can."""
+    """Why flex attention cannot run this call (``na2d_flex`` would raise), or None when it can."""
     if _flex_module() is None:
         return f"torch {torch.__version__} has no torch.nn.attention.flex_attention"
     device = q.device.type
@@ -120,7 +117,7 @@ def flex_unavailable(
     if device == "cpu":
         if compile and q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return f"flex attention on the CPU supports float32/float16/bfloat16, not {q.dtype}"
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb)):
+        if needs_grad(q, k, v, rpb):
             return "flex attention has no backward on the CPU"
     return None
 
@@ -128,15 +125,6 @@ def flex_unavailable(
 # ----------------------------------------------------------------------------------------------------
 # Token layout, index tables and block mask (built once per shape, cached)
 # ----------------------------------------------------------------------------------------------------
-
-
-def _axis(length: int, kernel_size: int, dilation: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per position along one axis: dilation group, index inside the group, window start (group units)."""
-    i = torch.arange(length)
-    group, j = i % dilation, i // dilation
-    group_len = (length - group + dilation - 1) // dilation
-    start = torch.minimum((j - kernel_size // 2).clamp(min=0), group_len - kernel_size)
-    return group, j, start
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,8 +159,8 @@ def _order(height: int, width: int, dilation: int, tile: tuple[int, int] | None)
 def _block_pairs(order: Tensor, height: int, width: int, kernel_size: int, dilation: int):
     """Unique (q block, kv block) ids (q * n_blocks + kv) touched by the windows, with their pair counts."""
     length = height * width
-    _, _, sy = _axis(height, kernel_size, dilation)
-    _, _, sx = _axis(width, kernel_size, dilation)
+    _, _, sy = axis_windows(height, kernel_size, dilation)
+    _, _, sx = axis_windows(width, kernel_size, dilation)
     pos = torch.empty_like(order).scatter_(0, order, torch.arange(length))  # token -> flex position
     rows, cols = order // width, order % width
     n_blocks = -(-length // BLOCK_SIZE)
@@ -242,8 +230,8 @@ def _build_plan(height: int, width: int, kernel_size: int, dilation: int, device
     kv_num, kv_idx = _block_lists(partial_q, partial_kv, n_blocks, n_blocks)
     full_num, full_idx = _block_lists(full_q, full_kv, n_blocks, n_blocks)
 
-    gy, jy, sy = (t[order // width] for t in _axis(height, k, dilation))
-    gx, jx, sx = (t[order % width] for t in _axis(width, k, dilation))
+    gy, jy, sy = (t[order // width] for t in axis_windows(height, k, dilation))
+    gx, jx, sx = (t[order % width] for t in axis_windows(width, k, dilation))
     group = gy * dilation + gx
 
     # Per-token tables for mask_mod / score_mod, padded to whole blocks with never-matching entries.
@@ -313,19 +301,14 @@ def na2d_flex(
     q, k, v: [B, heads, H, W, D]; rpb: [heads, 2k-1, 2k-1] or None; scale defaults to D**-0.5.
     compile: run ``torch.compile(flex_attention)`` (the fused block-sparse kernel). False runs flex's eager
     reference, which materialises the full (H*W)^2 score matrix: debugging and tiny maps only.
-    Calls flex cannot serve (see ``flex_unavailable``: CPU + autograd, CPU float64) fall back to the
-    ``torch`` backend of ``stylenat.ops.na2d``. Returns [B, heads, H, W, D].
+    Calls flex cannot serve (see ``unavailable``: CPU + autograd, CPU float64) raise
+    ``BackendUnavailable``. Returns [B, heads, H, W, D].
     """
     check_na_args(q, k, v, kernel_size, dilation, rpb)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    reason = flex_unavailable(q, rpb, k, v, compile)
+    reason = unavailable(q, k, v, rpb, compile)
     if reason is not None:
-        if reason not in _logged:
-            _logged.add(reason)
-            logger.info("na2d_flex: %s; using the torch backend", reason)
-        from stylenat.ops.na import na2d  # lazy: na.py may dispatch to this module
-
-        return na2d(q, k, v, kernel_size, dilation, rpb=rpb, scale=scale, backend="torch")
+        raise BackendUnavailable("flex", reason)
 
     batch, heads, height, width, dim = q.shape
     plan = _plan(height, width, kernel_size, dilation, str(q.device))
