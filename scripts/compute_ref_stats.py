@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Compute Inception reference statistics (mu, sigma + provenance) of a folder or zip of real images.
+"""Compute Inception reference statistics (mu, sigma + provenance) of a folder, zip or LMDB of real images.
 
     python scripts/compute_ref_stats.py DATA OUT.npz --protocol {stylegan,pytorch_fid}
         [--max-images N] [--subset {first,random}] [--seed S] [--features]
-        [--weights PATH] [--batch B] [--device cpu]
+        [--weights PATH] [--batch B] [--device cpu] [--resolution R]
+
+The images are read by the training data reader (same files, same order), as stored: the protocol
+resizes them to 299 (--resolution reads them as training does at R, and picks one of an LMDB's sizes).
 
 ``stylegan`` is StyleGAN2-ADA's fid50k_full pipeline, ``pytorch_fid`` the StyleNAT paper's. Without
 --max-images every image is used; with it exactly N (the first N for stylegan, a seeded random N for
@@ -20,14 +23,20 @@ from pathlib import Path
 import torch
 
 from stylenat.cli import tune_cpu_allocator
-from stylenat.metrics import PROTOCOLS, ImageFiles, InceptionWeightsError, load_inception
-from stylenat.metrics.images import select_indices
-from stylenat.metrics.statistics import compute_statistics
+from stylenat.data import uint8_batches
+from stylenat.metrics import (
+    PROTOCOLS,
+    InceptionWeightsError,
+    compute_statistics,
+    load_inception,
+    open_real_images,
+    select_indices,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data", help="image folder or zip archive")
+    p.add_argument("data", help="image folder, zip archive or LMDB directory")
     p.add_argument("out", help="output .npz")
     p.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
     p.add_argument("--max-images", type=int, default=None, help="use exactly N images (default: all)")
@@ -42,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="Inception weights file (default: the usual search)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="read at R like training (default: as stored)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -59,15 +71,15 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --device {args.device} requested but CUDA is not available")
     subset = args.subset or ("random" if args.protocol == "pytorch_fid" else "first")
     try:
-        files = ImageFiles(args.data)
+        files = open_real_images(args.data, args.resolution)
         indices = select_indices(len(files), args.max_images, subset, args.seed)
         extractor = load_inception(args.weights, device=args.device)
         stats = compute_statistics(
-            files.batches(args.batch, indices),
+            uint8_batches(files, args.batch, indices),
             args.protocol,
             extractor,
             total=len(indices),
-            data_fingerprint=files.fingerprint(),
+            data_fingerprint=files.fingerprint,
             keep_features=args.features,
             subset=subset if args.max_images is not None else "all",
             seed=args.seed,

@@ -1,7 +1,8 @@
 """Data: image data sets (folder, zip, LMDB), normalisation, the demo set, resumable sampling.
 
-Used by training and metrics, never by models. Policies (unreadable files, resizing, x-flip) are in
-the docstrings of ``datasets`` and ``images``; resuming is in ``sampler``. Names are imported lazily
+Used by training and metrics, never by models; ``reader`` is the one way both open images. Policies
+(unreadable files, resizing, x-flip) are in the docstrings of ``datasets`` and ``images``; resuming is
+in ``sampler``. Names are imported lazily
 so torch-free tools (``scripts/prepare_dataset.py``) start fast.
 """
 
@@ -17,16 +18,19 @@ _EXPORTS = {
     "ImageDataset": "datasets",
     "ImageFolderDataset": "datasets",
     "ZipDataset": "datasets",
-    "LMDBDataset": "datasets",
-    "build_dataset": "datasets",
-    "dataset_fingerprint": "datasets",
-    "lmdb_key": "datasets",
+    "LMDBDataset": "lmdb_dataset",
+    "build_dataset": "reader",
+    "dataset_fingerprint": "reader",
+    "uint8_batches": "reader",
+    "lmdb_key": "lmdb_dataset",
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",
     "NORMALIZATIONS": "transforms",
     "normalize": "transforms",
     "denormalize": "transforms",
     "to_uint8": "transforms",
+    "minus_one_one_to_uint8": "transforms",
+    "from_minus_one_one": "transforms",
     "InfiniteSampler": "sampler",
     "BatchStream": "sampler",
     "build_loader": "sampler",
@@ -54,10 +58,13 @@ __all__ = [
     "dataset_path_or_demo",
     "demo_dataset_path",
     "denormalize",
+    "from_minus_one_one",
     "lmdb_key",
+    "minus_one_one_to_uint8",
     "normalize",
     "prepare_dataset",
     "to_uint8",
+    "uint8_batches",
 ]
 
 
@@ -75,25 +82,21 @@ def __dir__():
 
 
 if TYPE_CHECKING:
-    from stylenat.data.datasets import (
-        ImageDataset,
-        ImageFolderDataset,
-        LMDBDataset,
-        ZipDataset,
-        build_dataset,
-        dataset_fingerprint,
-        lmdb_key,
-    )
+    from stylenat.data.datasets import ImageDataset, ImageFolderDataset, ZipDataset
     from stylenat.data.demo import dataset_path_or_demo, demo_dataset_path
     from stylenat.data.errors import DatasetError, DatasetWarning
     from stylenat.data.images import IMAGE_EXTENSIONS
+    from stylenat.data.lmdb_dataset import LMDBDataset, lmdb_key
     from stylenat.data.prepare import prepare_dataset
+    from stylenat.data.reader import build_dataset, dataset_fingerprint, uint8_batches
     from stylenat.data.sampler import BatchStream, InfiniteSampler, build_loader
     from stylenat.data.transforms import (
         IMAGENET_MEAN,
         IMAGENET_STD,
         NORMALIZATIONS,
         denormalize,
+        from_minus_one_one,
+        minus_one_one_to_uint8,
         normalize,
         to_uint8,
     )

@@ -58,6 +58,8 @@ Sizes
     images smaller than R are upscaled the same way, with one ``DatasetWarning`` at construction.
   * zip / LMDB must hold R x R images already (checked on the first image at construction and on every
     load); another size is a ``DatasetError`` naming both, e.g. prepare a new zip with ``prepare_dataset``.
+  * R = ``None`` (the metrics): every image as stored, no crop, no resize, no size check; an LMDB then
+    uses its one stored resolution (several: a ``DatasetError`` asking for one).
 
 x-flip (StyleGAN2-ADA style, no RNG): with ``xflip=True`` the data set has 2N items and item i >= N is
 the mirror image of item i - N. A shuffling sampler then draws random flips deterministically, which is
@@ -101,9 +103,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     format = "abstract"
 
-    def __init__(self, path, resolution: int, normalize: str | None = "imagenet", xflip: bool = False):
+    def __init__(self, path, resolution: int | None, normalize: str | None = "imagenet", xflip: bool = False):
         self.path = Path(path)
-        self.resolution = check_resolution(resolution)
+        self.resolution = None if resolution is None else check_resolution(resolution)
         self.normalize = check_normalize(normalize)
         self.xflip = bool(xflip)
 
@@ -162,14 +164,15 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class ImageFolderDataset(ImageDataset):
-    """Images below a directory, center-cropped and LANCZOS-resized to the resolution on load."""
+    """Images below a directory, center-cropped and LANCZOS-resized to the resolution on load (resolution
+    None: as stored)."""
 
     format = "folder"
 
     def __init__(
         self,
         path,
-        resolution: int,
+        resolution: int | None,
         normalize: str | None = "imagenet",
         xflip: bool = False,
         max_images: int | None = None,
@@ -203,15 +206,16 @@ class _EncodedImageDataset(ImageDataset):
     def _decode(self, raw_index: int, check_only: bool = False) -> Image.Image | None:
         name = self.image_name(raw_index)
         img = None
+        want = None if self.resolution is None else (self.resolution, self.resolution)
         try:
             with Image.open(io.BytesIO(self._read_bytes(raw_index))) as im:
                 size = im.size
-                if size == (self.resolution, self.resolution) and not check_only:
+                if want in (None, size) and not check_only:
                     im.load()
                     img = to_rgb8(im)
         except (*DECODE_ERRORS, zipfile.BadZipFile) as e:
             raise DatasetError(f"cannot decode image {name} in {self.path}: {e}") from e
-        if size != (self.resolution, self.resolution):
+        if want not in (None, size):
             raise DatasetError(
                 f"{self.path} holds {size[0]}x{size[1]} images (e.g. {name}) but resolution "
                 f"{self.resolution} was requested; prepare a {self.resolution}x{self.resolution} "
@@ -231,7 +235,7 @@ class ZipDataset(_EncodedImageDataset):
     def __init__(
         self,
         path,
-        resolution: int,
+        resolution: int | None,
         normalize: str | None = "imagenet",
         xflip: bool = False,
         max_images: int | None = None,
@@ -257,7 +261,7 @@ class ZipDataset(_EncodedImageDataset):
         self.names = [i.filename for i in infos]
         self._crc = [[i.filename, i.file_size, i.CRC] for i in infos]
         stored = self.manifest.get("resolution") if self.manifest else None
-        if stored is not None and stored != self.resolution:
+        if stored is not None and self.resolution is not None and stored != self.resolution:
             raise DatasetError(
                 f"{self.path} holds {stored}x{stored} images (manifest) but resolution {self.resolution} "
                 f"was requested; prepare a {self.resolution}x{self.resolution} copy with scripts/prepare_dataset.py"
@@ -311,158 +315,3 @@ class ZipDataset(_EncodedImageDataset):
         if full:
             return {"content_sha256": self.manifest["sha256"]}
         return {"members": self._crc}
-
-
-def lmdb_key(resolution: int, index: int) -> bytes:
-    """Key of image ``index`` at ``resolution`` in the reference LMDB layout."""
-    return f"{resolution}-{str(index).zfill(5)}".encode()
-
-
-# One environment per LMDB path and process: py-lmdb refuses to open the same environment twice in a
-# process, so data sets on one path (e.g. training and metrics) share it. After a fork the inherited
-# entry is closed in the child (safe for readonly, lock=False) and the child opens its own.
-_LMDB_ENVS: dict[str, tuple[int, object]] = {}
-
-
-def _shared_lmdb_env(key: str):
-    entry = _LMDB_ENVS.get(key)
-    if entry is not None and entry[0] == os.getpid():
-        return entry[1]
-    try:
-        import lmdb
-    except ImportError:
-        raise DatasetError(
-            "reading LMDB data sets needs the lmdb package: pip install 'stylenat[lmdb]'"
-        ) from None
-    if entry is not None:
-        entry[1].close()
-    env = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False, max_readers=64)
-    _LMDB_ENVS[key] = (os.getpid(), env)
-    return env
-
-
-class LMDBDataset(_EncodedImageDataset):
-    """A rosinality / StyleNAT reference LMDB (opened lazily per process, readonly, lock=False)."""
-
-    format = "lmdb"
-
-    def __init__(
-        self,
-        path,
-        resolution: int,
-        normalize: str | None = "imagenet",
-        xflip: bool = False,
-        max_images: int | None = None,
-    ):
-        super().__init__(path, resolution, normalize, xflip)
-        if not self.path.exists():
-            raise DatasetError(f"dataset path {self.path} does not exist")
-        if not (self.path / "data.mdb").is_file():
-            raise DatasetError(f"{self.path} is not an LMDB directory (no data.mdb inside)")
-        self._key = os.path.realpath(self.path)
-        try:
-            with self._env().begin(buffers=True) as txn:
-                self._n, self._value_sizes = self._read_index(txn, check_max_images(max_images))
-            self._decode(0, check_only=True)
-        finally:
-            self.close()
-
-    def _read_index(self, txn, max_images: int | None) -> tuple[int, list[int]]:
-        """Image count and stored value sizes (for the fingerprint), with clear layout errors."""
-        raw = txn.get(b"length")
-        if raw is None:
-            raise DatasetError(f"{self.path} has no b'length' key: not an LMDB in the reference layout")
-        try:
-            n = int(bytes(raw).decode("ascii"))
-        except ValueError:
-            raise DatasetError(
-                f"{self.path}: b'length' holds {bytes(raw)[:32]!r}, not an ascii count"
-            ) from None
-        if max_images is not None:
-            n = min(n, max_images)
-        if n <= 0:
-            raise DatasetError(f"no images found under {self.path}")
-        if txn.get(lmdb_key(self.resolution, 0)) is None:
-            found = self._stored_resolutions(txn)
-            raise DatasetError(
-                f"{self.path} has no images at resolution {self.resolution} (key "
-                f"{lmdb_key(self.resolution, 0)!r} missing; stored resolutions: {found or 'none'})"
-            )
-        return n, [len(txn.get(lmdb_key(self.resolution, i)) or b"") for i in range(n)]
-
-    @staticmethod
-    def _stored_resolutions(txn) -> list[int]:
-        """Distinct ``R`` of ``R-xxxxx`` keys, jumping over each prefix instead of reading every key."""
-        found = []
-        cur = txn.cursor()
-        ok = cur.first()
-        while ok:
-            key = bytes(cur.key())
-            prefix, sep, _ = key.partition(b"-")
-            if sep and prefix.isdigit():
-                found.append(int(prefix))
-            ok = cur.set_range(prefix + b"." if sep else key + b"\x00")
-        return sorted(found)
-
-    def _env(self):
-        return _shared_lmdb_env(self._key)
-
-    def close(self) -> None:
-        """Close this process's environment for this path (shared by every data set on it; it
-        re-opens on the next read)."""
-        entry = _LMDB_ENVS.pop(self._key, None)
-        if entry is not None:
-            entry[1].close()
-
-    @property
-    def num_images(self) -> int:
-        return self._n
-
-    def image_name(self, raw_index: int) -> str:
-        return lmdb_key(self.resolution, raw_index).decode()
-
-    def _read_bytes(self, raw_index: int) -> bytes:
-        with self._env().begin(write=False) as txn:
-            data = txn.get(lmdb_key(self.resolution, raw_index))
-        if data is None:
-            raise DatasetError(
-                f"{self.path} has no key {lmdb_key(self.resolution, raw_index)!r} (length says {self._n})"
-            )
-        return data
-
-    def _fingerprint_payload(self) -> dict:
-        return {"count": self._n, "value_sizes": self._value_sizes}
-
-
-def build_dataset(
-    path,
-    resolution: int,
-    normalize: str | None = "imagenet",
-    xflip: bool = False,
-    max_images: int | None = None,
-) -> ImageDataset:
-    """Open ``path`` as an LMDB (directory with data.mdb), a zip (.zip file) or an image folder."""
-    check_normalize(normalize)
-    check_resolution(resolution)
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DatasetError(f"dataset path {p} does not exist")
-    if p.is_file() and p.name == "data.mdb":
-        p = p.parent
-    if p.is_dir():
-        cls = LMDBDataset if (p / "data.mdb").is_file() else ImageFolderDataset
-    elif p.suffix.lower() == ".zip" or zipfile.is_zipfile(p):
-        cls = ZipDataset
-    else:
-        raise DatasetError(
-            f"unsupported dataset path {p}: expected an image folder, a .zip archive or an LMDB directory"
-        )
-    return cls(p, resolution, normalize=normalize, xflip=xflip, max_images=max_images)
-
-
-def dataset_fingerprint(dataset) -> str:
-    """Stable sha256 hex identifying a data set's content and resolution (see ``ImageDataset.fingerprint``)."""
-    fp = getattr(dataset, "fingerprint", None)
-    if not isinstance(fp, str):
-        raise DatasetError(f"cannot fingerprint {type(dataset).__name__}: expected a stylenat ImageDataset")
-    return fp

@@ -1,8 +1,8 @@
 """The demo data set: 100 LFW faces as 32x32 RGB PNGs, built offline from scikit-image's bundled
 ``lfw_subset.npy`` (no network, no pooch), for the demo run and the tests.
 
-Cache: ``<root>/demo32`` with root = ``cache_dir`` argument, else ``$STYLENAT_CACHE``, else
-``~/.cache/stylenat``. The folder is written under a temporary name and renamed into place, so
+Cache: ``<root>/demo32`` with root = ``stylenat.files.cache_root(cache_dir)``. The folder is written
+under a temporary name and renamed into place (a whole folder, so not ``files.atomic_write``), so
 concurrent builders (xdist workers) never see a half-written folder; the loser discards its copy.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from stylenat.data.errors import DatasetError
+from stylenat.files import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,6 @@ DEMO_RESOLUTION = 32
 DEMO_COUNT = 100
 DEMO_DIRNAME = "demo32"
 _MARKER = "manifest.json"
-
-
-def cache_root(cache_dir=None) -> Path:
-    """The stylenat cache root: the argument, else ``$STYLENAT_CACHE``, else ``~/.cache/stylenat``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("STYLENAT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "stylenat"
 
 
 def _demo_images() -> list[Image.Image]:

@@ -16,7 +16,8 @@ Conversion policy (``to_rgb8``):
 Geometry policy (``fit_square``): a non-square image is center-cropped to its short side, then a
 square of another size is resized to the resolution with the chosen filter (LANCZOS by default).
 Smaller images are upscaled the same way; ``index_image_folder`` warns about them once, naming how many
-and the first one.
+and the first one. Resolution ``None`` keeps every image as stored (no crop, no resize): what the
+metrics read, since the Inception protocols do their own resize to 299.
 
 Indexing (``index_image_folder``, the full policy table is in ``datasets``): every candidate is opened
 and checked once, in sorted order; failures are skipped with a ``DatasetWarning`` naming the file. The
@@ -130,16 +131,16 @@ def fit_square(
 
 
 def load_image_file(
-    path, resolution: int, resample: Image.Resampling = Image.Resampling.LANCZOS
+    path, resolution: int | None, resample: Image.Resampling = Image.Resampling.LANCZOS
 ) -> Image.Image:
-    """Decode an image file to 8-bit RGB at ``resolution``; a decode failure names the file."""
+    """Decode an image file to 8-bit RGB at ``resolution`` (None: as stored); a failure names the file."""
     try:
         with Image.open(path) as im:
             im.load()
             img = to_rgb8(im)
     except DECODE_ERRORS as e:
         raise DatasetError(f"cannot decode image {path}: {e}") from e
-    return fit_square(img, resolution, resample)
+    return img if resolution is None else fit_square(img, resolution, resample)
 
 
 def _walk_folder(root: Path) -> tuple[list[str], list[str]]:
@@ -205,8 +206,9 @@ def _check_image(path: Path, verify: bool) -> tuple[tuple[int, int], str]:
     return size, mode
 
 
-def index_image_folder(root, resolution: int, max_images: int | None = None, verify: bool = True):
-    """The usable images of a folder as ``(names, sizes, file_bytes)`` (see the module docstring).
+def index_image_folder(root, resolution: int | None, max_images: int | None = None, verify: bool = True):
+    """The usable images of a folder as ``(names, sizes, file_bytes)`` (see the module docstring);
+    ``resolution`` only decides which images are reported as upscaled (None: none are).
 
     ``verify=False`` only reads headers (much cheaper on a huge folder, but a truncated file then
     fails at load time with a ``DatasetError`` instead of being skipped)."""
@@ -241,7 +243,7 @@ def index_image_folder(root, resolution: int, max_images: int | None = None, ver
         names.append(rel)
         sizes.append(size)
         nbytes.append(file_size)
-        if min(size) < resolution:
+        if resolution is not None and min(size) < resolution:
             small.append((rel, size))
     if not names:
         detail = []

@@ -7,7 +7,7 @@ stored as ``00000/img00000000.png`` (1000 per directory), PNG compress level 0 i
 by default as dataset_tool does (fastest to decode while training), with fixed timestamps so the same
 input and Pillow give the same bytes. ``manifest.json`` goes inside the zip and beside it
 (``DST.manifest.json``): count, resolution, filter, and sha256 over the stored PNG bytes in order.
-The zip is written under a temporary name and renamed into place.
+Both are written atomically (``stylenat.files``): a failed run leaves no half zip.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from stylenat.data.images import (
     load_image_file,
     resample_filter,
 )
+from stylenat.files import atomic_write, atomic_write_text
 
 MANIFEST_FORMAT = "stylenat-zip/1"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -45,6 +45,10 @@ def manifest_path(dst) -> Path:
     """Where the copy of the manifest beside a zip goes: ``x.zip`` -> ``x.manifest.json``."""
     dst = Path(dst)
     return dst.with_name(dst.stem + ".manifest.json")
+
+
+def _manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
 def prepare_dataset(
@@ -83,9 +87,10 @@ def prepare_dataset(
     names, _, _ = index_image_folder(src, resolution, max_images)
 
     digest = hashlib.sha256()
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    manifest = {}
+
+    def write_zip(f) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             for i, rel in enumerate(
                 tqdm(names, desc=f"prepare {dst.name}", unit="img", disable=not progress)
             ):
@@ -95,18 +100,15 @@ def prepare_dataset(
                 data = buf.getvalue()
                 digest.update(data)
                 zf.writestr(zipfile.ZipInfo(archive_name(i), date_time=_ZIP_DATE), data)
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "count": len(names),
-                "resolution": resolution,
-                "filter": filter,
-                "sha256": digest.hexdigest(),
-            }
-            text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-            zf.writestr(zipfile.ZipInfo(MANIFEST_NAME, date_time=_ZIP_DATE), text)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    manifest_path(dst).write_text(text)
+            manifest.update(
+                format=MANIFEST_FORMAT,
+                count=len(names),
+                resolution=resolution,
+                filter=filter,
+                sha256=digest.hexdigest(),
+            )
+            zf.writestr(zipfile.ZipInfo(MANIFEST_NAME, date_time=_ZIP_DATE), _manifest_text(manifest))
+
+    atomic_write(dst, write_zip)
+    atomic_write_text(manifest_path(dst), _manifest_text(manifest))
     return manifest

@@ -3,6 +3,10 @@
 "imagenet": ((x / 255) - mean) / std, the space the reference code trained in and its released
 checkpoints produce; "minus_one_one": x / 127.5 - 1; ``None``: uint8 kept as is.
 ``to_uint8(normalize(x, n), n) == x`` exactly for uint8 ``x``.
+
+Generator output in [-1, 1] has its own two conversions, one definition each: ``minus_one_one_to_uint8``
+(StyleGAN2-ADA's quantisation, for images and the stylegan metric protocol) and ``from_minus_one_one``
+(into a normalisation space, e.g. what D sees).
 """
 
 from __future__ import annotations
@@ -70,3 +74,15 @@ def to_uint8(x: torch.Tensor, normalize: str | None) -> torch.Tensor:
     if normalize is None and x.dtype == torch.uint8:
         return x
     return (denormalize(x, normalize) * 255.0).round().to(torch.uint8)
+
+
+def minus_one_one_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> uint8 as StyleGAN2-ADA saves and scores them: ``x * 127.5 + 128``, clamped,
+    truncated (so rounded half up)."""
+    return (x.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def from_minus_one_one(x: torch.Tensor, normalize_to: str) -> torch.Tensor:
+    """[-1, 1] images -> the named normalisation space (``minus_one_one``: returned unchanged)."""
+    check_normalize(normalize_to)
+    return x if normalize_to == "minus_one_one" else normalize((x + 1) * 127.5, normalize_to)

@@ -2,17 +2,14 @@
 
 Protocols (see :mod:`stylenat.metrics.protocols`): ``stylegan`` (StyleGAN2-ADA ``fid50k_full``) and
 ``pytorch_fid`` (the StyleNAT paper's pytorch-fid pipeline). Every statistics file and every result
-records its protocol and the Inception weights' sha256.
+records its protocol and the Inception weights' sha256. Real images are read by ``stylenat.data``'s
+reader (folder, zip, LMDB), so the metrics see exactly the files training sees.
 """
 
 from stylenat.metrics.fid import frechet_distance, frechet_distance_from_features
-from stylenat.metrics.images import ImageFiles
-from stylenat.metrics.inception import (
-    InceptionV3Features,
-    InceptionWeightsError,
-    build_inception,
-    load_inception,
-)
+from stylenat.metrics.inception import InceptionV3Features, build_inception
+from stylenat.metrics.inception_convert import InceptionWeightsError
+from stylenat.metrics.inception_weights import load_inception
 from stylenat.metrics.kid import kernel_inception_distance
 from stylenat.metrics.protocols import PROTOCOLS, get_protocol
 from stylenat.metrics.registry import (
@@ -28,7 +25,9 @@ from stylenat.metrics.statistics import (
     StatisticsMismatchError,
     check_statistics,
     compute_statistics,
+    open_real_images,
     reference_statistics,
+    select_indices,
 )
 from stylenat.metrics.throughput import measure_inception_throughput
 
@@ -36,7 +35,6 @@ __all__ = [
     "METRICS",
     "PROTOCOLS",
     "FeatureStatistics",
-    "ImageFiles",
     "InceptionV3Features",
     "InceptionWeightsError",
     "MetricSpec",
@@ -54,5 +52,7 @@ __all__ = [
     "kernel_inception_distance",
     "load_inception",
     "measure_inception_throughput",
+    "open_real_images",
     "reference_statistics",
+    "select_indices",
 ]

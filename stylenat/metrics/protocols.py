@@ -10,6 +10,7 @@ Generator output in [-1, 1] becomes ``(x * 127.5 + 128).clamp(0, 255).to(uint8)`
 (torchvision ``save_image``), so generator output is mapped to [0, 1] and quantised the way
 ``save_image`` does (``x * 255 + 0.5``, clamp, truncate to uint8).
 
+The resizes live here (the network in :mod:`stylenat.metrics.inception` only sees 299x299 input).
 Both feed the same network (identical graph and weights); they differ only in resize and scaling.
 The covariance convention follows each reference: NVIDIA's FeatureStats divides by N (ddof 0),
 pytorch-fid uses ``np.cov`` (ddof 1).
@@ -20,8 +21,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from stylenat.metrics.inception import INPUT_SIZE, tf_resize_bilinear, torch_resize_bilinear
+from stylenat.data.transforms import minus_one_one_to_uint8
+
+INPUT_SIZE = 299  # the Inception network's input side
+
+
+def tf_resize_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """NVIDIA's resize inside the StyleGAN2-ADA Inception TorchScript, verbatim in effect.
+
+    ``affine_grid`` with the translation ``1/in - 1/out`` followed by ``grid_sample(bilinear,
+    padding_mode="border", align_corners=False)`` samples source pixel ``dst * in / out``: TF1's
+    ``resize_bilinear(align_corners=False)`` without half-pixel centres, which is *not*
+    ``F.interpolate(..., align_corners=False)`` (that one samples ``(dst + 0.5) * in / out - 0.5``).
+    Done exactly as NVIDIA does (float32 grid), so the rounding matches theirs too.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"tf_resize_bilinear expects [N, C, H, W], got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    theta = torch.eye(2, 3, device=x.device)
+    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / size
+    # Every image has the same theta, hence the same grid: build one and expand it (NVIDIA repeats theta
+    # n times; the grid values are the same, without n [size, size, 2] matrix products).
+    grid = F.affine_grid(theta.to(x.dtype).unsqueeze(0), [1, c, size, size], align_corners=False)
+    grid = grid.expand(n, -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def torch_resize_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """pytorch-fid's resize: ``F.interpolate(bilinear, align_corners=False)`` (no antialiasing)."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def _check_images(images: torch.Tensor, protocol: str) -> None:
@@ -59,7 +90,7 @@ class StyleGANProtocol(Protocol):
 
     def from_generator(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images, self.name)
-        return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        return minus_one_one_to_uint8(images)
 
 
 @dataclass(frozen=True)

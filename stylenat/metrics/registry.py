@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stylenat.data.datasets import ImageDataset
 from stylenat.metrics.fid import frechet_distance
-from stylenat.metrics.images import ImageFiles
 from stylenat.metrics.kid import kernel_inception_distance
 from stylenat.metrics.protocols import get_protocol
 from stylenat.metrics.statistics import (
@@ -190,7 +190,7 @@ def _real_statistics(
                 f"{spec.name} needs real features; {origin} holds only mu/sigma (save with features)"
             )
         return stats
-    if isinstance(real_data, (str, os.PathLike, ImageFiles)):
+    if isinstance(real_data, (str, os.PathLike, ImageDataset)):
         leader_first = distributed and use_cache
         if leader_first and rank != 0:
             torch.distributed.barrier()  # rank 0 computes and caches first; the others then read the cache
@@ -233,7 +233,7 @@ def compute_metric(
     *,
     extractor,
     ref_stats: str | os.PathLike | FeatureStatistics | None = None,
-    real_data: str | os.PathLike | ImageFiles | Iterable[torch.Tensor] | None = None,
+    real_data: str | os.PathLike | ImageDataset | Iterable[torch.Tensor] | None = None,
     num_gen: int | None = None,
     batch_size: int = 32,
     device=None,
@@ -253,7 +253,8 @@ def compute_metric(
     ``seed_start .. seed_start + num_gen - 1`` are split in contiguous slices across ranks when
     torch.distributed is initialised; features are all_gathered batch by batch. The real side is either
     ``ref_stats`` (a statistics ``.npz`` or object, checked against the protocol and weights) or
-    ``real_data`` (an image folder / zip, statistics cached; or an iterable of uint8 NCHW batches).
+    ``real_data`` (an image folder / zip / LMDB or an opened ``stylenat.data`` data set, read by the
+    data package's reader as training reads it, statistics cached; or an iterable of uint8 NCHW batches).
     Returns a JSON-able dict (``value`` is NaN on ranks other than 0).
     """
     t0 = time.perf_counter()

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stylenat.metrics.images import ImageFiles, select_indices
-from stylenat.metrics.inception import cache_root
+from stylenat.data.datasets import ImageDataset
+from stylenat.data.reader import build_dataset, uint8_batches
+from stylenat.files import atomic_write, cache_root
 from stylenat.metrics.protocols import get_protocol
 
 logger = logging.getLogger(__name__)
@@ -60,18 +61,12 @@ class FeatureStatistics:
         return {k: getattr(self, k) for k in _META_STR + _META_INT}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"mu": np.asarray(self.mu, np.float64), "sigma": np.asarray(self.sigma, np.float64)}
         arrays.update({k: np.array(str(getattr(self, k))) for k in _META_STR})
         arrays.update({k: np.array(int(getattr(self, k)), dtype=np.int64) for k in _META_INT})
         if self.features is not None:
             arrays["features"] = np.asarray(self.features, np.float32)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStatistics:
@@ -254,8 +249,32 @@ def stats_cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def open_real_images(data: str | os.PathLike | ImageDataset, resolution: int | None = None) -> ImageDataset:
+    """Real images through the data package's reader (the same files training reads), as stored unless
+    ``resolution`` is given (it also picks one of an LMDB's several stored resolutions)."""
+    return data if isinstance(data, ImageDataset) else build_dataset(data, resolution, normalize=None)
+
+
+def select_indices(num_available: int, count: int | None, subset: str = "first", seed: int = 0) -> np.ndarray:
+    """Which real images to use: all (``count`` None), the first ``count``, or a seeded random ``count``.
+
+    Asking for more images than there are is an error (the reference statistics would silently differ).
+    """
+    if count is None:
+        return np.arange(num_available)
+    if count < 1:
+        raise ValueError(f"number of real images must be >= 1, got {count}")
+    if count > num_available:
+        raise ValueError(f"requested {count} real images but the data set has only {num_available}")
+    if subset == "first":
+        return np.arange(count)
+    if subset == "random":
+        return np.sort(np.random.RandomState(seed).choice(num_available, count, replace=False))
+    raise ValueError(f"unknown real subset {subset!r}; known: first, random")
+
+
 def reference_statistics(
-    data: str | os.PathLike | ImageFiles,
+    data: str | os.PathLike | ImageDataset,
     protocol: str,
     extractor,
     *,
@@ -267,16 +286,18 @@ def reference_statistics(
     keep_features: bool = False,
     use_cache: bool = True,
     progress: bool = True,
+    resolution: int | None = None,
 ) -> FeatureStatistics:
-    """Statistics of a folder / zip of real images, cached under ``$STYLENAT_CACHE/stats``.
+    """Statistics of real images (a folder, zip or LMDB, see :func:`open_real_images`), cached under
+    ``$STYLENAT_CACHE/stats``.
 
     ``max_images`` None uses every image; otherwise exactly that many (the first ones, or a random subset
     drawn with ``seed``); asking for more than there are raises.
     """
-    files = data if isinstance(data, ImageFiles) else ImageFiles(data)
+    files = open_real_images(data, resolution)
     proto = get_protocol(protocol)
     indices = select_indices(len(files), max_images, subset, seed)
-    fingerprint = files.fingerprint()
+    fingerprint = files.fingerprint
     weights = getattr(extractor, "weights_sha256", "") or UNKNOWN
     key = stats_cache_key(fingerprint, proto.name, weights, max_images, seed, subset, keep_features)
     cache_file = stats_cache_dir() / f"{key}.npz"
@@ -291,7 +312,7 @@ def reference_statistics(
             return stats
         logger.warning("ignoring stale statistics cache entry %s", cache_file)
     stats = compute_statistics(
-        files.batches(batch_size, indices),
+        uint8_batches(files, batch_size, indices),
         proto.name,
         extractor,
         device=device,

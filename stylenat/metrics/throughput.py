@@ -1,13 +1,26 @@
-"""Inception feature-extraction throughput (images per second) on the current machine."""
+"""Throughput on the current machine: Inception feature extraction, and the generator (images/s, FLOPs,
+memory, its cost against the output resolution). ``evaluate.py mode=throughput`` and
+``scripts/benchmark.py`` report these; the timers and counters are :mod:`stylenat.perf`'s."""
 
 from __future__ import annotations
 
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from stylenat.metrics.statistics import extract_features
+from stylenat import perf
+from stylenat.data.reader import build_dataset, uint8_batches
+from stylenat.metrics.protocols import get_protocol
+from stylenat.metrics.statistics import compute_statistics, extract_features
 from stylenat.ops.precision import set_tf32
+
+# The CPU's matrix-product rate the generator figures are compared with (this machine's measured sgemm rate).
+CPU_SGEMM_GFLOPS = 220.0
 
 
 def measure_inception_throughput(
@@ -29,13 +42,12 @@ def measure_inception_throughput(
     for _ in range(warmup):
         extract_features(extractor, images, protocol, device)
     dev = torch.device(device) if device is not None else None
-    sync = torch.cuda.synchronize if dev is not None and dev.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        extract_features(extractor, images, protocol, device)
-    sync()
-    dt = time.perf_counter() - t0
+
+    def timed_batches():
+        for _ in range(iters):
+            extract_features(extractor, images, protocol, device)
+
+    dt = perf.time_call(timed_batches, dev or torch.device("cpu"), reps=1, warmup=0)[0] / 1e3
     return {
         "protocol": protocol,
         "batch_size": batch_size,
@@ -48,19 +60,86 @@ def measure_inception_throughput(
     }
 
 
-def _peak_memory_mb(device) -> tuple[float, str]:
-    """Peak memory and what it measures: CUDA allocator peak, or the process's max RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+def _write_pngs(folder: Path, n: int, resolution: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:06d}.png")
 
 
-def _cpu_fused_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
+def inception_pipeline_figures(
+    model, protocol: str, n: int, res: int, batch: int, net_batch: int, reps: int, device
+) -> list[dict]:
+    """Inception img/s: the network alone (reference graph fp32 / channels_last, fused fast path), then the
+    pipelines from PNG files (the data reader) and from generated-like tensors, each with its ratio to the
+    network. Measured round-robin, rep by rep, so the load of a shared machine falls on all alike."""
+    device = torch.device(device)
+    proto = get_protocol(protocol)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(net_batch, 3, 299, 299, generator=gen).mul_(2).sub_(1).to(device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    uint8 = torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, generator=gen)
+    floats = torch.rand(n, 3, res, res, generator=gen).mul_(2).sub_(1)
 
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+    def network(fn, inp):
+        def call():
+            with torch.inference_mode():
+                fn(inp)
+
+        return call
+
+    def tensors(batches, generated: bool):
+        def call():
+            for b in batches:
+                extract_features(model, proto.from_generator(b) if generated else b, proto.name, device)
+
+        return call
+
+    with tempfile.TemporaryDirectory(prefix="bench-inception-") as tmp:
+        _write_pngs(Path(tmp), n, res)
+        files = build_dataset(tmp, None, normalize=None)
+
+        def from_files():
+            compute_statistics(uint8_batches(files, batch), proto.name, model, device=device, progress=False)
+
+        figures = {
+            ("network", "fp32"): (network(model.features, x), net_batch),
+            ("network", "channels_last"): (network(model.features, x_cl), net_batch),
+            ("network", "fused"): (network(model.fast_features, x), net_batch),
+            ("pipeline_files", "png"): (from_files, n),
+            ("pipeline_tensors", "uint8"): (tensors(uint8.split(batch), False), n),
+            ("pipeline_tensors", "float"): (tensors(floats.split(batch), True), n),
+        }
+        for fn, _ in figures.values():  # warm-up: first-call allocations, oneDNN weight reorders
+            fn()
+        seconds = {key: [] for key in figures}
+        for _ in range(reps):
+            for key, (fn, _) in figures.items():
+                seconds[key].append(perf.time_call(fn, device, reps=1, warmup=0)[0] / 1e3)
+    rate = {key: figures[key][1] / statistics.median(s) for key, s in seconds.items()}
+    common = {
+        "mode": "inception",
+        "protocol": proto.name,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "reps": reps,
+        "weights": model.weights_source,
+    }
+    records = []
+    for (figure, variant), value in rate.items():
+        record = {**common, "figure": figure, "variant": variant, "imgs_per_s": round(value, 3)}
+        if figure == "network":
+            record.update(batch=net_batch, input=f"[{net_batch}, 3, 299, 299] float32")
+        else:
+            record.update(
+                n=n,
+                resolution=res,
+                batch=batch,
+                ratio_to_network=round(value / rate["network", "fused"], 3),
+                ratio_to_network_fp32=round(value / rate["network", "fp32"], 3),
+            )
+        records.append(record)
+    return records
 
 
 def generator_flops(G, batch: int = 1) -> float:
@@ -71,23 +150,18 @@ def generator_flops(G, batch: int = 1) -> float:
     halos: the same count on every device), whichever backend the model would pick: under the counter
     the compiled flex kernel cannot run (its frame is skipped and the flex op has no implementation for
     the counter's mode), and flex's or NATTEN's own counts would not match the torch backend's anyway."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from stylenat.ops.na import backend_override
 
     device = next(G.parameters()).device
     z = torch.randn(batch, G.z_dim, device=device)
-    fused_cpu = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_fused_attention_flops}
     trainable = [p for p in G.parameters() if p.requires_grad]
     try:  # the counter's module tracker cannot hook parameters that require grad under no_grad
         G.requires_grad_(False)
-        counting = FlopCounterMode(display=False, custom_mapping=fused_cpu)
-        with backend_override("torch"), torch.no_grad(), counting as counter:
-            G(z)
+        with backend_override("torch"), torch.no_grad():
+            return perf.count_flops(lambda: G(z))
     finally:
         for p in trainable:
             p.requires_grad_(True)
-    return float(counter.get_total_flops())
 
 
 def measure_generator_throughput(
@@ -110,7 +184,7 @@ def measure_generator_throughput(
     device = next(G.parameters()).device
     if device.type == "cuda":
         set_tf32(tf32)
-        torch.cuda.reset_peak_memory_stats(device)
+    perf.reset_peak_memory(device)
     run = torch.compile(G) if compile else G
     z = torch.randn(batch, G.z_dim, device=device, generator=torch.Generator(device).manual_seed(seed))
     autocast = torch.autocast(device.type, dtype=dtypes[dtype], enabled=dtypes[dtype] is not None)
@@ -118,22 +192,11 @@ def measure_generator_throughput(
     t_compile = time.perf_counter()
     with torch.inference_mode(), autocast:
         for i in range(warmup + reps):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run(z)
-                end.record()
-                torch.cuda.synchronize(device)
-                elapsed = start.elapsed_time(end)
-            else:
-                t0 = time.perf_counter()
-                run(z)
-                elapsed = (time.perf_counter() - t0) * 1e3
+            elapsed = perf.call_ms(lambda: run(z), device)
             if i == 0:
                 first_call_s = time.perf_counter() - t_compile
             if i >= warmup:
                 times_ms.append(elapsed)
-    peak, peak_kind = _peak_memory_mb(device)
     times = torch.tensor(times_ms)
     return {
         "mode": "generator",
@@ -150,6 +213,147 @@ def measure_generator_throughput(
         "mean_ms": float(times.mean()),
         "imgs_per_s": batch * len(times_ms) / (float(times.sum()) / 1e3),
         "first_call_s": round(first_call_s, 3),
-        "peak_mem_mb": round(peak, 1),
-        "peak_mem_kind": peak_kind,
+        "peak_mem_mb": round(perf.peak_memory_mb(device), 1),
+        "peak_mem_kind": perf.peak_memory_kind(device),
     }
+
+
+def cpu_bound_figures(G, batch: int, imgs_per_s: float, gflop: float) -> dict:
+    """A CPU generator figure against the FLOP bound: the fixed sgemm rate and the one measured now, and
+    the time inside matrix products (what the bound covers) against the rest."""
+    bound = CPU_SGEMM_GFLOPS / gflop
+    sgemm = perf.measured_sgemm_gflops()
+    z = torch.randn(batch, G.z_dim)
+    with torch.no_grad():
+        gemm, share = perf.gemm_split(lambda: G(z), reps=1)
+    return {
+        "flop_bound_imgs_per_s": round(bound, 3),
+        "fraction_of_bound": round(imgs_per_s / bound, 3),
+        "sgemm_gflops_now": round(sgemm, 1),
+        "flop_bound_now_imgs_per_s": round(sgemm / gflop, 3),
+        "fraction_of_bound_now": round(imgs_per_s * gflop / sgemm, 3),
+        "gemm_s_per_batch": round(gemm / 1e3, 3),
+        "gemm_share": round(share, 3),
+        "imgs_per_s_if_only_gemm": round(batch * 1e3 / gemm, 4),
+    }
+
+
+def compiled_figures(G, settings: dict, eager: dict) -> dict:
+    """torch.compile(G)'s first call and steady state next to the eager record; a failure is reported
+    (compile_error) rather than raised."""
+    # Two untimed calls at least: dynamo may recompile on the second call (guards on the first call's state).
+    warmup = max(2, settings["warmup"])
+    try:
+        compiled = measure_generator_throughput(G, compile=True, **{**settings, "warmup": warmup})
+    except Exception as err:  # noqa: BLE001 - inductor/C++ toolchain failures vary: report them
+        return {"compile_error": perf.error_text(err, 1000)}
+    finally:
+        torch._dynamo.reset()
+    batch = settings["batch"]
+    return {
+        "compile_first_call_s": compiled["first_call_s"],
+        "compile_s": round(compiled["first_call_s"] - eager["median_ms"] / 1e3, 3),
+        "compiled_warmup": warmup,
+        "compiled_median_ms": compiled["median_ms"],
+        "compiled_imgs_per_s": round(batch * 1e3 / compiled["median_ms"], 4),
+        "compile_speedup": round(eager["median_ms"] / compiled["median_ms"], 3),  # steady state, medians
+    }
+
+
+def scaling_figures(G, batch: int, reps: int, warmup: int, isolated: bool) -> dict:
+    """One resolution of the scaling benchmark: ms and peak memory per image over the built model, GFLOP
+    per image, and the share of time inside na2d (one extra call with the layers' na2d timed)."""
+    from stylenat.models import attention
+
+    device = next(G.parameters()).device
+    z = torch.randn(batch, G.z_dim, device=device)
+
+    def call():
+        with torch.inference_mode():
+            G(z)
+
+    # Peak memory of the calls over the built model (first call's plans and caches included).
+    perf.sync(device)
+    if device.type == "cuda":
+        base = torch.cuda.memory_allocated(device) / 2**20
+        mem_kind = "cuda_max_allocated_minus_model"
+    else:
+        base = perf.max_rss_mb()
+        mem_kind = "cpu_max_rss_increase_over_model_in_fresh_process" if isolated else "cpu_max_rss_increase"
+    perf.reset_peak_memory(device)
+    times = perf.time_call(call, device, reps, warmup=max(1, warmup))
+    peak = perf.peak_memory_mb(device) - base
+    gflop = generator_flops(G, batch=1) / 1e9
+
+    na_time, original = [0.0], attention.na2d
+
+    def timed_na2d(*a, **kw):
+        perf.sync(device)
+        start = time.perf_counter()
+        out = original(*a, **kw)
+        perf.sync(device)
+        na_time[0] += time.perf_counter() - start
+        return out
+
+    attention.na2d = timed_na2d
+    try:
+        total = perf.time_call(call, device, reps=1, warmup=0)[0] / 1e3
+    finally:
+        attention.na2d = original
+    med = statistics.median(times)
+    return {
+        "resolution": G.resolution,
+        "batch": batch,
+        "reps": reps,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "g_params_m": round(sum(p.numel() for p in G.parameters()) / 1e6, 3),
+        "ms_per_img": round(med / batch, 2),
+        "imgs_per_s": round(batch * 1e3 / med, 4),
+        "median_ms_per_batch": round(med, 2),
+        "peak_mem_mb": round(peak, 1),
+        "peak_mem_mb_per_img": round(peak / batch, 1),
+        "peak_mem_kind": mem_kind,
+        "gflop_per_img": round(gflop, 2),
+        "na2d_share": round(na_time[0] / total, 3),
+    }
+
+
+def config_at_resolution(cfg: dict, resolution: int) -> tuple[dict, str]:
+    """A generator config dict with its output resolution changed and every stage setting kept: channels
+    from the config (its table, or its explicit list extended with its last entry), kernels extended with
+    their last entry, dilations of new stages [1, size / 8] (the paper's Hydra split). Returns the config
+    and a note on its channels."""
+    from stylenat.models.generator import GeneratorConfig
+
+    cfg = dict(cfg)
+    n_stages = resolution.bit_length() - 2  # 4x4 .. resolution
+    paper = GeneratorConfig()
+    if cfg.get("channels") is not None:
+        channels = list(cfg["channels"])
+        cfg["channels"] = (channels + [channels[-1]] * n_stages)[:n_stages]
+        note = f", channels {cfg['channels']}"
+    else:
+        note = f" (channels from its table, cm={cfg.get('channel_multiplier', 2)})"
+    kernels, dilations = list(cfg["kernels"]), list(cfg["dilations"])
+    kernels += [kernels[-1]] * (n_stages - len(kernels))
+    for s in range(len(dilations), n_stages):
+        size = 4 * 2**s
+        dilations.append(paper.dilations[s] if s < len(paper.dilations) else [1, size // 8])
+    cfg.update(resolution=resolution, kernels=kernels[:n_stages], dilations=dilations[:n_stages])
+    return cfg, note
+
+
+def scaling_growth(records: list[dict]) -> list[dict]:
+    """Ratios between consecutive resolutions of the scaling records that did not fail."""
+    ok = [r for r in records if "error" not in r]
+    keys = ("ms_per_img", "peak_mem_mb", "gflop_per_img")
+    return [
+        {
+            "from": a["resolution"],
+            "to": b["resolution"],
+            "pixels": round((b["resolution"] / a["resolution"]) ** 2, 2),
+            **{key: round(b[key] / a[key], 3) if a[key] else None for key in keys},
+        }
+        for a, b in zip(ok, ok[1:])
+    ]

@@ -17,6 +17,7 @@ from stylenat.data import (
     build_dataset,
     dataset_fingerprint,
     prepare_dataset,
+    uint8_batches,
 )
 
 from .conftest import RES, png_bytes, write_lmdb, zip_image_bytes
@@ -224,3 +225,43 @@ def test_header_only_index_defers_truncation_to_load_time(tmp_path):
     assert ds.names == ["cut.png"]
     with pytest.raises(DatasetError, match="cannot decode image .*cut.png"):
         ds[0]
+
+
+def test_resolution_none_reads_every_format_as_stored(mixed_folder, tmp_path):
+    """What the metrics read: no crop, no resize, no size check; an LMDB uses its one stored resolution."""
+    root, names = mixed_folder
+    folder = build_dataset(root, None, normalize=None)
+    assert folder.names == names  # the same index as training's
+    assert tuple(folder[names.index("f_wide.JPG")].shape) == (3, 20, 24)
+    assert tuple(folder[names.index("sub/g_big.webp")].shape) == (3, 40, 40)
+    images = [
+        np.random.default_rng(i).integers(0, 256, (8 + 4 * i, 8 + 4 * i, 3), dtype=np.uint8) for i in range(2)
+    ]
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, img in enumerate(images):
+            zf.writestr(f"{i}.png", png_bytes(img))
+    stored = build_dataset(archive, None, normalize=None)
+    assert [tuple(stored[i].shape) for i in range(2)] == [(3, 8, 8), (3, 12, 12)]
+    assert torch.equal(stored[1], torch.from_numpy(images[1]).permute(2, 0, 1))
+    db = write_lmdb(tmp_path / "db", [png_bytes(img) for img in images[:1]] * 3, resolution=8)
+    lmdb_set = build_dataset(db, None, normalize=None)
+    assert lmdb_set.resolution == 8 and len(lmdb_set) == 3
+
+
+def test_uint8_batches_break_at_size_changes():
+    class Sizes:
+        shapes = [(4, 4), (4, 4), (4, 4), (6, 4), (4, 4)]
+
+        def __len__(self):
+            return len(self.shapes)
+
+        def load_uint8(self, i):
+            return torch.full((3, *self.shapes[i]), i, dtype=torch.uint8)
+
+    batches = list(uint8_batches(Sizes(), 2))
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 4, 4), (1, 3, 4, 4), (1, 3, 6, 4), (1, 3, 4, 4)]
+    assert [int(b[0, 0, 0, 0]) for b in batches] == [0, 2, 3, 4]
+    assert [int(b[0, 0, 0, 0]) for b in uint8_batches(Sizes(), 8, indices=[4, 1])] == [4]
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        next(uint8_batches(Sizes(), 0))

@@ -5,7 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from stylenat.data import IMAGENET_MEAN, IMAGENET_STD, DatasetError, denormalize, normalize, to_uint8
+from stylenat.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetError,
+    denormalize,
+    from_minus_one_one,
+    minus_one_one_to_uint8,
+    normalize,
+    to_uint8,
+)
 from stylenat.data.images import fit_square, to_rgb8
 
 
@@ -28,6 +37,19 @@ def test_normalize_values():
     assert normalize(black, "minus_one_one").flatten().tolist() == [-1.0, -1.0, -1.0]
     expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
     assert (normalize(white, "imagenet").flatten() - torch.tensor(expected)).abs().max() < 1e-6
+
+
+def test_generator_output_conversions():
+    """[-1, 1] -> uint8 rounds half up and clamps (StyleGAN2-ADA's); -> a normalisation space is exact."""
+    x = torch.tensor([-1.5, -1.0, 0.0, 1 / 255, 1.0, 2.0]).view(1, 1, 1, 6).expand(1, 3, 1, 6)
+    assert minus_one_one_to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 128, 255, 255]
+    assert minus_one_one_to_uint8(x.double()).dtype == torch.uint8
+    u = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    y = normalize(u, "minus_one_one")
+    assert from_minus_one_one(y, "minus_one_one") is y
+    assert torch.allclose(from_minus_one_one(y, "imagenet"), normalize(u, "imagenet"), atol=1e-5)
+    with pytest.raises(DatasetError, match="unknown normalize"):
+        from_minus_one_one(y, "zero_one")
 
 
 def test_denormalize_clamps_unless_asked():

@@ -9,7 +9,7 @@ formula (its import, ~8 s), random-weights Inception (~4 s); all others take und
 
 import pytest
 
-from stylenat.metrics.inception import fid_helper_weights_path, load_inception
+from stylenat.metrics.inception_weights import fid_helper_weights_path, load_inception
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylenat.metrics.inception import FID_HELPER_SHA256
+from stylenat.metrics.inception_weights import FID_HELPER_SHA256
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compute_ref_stats.py"
 
@@ -71,7 +71,7 @@ def test_script_writes_stats_with_provenance(tmp_path, fid_helper_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["{missing}", "{out}", "--protocol", "stylegan"], "error: image folder or zip not found"),
+        (["{missing}", "{out}", "--protocol", "stylegan"], "error: dataset path"),
         (
             ["{data}", "{out}", "--protocol", "stylegan", "--max-images", "50"],
             "error: requested 50 real images but the data set has only 8",

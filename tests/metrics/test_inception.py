@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from stylenat.files import cache_root
 from stylenat.metrics import frechet_distance_from_features
 from stylenat.metrics import inception as inc
-from stylenat.metrics.inception import (
-    FID_HELPER_SHA256,
+from stylenat.metrics import inception_convert as conv
+from stylenat.metrics import inception_weights as weights
+from stylenat.metrics.inception import build_inception
+from stylenat.metrics.inception_convert import (
     InceptionWeightsError,
-    build_inception,
     from_pytorch_fid_state_dict,
-    load_inception,
     to_pytorch_fid_state_dict,
 )
+from stylenat.metrics.inception_weights import FID_HELPER_SHA256, load_inception
 from stylenat.metrics.protocols import get_protocol
 from tests.metrics.helpers import photo_batch, tf1_resize_bilinear
 
@@ -33,7 +35,7 @@ def _torchscript(path):
 
 
 def test_random_weights_module_runs_without_weights(monkeypatch):
-    monkeypatch.setattr(inc, "WEIGHT_SEARCH_ORDER", ())  # no weights anywhere
+    monkeypatch.setattr(weights, "WEIGHT_SEARCH_ORDER", ())  # no weights anywhere
     model = build_inception(seed=0)
     images = torch.randint(0, 256, (1, 3, 48, 64), dtype=torch.uint8)
     with torch.inference_mode():
@@ -71,7 +73,7 @@ def test_stylegan_protocol_matches_torchscript(real_inception, fid_helper_path):
 
 def test_state_dict_converts_from_torchscript_one_to_one(fid_helper_path):
     ts_sd = _torchscript(fid_helper_path).state_dict()
-    ours = inc.from_torchscript_state_dict(ts_sd)
+    ours = conv.from_torchscript_state_dict(ts_sd)
     assert set(ours) == set(inc.InceptionV3Features().state_dict())
     assert all(torch.equal(ours[k], ts_sd["net." + k]) for k in ours)
 
@@ -157,7 +159,7 @@ def test_pytorch_fid_state_dict_roundtrip_and_bn_scale_folding():
     ]:
         getattr(ref.bn, name).data.copy_(fill)
     theirs = {f"Conv2d_1a_3x3.{k}": v for k, v in ref.state_dict().items()}
-    prefix_map = inc._pytorch_fid_prefix_map()
+    prefix_map = conv._pytorch_fid_prefix_map()
     for ours_prefix, their_prefix in prefix_map.items():  # fill the rest of the network with neutral values
         if their_prefix == "Conv2d_1a_3x3":
             continue
@@ -186,7 +188,7 @@ def test_pytorch_fid_state_dict_roundtrip_and_bn_scale_folding():
 def test_fid_helper_weights_are_checked_converted_and_cached(fid_helper_path, tmp_path):
     model = load_inception()
     assert model.weights_sha256 == FID_HELPER_SHA256
-    cache = inc.cache_root() / inc.CACHE_FILE
+    cache = cache_root() / weights.CACHE_FILE
     assert cache.is_file() and cache.with_suffix(".json").is_file()
     again = load_inception()  # now from the cache, same provenance
     assert again.weights_source.startswith("cache of")
@@ -200,13 +202,13 @@ def test_fid_helper_weights_are_checked_converted_and_cached(fid_helper_path, tm
 
 def test_env_var_pointing_to_missing_file_is_an_error(monkeypatch, tmp_path):
     missing = tmp_path / "nope.pt"
-    monkeypatch.setenv(inc.ENV_WEIGHTS, str(missing))
+    monkeypatch.setenv(weights.ENV_WEIGHTS, str(missing))
     with pytest.raises(InceptionWeightsError, match="STYLENAT_INCEPTION_WEIGHTS points to a missing file"):
         load_inception()
 
 
 def test_no_weights_anywhere_gives_instructions(monkeypatch):
-    monkeypatch.setattr(inc, "WEIGHT_SEARCH_ORDER", ("env", "cache", "download"))
+    monkeypatch.setattr(weights, "WEIGHT_SEARCH_ORDER", ("env", "cache", "download"))
     with pytest.raises(InceptionWeightsError) as err:
         load_inception()
     msg = str(err.value)
@@ -221,14 +223,14 @@ def test_no_weights_anywhere_gives_instructions(monkeypatch):
 
 
 def test_fid_helper_file_with_wrong_hash_is_refused(fid_helper_path, monkeypatch):
-    monkeypatch.setattr(inc, "WEIGHT_SEARCH_ORDER", ("fid_helper",))
-    monkeypatch.setattr(inc, "FID_HELPER_SHA256", "0" * 64)
+    monkeypatch.setattr(weights, "WEIGHT_SEARCH_ORDER", ("fid_helper",))
+    monkeypatch.setattr(weights, "FID_HELPER_SHA256", "0" * 64)
     with pytest.raises(InceptionWeightsError, match="has sha256 7ff4a85c"):
         load_inception()
 
 
 def test_corrupt_cache_and_wrong_state_dict_are_clear_errors(tmp_path):
-    cache = inc.cache_root() / inc.CACHE_FILE
+    cache = cache_root() / weights.CACHE_FILE
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"not a checkpoint")
     with pytest.raises(InceptionWeightsError, match="corrupt Inception weights cache"):

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylenat.metrics.inception import tf_resize_bilinear, torch_resize_bilinear
-from stylenat.metrics.protocols import PROTOCOLS, get_protocol
+from stylenat.metrics.protocols import PROTOCOLS, get_protocol, tf_resize_bilinear, torch_resize_bilinear
 from tests.metrics.helpers import tf1_resize_bilinear
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from stylenat.data import DatasetError, build_dataset, uint8_batches
 from stylenat.metrics import statistics as st
-from stylenat.metrics.images import ImageFiles, select_indices
 from stylenat.metrics.statistics import (
     FeatureAccumulator,
     FeatureStatistics,
@@ -16,8 +16,11 @@ from stylenat.metrics.statistics import (
     StatisticsMismatchError,
     check_statistics,
     compute_statistics,
+    open_real_images,
     reference_statistics,
+    select_indices,
 )
+from tests.data.conftest import png_bytes, write_lmdb
 from tests.metrics.helpers import FakeExtractor
 
 
@@ -163,24 +166,87 @@ def test_fewer_real_images_than_requested_is_an_error(tmp_path):
         reference_statistics(folder, "stylegan", FakeExtractor(), max_images=10, progress=False)
 
 
-def test_image_files_reader(tmp_path):
+def test_real_images_are_read_as_stored_by_the_data_reader(tmp_path):
     folder = _folder(tmp_path / "imgs", n=3, size=12)
     Image.fromarray(np.zeros((8, 10), np.uint8)).save(folder / "gray.png")  # grey, other size
     (folder / "notes.txt").write_text("not an image")
-    files = ImageFiles(folder)
+    files = open_real_images(folder)
     assert files.names == ["000.png", "001.png", "002.png", "gray.png"]
-    batches = list(files.batches(8))
-    assert [tuple(b.shape) for b in batches] == [(3, 3, 12, 12), (1, 3, 8, 10)]
+    batches = list(uint8_batches(files, 8))
+    assert [tuple(b.shape) for b in batches] == [(3, 3, 12, 12), (1, 3, 8, 10)]  # no crop, no resize
     assert batches[0].dtype == torch.uint8
-    assert files.fingerprint() == ImageFiles(folder).fingerprint()
-    with pytest.raises(FileNotFoundError, match="not found"):
-        ImageFiles(tmp_path / "missing")
+    np.testing.assert_array_equal(
+        batches[0][1].permute(1, 2, 0).numpy(), np.asarray(Image.open(folder / "001.png"))
+    )
+    assert files.fingerprint == open_real_images(folder).fingerprint
+    assert open_real_images(files) is files
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_real_images(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
-        ImageFiles(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="no images"):
+        open_real_images(tmp_path / "empty")
     a = select_indices(100, 10, "random", seed=5)
     assert np.array_equal(a, select_indices(100, 10, "random", seed=5)) and np.all(np.diff(a) > 0)
     assert not np.array_equal(a, select_indices(100, 10, "random", seed=6))
+
+
+def test_training_and_metrics_list_the_same_files(tmp_path):
+    """Hidden files, foreign files and mixed extensions: the metrics read exactly what training reads."""
+    folder = _folder(tmp_path / "imgs", n=3, size=16)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "d.JPG", quality=95)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "e.webp", lossless=True)
+    for hidden in (".hidden.png", "x.bmp", "y.tif", "z.ppm"):  # hidden, or not a training extension
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / hidden)
+    (folder / ".cache").mkdir()
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / ".cache" / "k.png")
+    training = build_dataset(folder, 16)
+    metrics = open_real_images(folder)
+    assert metrics.names == training.names == ["000.png", "001.png", "002.png", "d.JPG", "e.webp"]
+    stats = reference_statistics(folder, "stylegan", FakeExtractor(), use_cache=False, progress=False)
+    assert stats.num_images == 5
+    # at the training resolution the metrics' images are the training images (no resize needed here)
+    reals = torch.stack([training.load_uint8(i) for i in range(len(training))])
+    torch.testing.assert_close(torch.cat(list(uint8_batches(metrics, 2))), reals)
+
+
+def test_an_lmdb_set_can_be_scored(tmp_path):
+    """An LMDB in the reference layout gives the same statistics as the folder of the same images."""
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    db = write_lmdb(tmp_path / "db", [png_bytes(img) for img in images], resolution=16)
+    ext = FakeExtractor()
+    from_lmdb = reference_statistics(db, "stylegan", ext, batch_size=2, progress=False)
+    from_folder = reference_statistics(folder, "stylegan", ext, batch_size=2, progress=False)
+    assert from_lmdb.num_images == 5 and len(from_lmdb.data_fingerprint) == 64
+    assert from_lmdb.data_fingerprint != from_folder.data_fingerprint  # cached apart
+    np.testing.assert_allclose(from_lmdb.mu, from_folder.mu)
+    np.testing.assert_allclose(from_lmdb.sigma, from_folder.sigma)
+    sub = reference_statistics(db, "stylegan", ext, max_images=3, use_cache=False, progress=False)
+    assert sub.num_images == 3
+
+
+def test_an_lmdb_with_several_resolutions_needs_one_chosen(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    rng = np.random.default_rng(3)
+    db = tmp_path / "db"
+    with lmdb.open(str(db), map_size=16 << 20) as env, env.begin(write=True) as txn:
+        for res in (8, 16):
+            for i in range(2):
+                txn.put(
+                    f"{res}-{i:05d}".encode(), png_bytes(rng.integers(0, 256, (res, res, 3), dtype=np.uint8))
+                )
+        txn.put(b"length", b"2")
+    with pytest.raises(DatasetError, match=r"resolutions \[8, 16\]: choose one"):
+        open_real_images(db)
+    chosen = reference_statistics(
+        db, "stylegan", FakeExtractor(), resolution=8, use_cache=False, progress=False
+    )
+    assert chosen.num_images == 2
 
 
 def test_throughput_measurement_reports_images_per_second():
