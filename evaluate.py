@@ -1,17 +1,28 @@
 """Metrics of a snapshot: `python evaluate.py checkpoint=<snapshot> metrics=[fid50k_full] ref_stats=<npz>`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from stylenat.cli import user_errors_to_exit
-from stylenat.evaluation import run_evaluate
+from stylenat import cli
+
+USAGE = """\
+usage: python evaluate.py checkpoint=<snapshot> metrics=[fid50k_full] (dataset=<name> dataset.path=<data> |
+                          ref_stats=<npz>) [key=value ...] [--cfg] [--help]
+
+Hydra override syntax; keys are documented in configs/evaluate.yaml."""
 
 
-@hydra.main(config_path="configs", config_name="evaluate", version_base=None)
-@user_errors_to_exit
-def main(cfg: DictConfig):
+def evaluate(cfg) -> None:
+    from stylenat.distributed import env_rank
+    from stylenat.evaluation import run_evaluate
+
+    cli.setup_logging(env_rank())
     run_evaluate(cfg)
 
 
+@cli.user_errors_to_exit
+def main(argv: list[str]) -> int:
+    return cli.main_with_config(argv, USAGE, "evaluate", evaluate)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -1,17 +1,26 @@
 """Sample images from a snapshot: `python generate.py checkpoint=<snapshot> seeds=0-15 outdir=out`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from stylenat.cli import user_errors_to_exit
-from stylenat.sampling import run_generate
+from stylenat import cli
+
+USAGE = """\
+usage: python generate.py checkpoint=<snapshot> [seeds=0-15] [outdir=generated] [key=value ...] [--cfg] [--help]
+
+Hydra override syntax; keys are documented in configs/generate.yaml."""
 
 
-@hydra.main(config_path="configs", config_name="generate", version_base=None)
-@user_errors_to_exit
-def main(cfg: DictConfig):
+def generate(cfg) -> None:
+    from stylenat.sampling import run_generate
+
+    cli.setup_logging()
     run_generate(cfg)
 
 
+@cli.user_errors_to_exit
+def main(argv: list[str]) -> int:
+    return cli.main_with_config(argv, USAGE, "generate", generate)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

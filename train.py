@@ -5,17 +5,34 @@ recipe; `torchrun --nproc_per_node=8 train.py ...` the same on 8 GPUs. Keys: con
 """
 
 import sys
-from pathlib import Path
 
-from stylenat.cli import user_errors_to_exit
-from stylenat.training.config import cli_main
+from stylenat import cli
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+USAGE = """\
+usage: python train.py [group=option ...] [key=value ...] [--cfg] [--help]
+       torchrun --nproc_per_node=N train.py [...]
+
+Hydra override syntax: `dataset=ffhq256 dataset.path=/data/ffhq run_dir=runs/x train.total_kimg=100`.
+  --cfg     print the composed config and exit
+  --help    this text
+Keys are documented in configs/config.yaml and in each group's YAML files."""
 
 
-@user_errors_to_exit
-def main(argv):
-    return cli_main(CONFIG_DIR, argv)
+def train(cfg) -> None:
+    """Parse the composed config (every check, before any data is read or network built), then train."""
+    from stylenat.distributed import env_rank
+    from stylenat.training.config import parse_config
+    from stylenat.training.run import train as run_training
+
+    config = parse_config(cfg)
+    cli.setup_logging(env_rank())
+    with cli.console_above_progress():
+        run_training(config)
+
+
+@cli.user_errors_to_exit
+def main(argv: list[str]) -> int:
+    return cli.main_with_config(argv, USAGE, "config", train, list_groups=True)
 
 
 if __name__ == "__main__":

@@ -62,9 +62,9 @@ def emit(record: dict) -> None:
 def stage_info(args) -> int:
     import torch
 
-    from stylenat.ops import na, na_flex
+    from stylenat.ops.na import flex_backend, natten_backend
 
-    natten, why_not = na._natten_import()
+    natten, why_not = natten_backend.natten_import()
     record = {
         "check": "info",
         "torch": torch.__version__,
@@ -72,7 +72,7 @@ def stage_info(args) -> int:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "natten": getattr(natten, "__version__", None) if natten is not None else None,
         "natten_unavailable": why_not,
-        "flex": na_flex.available("cuda"),
+        "flex": flex_backend.available("cuda"),
     }
     emit(record)
     if args.dry_run:
@@ -227,12 +227,12 @@ def stage_parity(args) -> int:
         return 0
     import torch
 
-    from stylenat.ops import na
+    from stylenat.ops.na import natten_backend
     from stylenat.ops.precision import set_tf32
 
     set_tf32(False)  # float32 parity is strict; bf16 matmuls are unaffected
     failed = 0
-    natten_why = na._natten_import()[1]
+    natten_why = natten_backend.natten_import()[1]
     if "natten" in args.backends and natten_why is not None:
         emit({"check": "na_parity", "backend": "natten", "skipped": natten_why, "pass": None})
     for case in cases:
@@ -286,9 +286,10 @@ def train_overrides(run_dir: str, variant: str, compile: bool | None, device: st
 
 def check_train_config(overrides: list[str]) -> None:
     """Compose and validate the run's config as train.py would (no data read, no network built)."""
-    from stylenat.training.config import check_config, compose_config, resolve_config
+    from stylenat.cli import compose_config
+    from stylenat.training.config import parse_config
 
-    check_config(resolve_config(compose_config(REPO / "configs", overrides)), world_size=1)
+    parse_config(compose_config(REPO / "configs", overrides), world_size=1)
 
 
 def summarize_train(records: list[dict], steps: int) -> dict:

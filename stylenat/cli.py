@@ -1,10 +1,23 @@
-"""Shared by the entry points: turn expected user errors into one line on stderr instead of a traceback."""
+"""The command line of the entry points (train.py, generate.py, evaluate.py and the scripts), one style for all.
 
+Hydra's compose API (rather than ``@hydra.main``) keeps every failure to one line: its composition errors
+become ``ConfigError`` and print as ``error: ...``; no ``.hydra/`` folder is written and the working
+directory never changes. ``main_with_config`` is the whole command line of an entry point: ``--help``,
+``--cfg``, the overrides, then the work.
+"""
+
+import contextlib
 import ctypes
 import functools
+import logging
 import os
 import platform
 import sys
+from pathlib import Path
+
+from stylenat.training.config import ConfigError  # noqa: E402  (one error type for composing and checking)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # a source checkout or an editable install
 
 # Errors that describe bad input (paths, configs, checkpoints, data); anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
@@ -55,3 +68,109 @@ def user_errors_to_exit(fn):
             sys.exit(2)
 
     return wrapper
+
+
+def default_config_dir() -> Path:
+    """configs/ next to the package; $STYLENAT_CONFIGS overrides."""
+    env = os.environ.get("STYLENAT_CONFIGS")
+    return Path(env) if env else CONFIG_DIR
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's multi-line composition messages -> one line (search-path listings dropped)."""
+    text, options = [], []
+    collecting = False
+    for line in (s.strip() for s in str(err).splitlines()):
+        if not line or line.startswith("See https://hydra.cc"):
+            continue
+        if line.startswith("Config search path"):
+            break
+        if line.startswith("Available options"):
+            collecting = True
+            continue
+        (options if collecting else text).append(line)
+    msg = " ".join(text) or type(err).__name__
+    return f"{msg} (available: {', '.join(options)})" if options else msg
+
+
+def compose_config(config_dir: Path, overrides: list[str], config_name: str = "config"):
+    """Compose ``config_name`` from ``config_dir`` with command-line style overrides."""
+    import hydra.core.utils  # noqa: F401  (registers the ${now:...} resolver)
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+            return compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def config_groups(config_dir: Path) -> str:
+    """``  group: option | option`` per config group, for --help."""
+    lines = []
+    for group in sorted(p for p in Path(config_dir).iterdir() if p.is_dir()):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        lines.append(f"  {group.name}: {' | '.join(options)}")
+    return "\n".join(lines)
+
+
+def setup_logging(rank: int = 0) -> None:
+    """INFO on rank 0, warnings only elsewhere, to stderr."""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@contextlib.contextmanager
+def console_above_progress():
+    """While a tqdm bar is shown, console log records and Python warnings print above it, not through it.
+
+    The root logger's stderr/stdout handlers write through ``tqdm.write`` (which clears and redraws the
+    bar); warnings go through logging (``py.warnings``), so they take the same path. Handlers to files
+    (``train.log``) are left alone.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logging.captureWarnings(True)
+    try:
+        with logging_redirect_tqdm():
+            yield
+    finally:
+        logging.captureWarnings(False)
+
+
+def main_with_config(
+    argv: list[str],
+    usage: str,
+    config_name: str,
+    work,
+    config_dir: Path | None = None,
+    list_groups: bool = False,
+) -> int:
+    """An entry point's command line: ``--help`` (``usage``, and with ``list_groups`` the config groups),
+    ``--cfg`` (print the composed config), else ``work(composed_config)``. Returns the exit status."""
+    config_dir = default_config_dir() if config_dir is None else Path(config_dir)
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    unknown = [f for f in flags if f not in ("-h", "--help", "--cfg")]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]} (see --help)")
+    if "-h" in flags or "--help" in flags:
+        groups = f"\nConfig groups (configs/<group>/<option>.yaml):\n{config_groups(config_dir)}"
+        print(usage + (groups if list_groups else ""))
+        return 0
+    cfg = compose_config(config_dir, overrides, config_name)
+    if "--cfg" in flags:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    work(cfg)
+    return 0

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from stylenat import metrics
-from stylenat.training.config import compose_config
+from stylenat.cli import compose_config
 from stylenat.distributed import DistEnv
-from stylenat.training.loop import Trainer, prepare_run
+from stylenat.training.run import Trainer, prepare_run
 from stylenat.training.run_metrics import evaluate_run
 from tests.metrics.helpers import FakeExtractor
 from tests.training.helpers import CONFIG_DIR, TINY

@@ -49,6 +49,8 @@ def test_tiny_run_writes_every_artefact_and_refuses_a_mismatched_resume(tmp_path
             f"train.total_kimg={steps_kimg(3)}",
             "train.keep_states=1",
             "train.state_every_kimg=0.004",
+            "train.bcr_real=10",  # the paper's bCR on, so that its figure is logged too
+            "train.bcr_fake=10",
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

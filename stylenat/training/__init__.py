@@ -1,4 +1,5 @@
-"""Training: the loop, losses (non-saturating, R1, bCR), DiffAugment, EMA, checkpoints, distributed, sinks.
+"""Training: the config (typed, checked once), the GAN step, the run, losses, augmentation, EMA,
+checkpoints and sinks.
 
 Exports load lazily so that `train.py --help` and config errors answer without importing torch.
 """
@@ -8,9 +9,12 @@ import importlib
 _EXPORTS = {
     "ResumeError": "stylenat.training.checkpoint",
     "TrainOptions": "stylenat.training.options",
-    "Trainer": "stylenat.training.loop",
-    "prepare_run": "stylenat.training.loop",
-    "train": "stylenat.training.loop",
+    "TrainingConfig": "stylenat.training.config",
+    "parse_config": "stylenat.training.config",
+    "GanStep": "stylenat.training.step",
+    "Trainer": "stylenat.training.run",
+    "prepare_run": "stylenat.training.run",
+    "train": "stylenat.training.run",
 }
 
 __all__ = sorted(_EXPORTS)

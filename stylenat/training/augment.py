@@ -359,3 +359,19 @@ class FixedDiffAugment:
 
     def __call__(self, x: torch.Tensor, generator) -> torch.Tensor:
         return diff_augment(x, self.ops, generator)
+
+
+def build_augment(opts, normalization: str):
+    """The augmentation of every image D sees (``train.augment`` of ``TrainOptions``), or None."""
+    if opts.augment == "ada":
+        return AdaptiveAugment(
+            opts.ada_ops,
+            normalization,
+            p=opts.augment_p,
+            target=opts.ada_target,
+            interval=opts.ada_interval,
+            kimg=opts.ada_kimg,
+        )
+    if opts.augment == "diffaugment":
+        return FixedDiffAugment(opts.diffaugment_ops)
+    return None

@@ -1,70 +1,119 @@
-"""Composing the training config from configs/ with Hydra's compose API, and the ``train.py`` command line.
+"""The training config, parsed once: Hydra composes ``configs/`` (``stylenat.cli``), and ``parse_config``
+turns the composed config into typed, checked objects before any data is read or network built.
 
-The compose API (rather than ``@hydra.main``) keeps every failure to one line: Hydra's own composition
-errors become ``ConfigError`` (a ValueError, so ``stylenat.cli.user_errors_to_exit`` prints it), and the
-run dir is ours (``run_dir``), identical on every torchrun rank, with no ``.hydra/`` or cwd change.
+Every check lives here and every failure is one line naming the Hydra key and its value. The models check
+their own invariants in their own words (``GeneratorConfig.validate``, ``check_discriminator_config``);
+their messages start with the field name, and this module prefixes the group (``model.``,
+``discriminator.``) to name the key.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-USAGE = """\
-usage: python train.py [group=option ...] [key=value ...] [--cfg] [--help]
-       torchrun --nproc_per_node=N train.py [...]
+if TYPE_CHECKING:  # imported where used: `train.py --help` and config errors answer without torch
+    from stylenat.training.options import TrainOptions
 
-Hydra override syntax: `dataset=ffhq256 dataset.path=/data/ffhq run_dir=runs/x train.total_kimg=100`.
-  --cfg     print the composed config and exit
-  --help    this text
-Config groups (configs/<group>/<option>.yaml):
-{groups}
-Keys are documented in configs/config.yaml and in each group's YAML files."""
+log = logging.getLogger(__name__)
+
+GROUPS = ("model", "discriminator", "train", "dataset", "logger")
 
 
 class ConfigError(ValueError):
-    """A config that cannot be composed (unknown group option or key, bad override syntax)."""
+    """A config that cannot be composed or fails a check; the message names the key."""
 
 
-def _one_line(err: Exception) -> str:
-    """Hydra's multi-line composition messages -> one line (search-path listings dropped)."""
-    text, options = [], []
-    collecting = False
-    for line in (s.strip() for s in str(err).splitlines()):
-        if not line or line.startswith("See https://hydra.cc"):
-            continue
-        if line.startswith("Config search path"):
-            break
-        if line.startswith("Available options"):
-            collecting = True
-            continue
-        (options if collecting else text).append(line)
-    msg = " ".join(text) or type(err).__name__
-    return f"{msg} (available: {', '.join(options)})" if options else msg
+@dataclass(frozen=True)
+class DataConfig:
+    """``dataset.*``: the training images."""
+
+    name: str | None
+    path: str | None  # folder, .zip or LMDB; None = the bundled demo faces
+    resolution: int
+    xflip: bool
 
 
-def compose_config(config_dir: Path, overrides: list[str], config_name: str = "config"):
-    """Compose ``config_name`` from ``config_dir`` with command-line style overrides."""
-    import hydra.core.utils  # noqa: F401  (registers the ${now:...} resolver)
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """``discriminator.*``: ``name`` picks the architecture, ``options`` are its keyword arguments."""
 
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-            return compose(config_name=config_name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_one_line(err)) from None
+    name: str
+    options: dict
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    """``logger.*``: where the figures of a run go besides log.jsonl."""
+
+    progress: bool
+    plots: bool
+    wandb: dict | None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The top-level keys: where the run lives and how it computes (none of it changes the weights' meaning)."""
+
+    run_dir: str | None
+    resume: str | None
+    seed: int
+    device: str
+    na_backend: str
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything a training run reads from its config, checked; ``resolved`` is the plain dict that
+    config.yaml, the training state and W&B record (updated with what the run resolves: run_dir, autos)."""
+
+    model: object  # stylenat.models.generator.GeneratorConfig
+    discriminator: DiscriminatorConfig
+    train: TrainOptions
+    data: DataConfig
+    logger: LoggerConfig
+    run: RunSettings
+    resolved: dict = field(repr=False)
+
+    def with_train(self, train: TrainOptions) -> TrainingConfig:
+        """The config with resolved ``train`` values (``auto`` R1 gamma / augmentation), also in ``resolved``."""
+        resolved = {**self.resolved, "train": dict(self.resolved["train"])}
+        for key in ("r1_gamma", "augment"):
+            resolved["train"][key] = getattr(train, key)
+        return replace(self, train=train, resolved=resolved)
+
+    def with_run_dir(self, run_dir: str) -> TrainingConfig:
+        return replace(
+            self, run=replace(self.run, run_dir=run_dir), resolved={**self.resolved, "run_dir": run_dir}
+        )
+
+
+def parse_config(cfg, world_size: int | None = None) -> TrainingConfig:
+    """A composed (OmegaConf) or plain config -> ``TrainingConfig``; the one place every key is checked.
+
+    ``world_size`` (default: env ``WORLD_SIZE``, else 1) is the number of processes ``train.batch`` is
+    divided over. Paths are not opened here: a missing data set is reported by the data set itself.
+    """
+    config = resolve_config(cfg)
+    for key in GROUPS:
+        if not isinstance(config.get(key), dict):
+            raise ConfigError(f"config group {key!r} is missing (compose configs/config.yaml)")
+    data = _parse_data(config["dataset"])
+    model = _parse_model(config["model"], data.resolution)
+    run = _parse_run(config)
+    from stylenat.training.options import TrainOptions
+
+    train = TrainOptions.from_dict(config["train"])
+    train.accumulation_rounds(env_world_size() if world_size is None else world_size)
+    discriminator = _parse_discriminator(config["discriminator"], data.resolution)
+    logger = _parse_logger(config["logger"])
+    return TrainingConfig(model, discriminator, train, data, logger, run, config)
 
 
 def resolve_config(cfg) -> dict:
-    """A composed (OmegaConf) or plain config -> a resolved plain dict; missing values -> one-line errors."""
+    """A composed or plain config -> a resolved plain dict; missing values -> one-line errors."""
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -74,9 +123,9 @@ def resolve_config(cfg) -> dict:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or "a value"
-        raise ValueError(f"{key} is required: pass {key}=<value> on the command line") from None
+        raise ConfigError(f"{key} is required: pass {key}=<value> on the command line") from None
     except InterpolationResolutionError as err:
-        raise ValueError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
 
 
 def env_world_size() -> int:
@@ -87,7 +136,7 @@ def env_world_size() -> int:
     except ValueError:
         world_size = 0
     if world_size < 1:
-        raise ValueError(f"environment WORLD_SIZE={raw!r}: expected a positive integer")
+        raise ConfigError(f"environment WORLD_SIZE={raw!r}: expected a positive integer")
     return world_size
 
 
@@ -97,138 +146,99 @@ def _is_int(v) -> bool:
 
 def _check_resolution(key: str, value) -> int:
     if value is None:
-        raise ValueError(f"{key} is required: pass {key}=<power of two>")
+        raise ConfigError(f"{key} is required: pass {key}=<power of two>")
     if not _is_int(value) or value < 8 or value & (value - 1):
-        raise ValueError(f"{key}={value!r}: expected a power of two >= 8")
+        raise ConfigError(f"{key}={value!r}: expected a power of two >= 8")
     return value
 
 
-def _check_list_keys(model: dict) -> None:
-    """The shapes ``GeneratorConfig.from_dict`` needs before it can reshape the per-stage lists."""
-    for key in ("kernels", "dilations", "channels"):
+def _parse_data(data: dict) -> DataConfig:
+    resolution = _check_resolution("dataset.resolution", data.get("resolution"))
+    path = data.get("path")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise ConfigError(
+            f"dataset.path={path!r}: expected a folder, .zip or LMDB path (or null for the demo)"
+        )
+    xflip = data.get("xflip", False)
+    if not isinstance(xflip, bool):
+        raise ConfigError(f"dataset.xflip={xflip!r}: expected true or false")
+    return DataConfig(data.get("name"), path, resolution, xflip)
+
+
+def _parse_model(model: dict, data_resolution: int):
+    from stylenat.models.generator import GeneratorConfig
+
+    model_resolution = _check_resolution("model.resolution", model.get("resolution"))
+    if data_resolution != model_resolution:
+        raise ConfigError(
+            f"dataset.resolution={data_resolution} does not match model.resolution={model_resolution}: "
+            "pick a model of that resolution or set dataset.resolution"
+        )
+    for key in ("kernels", "dilations", "channels"):  # the shapes from_dict needs to reshape them
         v = model.get(key)
         if v is None and key == "channels":
             continue
         if not isinstance(v, (list, tuple)):
-            raise ValueError(f"model.{key}={v!r}: expected a list with one entry per stage (4x4 first)")
+            raise ConfigError(f"model.{key}={v!r}: expected a list with one entry per stage (4x4 first)")
         if key != "channels":
             for i, entry in enumerate(v):
                 if not (_is_int(entry) or isinstance(entry, (list, tuple))):
-                    raise ValueError(f"model.{key}[{i}]={entry!r}: expected an integer or a list of integers")
+                    raise ConfigError(
+                        f"model.{key}[{i}]={entry!r}: expected an integer or a list of integers"
+                    )
+    try:
+        config = GeneratorConfig.from_dict(model)
+        config.validate()
+    except ValueError as err:
+        raise ConfigError(_in_group("model", err)) from None
+    return config
 
 
-def check_config(config: dict, world_size: int | None = None) -> None:
-    """Check the types and ranges of the main keys before any data is read or network built.
+def _parse_discriminator(disc: dict, resolution: int) -> DiscriminatorConfig:
+    from stylenat.models.discriminator import check_discriminator_config
 
-    Every failure is a one-line ``ValueError`` naming the key and its value. Covers: the groups exist;
-    ``dataset.resolution`` == ``model.resolution``, a power of two >= 8; ``dataset.path`` / ``xflip``;
-    ``seed``, ``device``; every ``train`` key (``TrainOptions``), with ``train.batch`` divisible over
-    ``world_size`` processes (default: env ``WORLD_SIZE``, else 1); the generator (``GeneratorConfig``:
-    per-stage kernel x dilation within each feature map, heads, ...) and the discriminator keys. Paths
-    are not opened here: a missing data set is reported later, by the data set itself.
-    """
-    for key in ("model", "discriminator", "train", "dataset", "logger"):
-        if not isinstance(config.get(key), dict):
-            raise ValueError(f"config group {key!r} is missing (compose configs/config.yaml)")
-    data, model = config["dataset"], config["model"]
-    data_res = _check_resolution("dataset.resolution", data.get("resolution"))
-    model_res = _check_resolution("model.resolution", model.get("resolution"))
-    if data_res != model_res:
-        raise ValueError(
-            f"dataset.resolution={data_res} does not match model.resolution={model_res}: "
-            "pick a model of that resolution or set dataset.resolution"
-        )
-    path = data.get("path")
-    if path is not None and (not isinstance(path, str) or not path.strip()):
-        raise ValueError(
-            f"dataset.path={path!r}: expected a folder, .zip or LMDB path (or null for the demo)"
-        )
-    if not isinstance(data.get("xflip", False), bool):
-        raise ValueError(f"dataset.xflip={data.get('xflip')!r}: expected true or false")
+    try:
+        check_discriminator_config(disc, resolution)
+    except ValueError as err:
+        raise ConfigError(_in_group("discriminator", err)) from None
+    options = dict(disc)
+    return DiscriminatorConfig(str(options.pop("name", "wavelet")), options)
+
+
+def _in_group(group: str, err: ValueError) -> str:
+    """A model's own message (it starts with the field name) as one naming the Hydra key."""
+    message = str(err)
+    return message if message.startswith(f"{group}.") else f"{group}.{message}"
+
+
+def _parse_run(config: dict) -> RunSettings:
     seed = config.get("seed", 0)
     if not _is_int(seed) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed={seed!r}: expected an integer in [0, 2**32)")
-
+        raise ConfigError(f"seed={seed!r}: expected an integer in [0, 2**32)")
     from stylenat.distributed import DEVICES
-    from stylenat.training.options import TrainOptions
+    from stylenat.ops.na import NA_BACKENDS
 
     device = config.get("device", "auto")
     if device not in DEVICES:
-        raise ValueError(f"device={device!r}: expected one of {', '.join(DEVICES)}")
-
-    opts = TrainOptions.from_dict(config["train"])
-    opts.accumulation_rounds(env_world_size() if world_size is None else world_size)
-
-    from stylenat.models.discriminator import check_discriminator_config
-    from stylenat.models.generator import GeneratorConfig
-
-    _check_list_keys(model)
-    GeneratorConfig.from_dict(model).validate()
-    check_discriminator_config(config["discriminator"], model_res)
-
-
-def _groups(config_dir: Path) -> str:
-    lines = []
-    for group in sorted(p for p in Path(config_dir).iterdir() if p.is_dir()):
-        options = sorted(f.stem for f in group.glob("*.yaml"))
-        lines.append(f"  {group.name}: {' | '.join(options)}")
-    return "\n".join(lines)
-
-
-def setup_logging(rank: int) -> None:
-    """INFO on rank 0, warnings only elsewhere, to stderr."""
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        raise ConfigError(f"device={device!r}: expected one of {', '.join(DEVICES)}")
+    na_backend = config.get("na_backend", "auto")
+    if na_backend not in NA_BACKENDS:
+        raise ConfigError(f"na_backend={na_backend!r}: expected one of {', '.join(NA_BACKENDS)}")
+    resume = config.get("resume")
+    return RunSettings(
+        run_dir=config.get("run_dir"),
+        resume=None if resume in (None, "") else str(resume),
+        seed=seed,
+        device=device,
+        na_backend=na_backend,
     )
 
 
-@contextlib.contextmanager
-def console_above_progress():
-    """While the tqdm bar is shown, console log records and Python warnings print above it, not through it.
-
-    The root logger's stderr/stdout handlers write through ``tqdm.write`` (which clears and redraws the
-    bar); warnings go through logging (``py.warnings``), so they take the same path. Handlers to files
-    (``train.log``) are left alone.
-    """
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    logging.captureWarnings(True)
-    try:
-        with logging_redirect_tqdm():
-            yield
-    finally:
-        logging.captureWarnings(False)
-
-
-def cli_main(config_dir: Path, argv: list[str]) -> int:
-    """``train.py``: parse flags, compose, train. Returns the exit status."""
-    flags = [a for a in argv if a.startswith("-")]
-    overrides = [a for a in argv if not a.startswith("-")]
-    unknown = [f for f in flags if f not in ("-h", "--help", "--cfg")]
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]} (see --help)")
-    if "-h" in flags or "--help" in flags:
-        print(USAGE.format(groups=_groups(config_dir)))
-        return 0
-    cfg = compose_config(config_dir, overrides)
-    if "--cfg" in flags:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    check_config(resolve_config(cfg))  # fail fast: before any data is read or network built
-    from stylenat.distributed import env_rank
-    from stylenat.training.loop import train
-
-    setup_logging(env_rank())
-    with console_above_progress():
-        train(cfg)
-    return 0
-
-
-def default_config_dir() -> Path:
-    """configs/ next to the package (a source checkout or an editable install); $STYLENAT_CONFIGS overrides."""
-    env = os.environ.get("STYLENAT_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+def _parse_logger(logger: dict) -> LoggerConfig:
+    for key in ("progress", "plots"):
+        if not isinstance(logger.get(key, True), bool):
+            raise ConfigError(f"logger.{key}={logger.get(key)!r}: expected true or false")
+    wandb = logger.get("wandb")
+    if wandb is not None and not isinstance(wandb, dict):
+        raise ConfigError(f"logger.wandb={wandb!r}: expected a mapping of W&B settings or null")
+    return LoggerConfig(bool(logger.get("progress", True)), bool(logger.get("plots", True)), wandb)

@@ -61,6 +61,7 @@ class TrainOptions:
     amp: str | bool
     tf32: bool
     compile: bool
+    checkpoint_blocks: bool
     workers: int
     log_every_kimg: float | None
     image_every_kimg: float | None
@@ -214,6 +215,7 @@ class TrainOptions:
         need(self.amp in AMP_MODES, "amp", "expected false or bf16")
         need(isinstance(self.tf32, bool), "tf32", "expected true or false")
         need(isinstance(self.compile, bool), "compile", "expected true or false")
+        need(isinstance(self.checkpoint_blocks, bool), "checkpoint_blocks", "expected true or false")
         integer("workers", 0)
         for key in (
             "log_every_kimg",

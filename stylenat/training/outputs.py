@@ -2,7 +2,9 @@
 inference snapshots, training states (with every rank's RNG) and metrics.
 
 Rank 0 writes every file; the collective parts (loss reduction, sync check, RNG gathering, metrics)
-run on all ranks, which is why every rank calls ``after_step``.
+run on all ranks, which is why every rank calls ``after_step``. The outputs see the run through what they
+need: its setup, its counters, the networks of the GAN step, the reported figures and a function that
+returns the training state.
 """
 
 from __future__ import annotations
@@ -10,20 +12,39 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from stylenat.training import checkpoint as ckpt
 from stylenat import distributed as dist
+from stylenat.files import atomic_write_text
+from stylenat.training import checkpoint as ckpt
 from stylenat.training.guard import CheckpointWriteError, check_run_dir, clean_stale_temp_files, state_bytes
 from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_handler, metric_record
+from stylenat.training.stats import Reporter
 
 if TYPE_CHECKING:
-    from stylenat.training.loop import Trainer
+    from stylenat.training.run import RunSetup
+    from stylenat.training.step import GanStep
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """Where a run stands: optimisation steps done, images shown to D, images of skipped batches."""
+
+    step: int = 0
+    images_seen: int = 0
+    skipped_images: int = 0  # batches the divergence guard skipped (the stream moved on)
+
+    @property
+    def data_position(self) -> int:
+        """Images the data stream has delivered (skipped batches included): where a resume continues."""
+        return self.images_seen + self.skipped_images
 
 
 def grid_latents(seed: int, count: int, z_dim: int) -> torch.Tensor:
@@ -35,9 +56,20 @@ def grid_latents(seed: int, count: int, z_dim: int) -> torch.Tensor:
 class RunOutputs:
     """The periodic work between steps: log records, sample grids, snapshots, training states, metrics."""
 
-    def __init__(self, trainer: Trainer):
-        self.t = trainer
-        self.main = trainer.env.is_main
+    def __init__(
+        self,
+        setup: RunSetup,
+        counters: Counters,
+        gan: GanStep,
+        stats: Reporter,
+        training_state: Callable[[], dict],
+    ):
+        """``training_state()`` returns the run's state without RNG and logger (``Trainer.state_dict``)."""
+        self.setup, self.config, self.env, self.run_dir = setup, setup.config, setup.env, setup.run_dir
+        self.opts, self.counters, self.gan, self.stats = setup.config.train, counters, gan, stats
+        self.training_state = training_state
+        self.main = setup.env.is_main
+        self.wandb_id = ((setup.state or {}).get("logger") or {}).get("wandb_id")
         self.sinks: list = []
         self.progress = None
         self._handler = None
@@ -48,47 +80,47 @@ class RunOutputs:
     # context ---------------------------------------------------------------------------------------
 
     def __enter__(self):
-        t = self.t
         problem = self._check_run_dir() if self.main else None
         problem = dist.broadcast_object(problem)  # every rank stops, not only the one that writes
         if problem is not None:
             raise CheckpointWriteError(problem)
         if self.main:
-            clean_stale_temp_files(t.run_dir)
-            if t.setup.state is not None:
-                self.saved_state_at = t.images_seen
-            ckpt.quarantine([p for p in t.setup.unreadable_states if p.parent == t.run_dir])
-            _write_config(t.config, t.run_dir / "config.yaml")
-            self._handler = file_log_handler(t.run_dir)
+            clean_stale_temp_files(self.run_dir)
+            if self.setup.state is not None:
+                self.saved_state_at = self.counters.images_seen
+            ckpt.quarantine([p for p in self.setup.unreadable_states if p.parent == self.run_dir])
+            _write_config(self.config.resolved, self.run_dir / "config.yaml")
+            self._handler = file_log_handler(self.run_dir)
             logging.getLogger().addHandler(self._handler)
-            self.sinks.append(JsonlSink(t.run_dir / "log.jsonl", keep_through_images=t.images_seen))
-            wandb_cfg = t.config["logger"].get("wandb")
+            self.sinks.append(
+                JsonlSink(self.run_dir / "log.jsonl", keep_through_images=self.counters.images_seen)
+            )
+            wandb_cfg = self.config.logger.wandb
             if wandb_cfg:
-                sink = WandbSink(wandb_cfg, t.run_dir, t.config, run_id=t.wandb_id)
-                t.wandb_id = sink.run_id
+                sink = WandbSink(wandb_cfg, self.run_dir, self.config.resolved, run_id=self.wandb_id)
+                self.wandb_id = sink.run_id
                 self.sinks.append(sink)
             self.progress = Progress(
-                t.opts.end_images(t.images_seen) / 1000,
-                t.images_seen / 1000,
-                bool(t.config["logger"].get("progress", True)),
+                self.opts.end_images(self.counters.images_seen) / 1000,
+                self.counters.images_seen / 1000,
+                self.config.logger.progress,
             )
-            cols, rows = t.opts.sample_grid
-            self.grid_z = grid_latents(t.seed, cols * rows, t.G.z_dim)
-            if t.setup.state is None:
+            cols, rows = self.opts.sample_grid
+            self.grid_z = grid_latents(self.config.run.seed, cols * rows, self.gan.G.z_dim)
+            if self.setup.state is None:
                 self._save_reals()
                 self._save_samples()
         dist.barrier()
-        self.tick_start = (time.perf_counter(), t.images_seen, t.step_index)
-        if t.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(t.device)
+        self.tick_start = (time.perf_counter(), self.counters.images_seen, self.counters.step)
+        if self.env.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.env.device)
         return self
 
     def _check_run_dir(self) -> str | None:
         """Why the run dir cannot take the next training state (twice its size: the new one is written
         beside the old one), or None."""
-        t = self.t
         try:
-            check_run_dir(t.run_dir, 2 * state_bytes([t.G, t.D, t.G_ema]))
+            check_run_dir(self.run_dir, 2 * state_bytes([self.gan.G, self.gan.D, self.gan.G_ema]))
         except CheckpointWriteError as err:
             return str(err)
         return None
@@ -108,15 +140,14 @@ class RunOutputs:
     def _plot_curves(self) -> Path | None:
         """curves.png from log.jsonl at the end of a run (``logger.plots``), also sent to the sinks. A
         failure costs only the figure: it is logged and the run ends normally."""
-        t = self.t
-        if not t.config["logger"].get("plots", True):
+        if not self.config.logger.plots:
             return None
         try:
             from stylenat.training.curves import plot_run
 
-            path = plot_run(t.run_dir)
+            path = plot_run(self.run_dir)
             for sink in self.sinks:
-                sink.log_figure(path, t.step_index)
+                sink.log_figure(path, self.counters.step)
         except Exception as err:  # a figure must never fail the run
             log.warning("could not plot the learning curves: %s: %s", type(err).__name__, err)
             return None
@@ -124,19 +155,18 @@ class RunOutputs:
 
     def _log_where(self, curves: Path | None) -> None:
         """The last line of a run: where its directory, latest sample grid and curves are."""
-        t = self.t
-        grids = ckpt.list_artifacts(t.run_dir, ckpt.SAMPLES_PREFIX)
+        grids = ckpt.list_artifacts(self.run_dir, ckpt.SAMPLES_PREFIX)
         if curves is not None:
             curves_text = str(curves)
-        elif t.config["logger"].get("plots", True):
+        elif self.config.logger.plots:
             curves_text = "not plotted (see the warning above)"
         else:
-            curves_text = f"off (logger.plots=false; python scripts/plot_run.py {t.run_dir})"
+            curves_text = f"off (logger.plots=false; python scripts/plot_run.py {self.run_dir})"
         log.info(
             "%s at %.3f kimg: run dir %s; final grid %s; curves %s",
             "stopped" if self.stopped else "finished",
-            t.images_seen / 1000,
-            t.run_dir,
+            self.counters.images_seen / 1000,
+            self.run_dir,
             grids[-1][1] if grids else "none",
             curves_text,
         )
@@ -145,7 +175,7 @@ class RunOutputs:
 
     def after_step(self, before: int, done: bool) -> None:
         """Run whatever is due after the step that moved the count from ``before`` (all ranks call it)."""
-        o, now = self.t.opts, self.t.images_seen
+        o, now = self.opts, self.counters.images_seen
 
         def due(every_kimg) -> bool:
             if done:
@@ -169,27 +199,25 @@ class RunOutputs:
             self._run_metrics()
 
     def _log_tick(self) -> None:
-        t = self.t
-        stats = t.stats.reduce()
-        digests = dist.check_in_sync(t.G, t.D, t.G_ema) if t.opts.sync_check else None
+        stats = self.stats.reduce()
+        digests = dist.check_in_sync(self.gan.G, self.gan.D, self.gan.G_ema) if self.opts.sync_check else None
         if not self.main:
             return
         start_time, start_images, start_step = self.tick_start
         elapsed = time.perf_counter() - start_time
-        kimg_done = (t.images_seen - start_images) / 1000
-        lr = t.current_lr()
+        kimg_done = (self.counters.images_seen - start_images) / 1000
+        lr = self.opts.learning_rates(self.counters.images_seen)
         record = {
-            "kimg": t.images_seen / 1000,
-            "step": t.step_index,
-            "images_seen": t.images_seen,
+            "kimg": self.counters.images_seen / 1000,
+            "step": self.counters.step,
+            "images_seen": self.counters.images_seen,
             **stats,
             "lr_g": lr["g"],
             "lr_d": lr["d"],
-            "augment_p": t.augment.p if t.augment is not None else None,
             "sec_per_kimg": elapsed / kimg_done if kimg_done > 0 else None,
-            "sec_per_step": elapsed / max(1, t.step_index - start_step),
-            "peak_mem_mb": _peak_memory_mb(t.device),
-            "world_size": t.env.world_size,
+            "sec_per_step": elapsed / max(1, self.counters.step - start_step),
+            "peak_mem_mb": _peak_memory_mb(self.env.device),
+            "world_size": self.env.world_size,
             "timestamp": time.time(),
         }
         if digests is not None:
@@ -200,15 +228,15 @@ class RunOutputs:
             "kimg %.3f step %d d_loss %.4f g_loss %.4f r1 %s sec/kimg %s",
             record["kimg"],
             record["step"],
-            stats["d_loss"] or float("nan"),
-            stats["g_loss"] or float("nan"),
-            _fmt(stats["r1"]),
+            stats.get("d_loss") or float("nan"),
+            stats.get("g_loss") or float("nan"),
+            _fmt(stats.get("r1")),
             _fmt(record["sec_per_kimg"]),
         )
-        self.progress.update(record["kimg"], {k: stats[k] for k in ("d_loss", "g_loss", "r1")})
-        self.tick_start = (time.perf_counter(), t.images_seen, t.step_index)
-        if t.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(t.device)
+        self.progress.update(record["kimg"], {k: stats.get(k) for k in ("d_loss", "g_loss", "r1")})
+        self.tick_start = (time.perf_counter(), self.counters.images_seen, self.counters.step)
+        if self.env.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.env.device)
 
     # artefacts (rank 0 unless noted) -------------------------------------------------------------------
 
@@ -216,29 +244,27 @@ class RunOutputs:
     def _save_samples(self) -> None:
         from torchvision.utils import save_image
 
-        t = self.t
         images = []
-        for z in self.grid_z.split(t.batch_gpu):
-            images.append(t.G_ema(z.to(t.device)).float().cpu())
-        path = ckpt.artifact_path(t.run_dir, ckpt.SAMPLES_PREFIX, t.images_seen, "png")
-        save_image((torch.cat(images) + 1) / 2, path, nrow=t.opts.sample_grid[0], padding=0)
+        for z in self.grid_z.split(self.gan.batch_gpu):
+            images.append(self.gan.G_ema(z.to(self.env.device)).float().cpu())
+        path = ckpt.artifact_path(self.run_dir, ckpt.SAMPLES_PREFIX, self.counters.images_seen, "png")
+        save_image((torch.cat(images) + 1) / 2, path, nrow=self.opts.sample_grid[0], padding=0)
         for sink in self.sinks:
-            sink.log_image(path, t.step_index)
+            sink.log_image(path, self.counters.step)
 
     def _save_reals(self) -> None:
         from torchvision.utils import save_image
 
         from stylenat.data import denormalize
 
-        t = self.t
-        if t.dataset is None:
+        if self.setup.dataset is None:
             return
-        cols, rows = t.opts.sample_grid
-        n = min(cols * rows, len(t.dataset))
-        reals = torch.stack([t.dataset[i] for i in range(n)])
+        cols, rows = self.opts.sample_grid
+        n = min(cols * rows, len(self.setup.dataset))
+        reals = torch.stack([self.setup.dataset[i] for i in range(n)])
         save_image(
-            denormalize(reals, t.config["model"].get("output_normalization", "imagenet")),
-            t.run_dir / "reals.png",
+            denormalize(reals, self.config.model.output_normalization),
+            self.run_dir / "reals.png",
             nrow=cols,
             padding=0,
         )
@@ -246,48 +272,52 @@ class RunOutputs:
     def _save_snapshot(self) -> None:
         from stylenat.snapshot import save_snapshot
 
-        t = self.t
-        path = ckpt.artifact_path(t.run_dir, ckpt.SNAPSHOT_PREFIX, t.images_seen)
+        path = ckpt.artifact_path(self.run_dir, ckpt.SNAPSHOT_PREFIX, self.counters.images_seen)
         try:
             save_snapshot(
                 path,
-                t.G_ema,
-                extra={"kimg": t.images_seen / 1000, "step": t.step_index, "run_dir": str(t.run_dir)},
+                self.gan.G_ema,
+                extra={
+                    "kimg": self.counters.images_seen / 1000,
+                    "step": self.counters.step,
+                    "run_dir": str(self.run_dir),
+                },
             )
         except OSError as err:
             raise CheckpointWriteError(
-                f"{err.strerror or err}; earlier snapshots and states are intact: free space in {t.run_dir} and resume"
+                f"{err.strerror or err}; earlier snapshots and states are intact: free space in {self.run_dir} and resume"
             ) from None
         log.info("saved %s", path.name)
 
     def _save_state(self) -> Path | None:
         """Collective: every rank contributes its RNG states; rank 0 writes and prunes. A failed write
         (disk full) stops every rank with one error; the previous state stays as it was."""
-        t = self.t
-        rng = dist.all_gather_object(ckpt.capture_rng(t.device))
-        path, problem = ckpt.artifact_path(t.run_dir, ckpt.STATE_PREFIX, t.images_seen), None
+        rng = dist.all_gather_object(ckpt.capture_rng(self.env.device))
+        path, problem = ckpt.artifact_path(self.run_dir, ckpt.STATE_PREFIX, self.counters.images_seen), None
         if self.main:
-            previous = ckpt.find_latest_state(t.run_dir)
+            previous = ckpt.find_latest_state(self.run_dir)
             try:
-                ckpt.save_state({**t.state_dict(), "rng": rng}, path)
+                ckpt.save_state(
+                    {**self.training_state(), "logger": {"wandb_id": self.wandb_id}, "rng": rng}, path
+                )
             except OSError as err:
                 kept = (
                     f"the previous state {previous.name} is intact" if previous else "no earlier state exists"
                 )
-                problem = f"{err.strerror or err}; {kept}: free space in {t.run_dir} and resume"
+                problem = f"{err.strerror or err}; {kept}: free space in {self.run_dir} and resume"
             else:
-                ckpt.prune(t.run_dir, ckpt.STATE_PREFIX, t.opts.keep_states)
+                ckpt.prune(self.run_dir, ckpt.STATE_PREFIX, self.opts.keep_states)
                 log.info("saved %s", path.name)
         problem = dist.broadcast_object(problem)
         if problem is not None:
             raise CheckpointWriteError(problem)
-        self.saved_state_at = t.images_seen
+        self.saved_state_at = self.counters.images_seen
         return path
 
     def save_state_now(self) -> Path | None:
         """A training state at the current position unless one was just written there (collective)."""
-        if self.saved_state_at == self.t.images_seen:
-            return ckpt.artifact_path(self.t.run_dir, ckpt.STATE_PREFIX, self.t.images_seen)
+        if self.saved_state_at == self.counters.images_seen:
+            return ckpt.artifact_path(self.run_dir, ckpt.STATE_PREFIX, self.counters.images_seen)
         return self._save_state()
 
     def stop(self, reason: str) -> None:
@@ -298,7 +328,7 @@ class RunOutputs:
         log.warning(
             "stopped by %s at %.3f kimg; saved %s: run the same command to resume",
             reason,
-            self.t.images_seen / 1000,
+            self.counters.images_seen / 1000,
             path.name if path else "the state",
         )
 
@@ -306,8 +336,12 @@ class RunOutputs:
         """An event record (rollback, stop) in the log, at the current position (rank 0)."""
         if not self.main:
             return
-        t = self.t
-        record = {"kimg": t.images_seen / 1000, "step": t.step_index, "images_seen": t.images_seen, **fields}
+        record = {
+            "kimg": self.counters.images_seen / 1000,
+            "step": self.counters.step,
+            "images_seen": self.counters.images_seen,
+            **fields,
+        }
         record["timestamp"] = time.time()
         for sink in self.sinks:
             if isinstance(sink, JsonlSink):
@@ -322,25 +356,24 @@ class RunOutputs:
         from stylenat.data import dataset_path_or_demo
         from stylenat.sampling import seeded_images_fn
 
-        t = self.t
         if getattr(self, "_extractor", None) is None:
-            self._extractor = metrics.load_inception(device=t.device)
-        real = dataset_path_or_demo(t.config["dataset"].get("path"))
-        generate = seeded_images_fn(t.G_ema, t.device)
-        for name in t.opts.metrics:
+            self._extractor = metrics.load_inception(device=self.env.device)
+        real = dataset_path_or_demo(self.config.data.path)
+        generate = seeded_images_fn(self.gan.G_ema, self.env.device)
+        for name in self.opts.metrics:
             result = metrics.compute_metric(
                 name,
                 generate,
                 extractor=self._extractor,
                 real_data=real,
-                batch_size=t.batch_gpu,
-                device=t.device,
-                rank=t.env.rank,
-                world_size=t.env.world_size,
+                batch_size=self.gan.batch_gpu,
+                device=self.env.device,
+                rank=self.env.rank,
+                world_size=self.env.world_size,
                 progress=False,
             )
             if self.main:
-                record = metric_record(name, result, t.images_seen, t.step_index)
+                record = metric_record(name, result, self.counters.images_seen, self.counters.step)
                 for sink in self.sinks:
                     sink.log(record)
                 log.info("%s = %.4f at %.3f kimg", name, result["value"], record["kimg"])
@@ -360,6 +393,4 @@ def _peak_memory_mb(device: torch.device) -> float:
 def _write_config(config: dict, path: Path) -> None:
     from omegaconf import OmegaConf
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-    tmp.replace(path)
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(config)))

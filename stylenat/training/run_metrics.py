@@ -4,7 +4,6 @@ themselves come from the registry."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,14 +12,6 @@ from stylenat.sampling import seeded_images_fn
 from stylenat.training.sinks import metric_record
 
 logger = logging.getLogger(__name__)
-
-EVALUATE_RUN_USAGE = """\
-usage: python scripts/evaluate_run.py RUN_DIR [metrics=[fid1k,...]] [key=value ...] [--help]
-
-Scores every network-snapshot-*.pt in RUN_DIR with the metric registry against the run's data set
-(config.yaml dataset.path; the demo faces when null), appends one metric record per snapshot and metric
-to RUN_DIR/log.jsonl (pairs already there are skipped, so a rerun only adds what is new) and re-plots
-RUN_DIR/curves.png. Keys (Hydra override syntax) are documented in configs/evaluate_run.yaml."""
 
 
 def run_real_data(run_dir: Path) -> str:
@@ -71,10 +62,10 @@ def evaluate_run(
     (``plot``; a failure there is a warning: the records are already written).
     """
     from stylenat import metrics as registry
+    from stylenat.distributed import resolve_device
     from stylenat.snapshot import CheckpointError, generator_from_snapshot, read_checkpoint
     from stylenat.training import checkpoint as ckpt
     from stylenat.training.curves import LOG_NAME, plot_run
-    from stylenat.distributed import resolve_device
     from stylenat.training.sinks import JsonlSink
 
     run_dir = Path(run_dir)
@@ -147,42 +138,3 @@ def evaluate_run(
         except Exception as err:  # the records are written; the figure is a convenience
             logger.warning("could not plot the learning curves: %s: %s", type(err).__name__, err)
     return records
-
-
-def evaluate_run_main(config_dir: Path, argv: list[str]) -> int:
-    """``scripts/evaluate_run.py RUN_DIR [key=value ...]``: compose configs/evaluate_run.yaml, evaluate."""
-    from stylenat.training.config import (
-        ConfigError,
-        compose_config,
-        console_above_progress,
-        resolve_config,
-        setup_logging,
-    )
-
-    flags = [a for a in argv if a.startswith("-")]
-    positional = [a for a in argv if not a.startswith("-") and "=" not in a]
-    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
-    unknown = [f for f in flags if f not in ("-h", "--help")]
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]} (see --help)")
-    if flags:
-        print(EVALUATE_RUN_USAGE)
-        return 0
-    if len(positional) > 1:
-        raise ConfigError(f"one RUN_DIR expected, got {len(positional)}: {' '.join(positional)}")
-    overrides += [f"run_dir={positional[0]}"] if positional else []
-    cfg = resolve_config(compose_config(config_dir, overrides, config_name="evaluate_run"))
-    setup_logging(0)
-    with console_above_progress():
-        records = evaluate_run(
-            cfg["run_dir"],
-            cfg["metrics"],
-            num_gen=cfg["num_gen"],
-            batch=cfg["batch"],
-            device=cfg["device"],
-            inception_weights=cfg["inception_weights"],
-            plot=cfg["plot"],
-        )
-    for record in records:
-        print(json.dumps({k: record[k] for k in ("kimg", "step", "metric", record["metric"], "snapshot")}))
-    return 0

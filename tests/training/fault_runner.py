@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from stylenat import files  # noqa: E402
-from stylenat.training import loop  # noqa: E402
+from stylenat.training.step import GanStep  # noqa: E402
 
 FAULT = os.environ.get("STYLENAT_TEST_FAULT", "")
 
@@ -31,14 +31,14 @@ if FAULT == "slow_save":
     files._WriteTracker.write = slow_write
 
 elif FAULT == "raise_rank1":
-    _g_step = loop.Trainer.g_step
+    _g_step = GanStep.g_step
 
     def failing_g_step(self):
-        if self.env.rank == 1 and self.step_index == 1:
+        if self.random.rank == 1 and self.index == 1:
             raise RuntimeError("injected fault in the G step")
         return _g_step(self)
 
-    loop.Trainer.g_step = failing_g_step
+    GanStep.g_step = failing_g_step
 
 elif FAULT:
     raise SystemExit(f"unknown STYLENAT_TEST_FAULT={FAULT!r}")

@@ -223,18 +223,18 @@ def test_auto_r1_gamma_is_the_stylegan2_ada_heuristic():
 def test_the_training_loop_moves_p_from_d_real_logits(tmp_path, offset, direction):
     """In the real loop: a D that calls every real image real (logits shifted up) raises p by
     batch x interval / (ada_kimg x 1000) per interval; one that calls them fake lowers it."""
-    from stylenat.training.config import compose_config
+    from stylenat.cli import compose_config
     from stylenat.distributed import DistEnv
-    from stylenat.training.loop import Trainer, prepare_run
+    from stylenat.training.run import Trainer, prepare_run
     from tests.training.helpers import CONFIG_DIR, TINY
 
     cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     ada = ["train.augment=ada", "train.augment_p=0.5", "train.ada_interval=2", "train.ada_kimg=0.1"]
     cfg = compose_config(CONFIG_DIR, [*TINY, *ada, f"run_dir={tmp_path}", "train.total_kimg=1"])
     trainer = Trainer(prepare_run(cfg, cpu))
-    d = trainer.D_fwd
-    trainer.D_fwd = lambda x: d(x) + offset
+    d = trainer.gan.D_fwd
+    trainer.gan.D_fwd = lambda x: d(x) + offset
     for _ in range(5):  # p moves at the starts of steps 2 and 4
         trainer.step()
-    assert trainer.augment.p == pytest.approx(0.5 + direction * 2 * (4 * 2 / 100))
-    assert trainer.augment.last_rt == direction
+    assert trainer.gan.augment.p == pytest.approx(0.5 + direction * 2 * (4 * 2 / 100))
+    assert trainer.gan.augment.last_rt == direction

@@ -1,6 +1,6 @@
 """Config validation up front: every bad key is one line naming key and value, before data or networks.
 
-Most cases run ``train.py``'s own code in-process (``user_errors_to_exit(cli_main)``), with training
+Most cases run ``train.py``'s own ``main`` in-process, with training
 itself replaced by a failure so that a config that wrongly passes cannot start a run.
 """
 
@@ -9,18 +9,13 @@ import dataclasses
 import pytest
 import torch
 
-from stylenat.cli import user_errors_to_exit
+import train
+from stylenat.cli import compose_config, default_config_dir
+from stylenat.distributed import DistEnv
 from stylenat.models.discriminator import check_discriminator_config
 from stylenat.models.generator import GeneratorConfig
-from stylenat.training import loop
-from stylenat.training.config import (
-    check_config,
-    cli_main,
-    compose_config,
-    default_config_dir,
-    env_world_size,
-)
-from stylenat.distributed import DistEnv
+from stylenat.training import run as training_run
+from stylenat.training.config import env_world_size, parse_config
 from tests.training.helpers import TINY, run_train
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -36,14 +31,13 @@ def cli(tmp_path, monkeypatch, capsys):
     def no_training(cfg):
         raise AssertionError("the config passed validation and training started")
 
-    monkeypatch.setattr(loop, "train", no_training)
-    monkeypatch.setattr("stylenat.training.config.setup_logging", lambda rank: None)
-    main = user_errors_to_exit(cli_main)
+    monkeypatch.setattr(training_run, "train", no_training)
+    monkeypatch.setattr("stylenat.cli.setup_logging", lambda rank=0: None)
     run = tmp_path / "run"
 
     def call(*args):
         with pytest.raises(SystemExit) as info:
-            main(default_config_dir(), [f"run_dir={run}", *args])
+            train.main([f"run_dir={run}", *args])
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert not run.exists()
         return info.value.code, lines
@@ -103,7 +97,7 @@ BAD = [
     ),
     (["model.z_dim=abc"], "model.z_dim='abc': expected an integer >= 1"),
     (["model.use_rpb=maybe"], "model.use_rpb='maybe': expected true or false"),
-    (["model.na_backend=cuda-magic"], "unknown na_backend 'cuda-magic' (model.na_backend)"),
+    (["na_backend=cuda-magic"], "na_backend='cuda-magic': expected one of auto, torch, natten, flex"),
     # discriminator
     (["discriminator.name=patchgan"], "discriminator.name='patchgan': expected one of stylegan2, wavelet"),
     (
@@ -162,16 +156,16 @@ def test_prepare_run_checks_the_config_before_opening_data(tmp_path, monkeypatch
     )
     three_ranks = dataclasses.replace(CPU, world_size=3)
     with pytest.raises(ValueError, match=r"^train.batch=4 is not divisible by the world size 3"):
-        loop.prepare_run(cfg, three_ranks)
+        training_run.prepare_run(cfg, three_ranks)
     with pytest.raises(ValueError, match=f"dataset path {missing} does not exist"):
-        loop.prepare_run(cfg, CPU)  # a valid config reaches the data set, which reports the path
+        training_run.prepare_run(cfg, CPU)  # a valid config reaches the data set, which reports the path
     assert not (tmp_path / "r").exists()
 
 
 def test_direct_calls_name_keys_too():
     assert env_world_size() >= 1
     with pytest.raises(ValueError, match=r"^config group 'train' is missing"):
-        check_config({"model": {}, "discriminator": {}, "dataset": {}, "logger": {}})
+        parse_config({"model": {}, "discriminator": {}, "dataset": {}, "logger": {}})
     cfg = GeneratorConfig(resolution=64, kernels=[[3]] * 5, dilations=[[1], [1], [1], [1], [1, 64]])
     with pytest.raises(
         ValueError, match=r"^model.kernels\[4\]=\[3\] x model.dilations\[4\]=\[1, 64\]: stage 64x64"

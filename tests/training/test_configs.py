@@ -4,8 +4,9 @@ import re
 
 import pytest
 
+from stylenat.cli import ConfigError, compose_config
 from stylenat.models.generator import GeneratorConfig
-from stylenat.training.config import ConfigError, check_config, compose_config, resolve_config
+from stylenat.training.config import parse_config, resolve_config
 from stylenat.training.options import TrainOptions
 from tests.training.helpers import CONFIG_DIR
 
@@ -37,7 +38,7 @@ def test_the_groups_we_promise_exist():
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_each_dataset_selects_its_recipe(dataset):
     cfg = compose(f"dataset={dataset}")
-    check_config(cfg)
+    parse_config(cfg)
     TrainOptions.from_dict(cfg["train"])
     GeneratorConfig.from_dict(cfg["model"]).validate()
     model, train, resolution = RECIPES[dataset]
@@ -113,20 +114,23 @@ def test_folder_derives_r1_gamma_and_ada_from_the_data(tmp_path):
     import torch
 
     from stylenat.distributed import DistEnv
-    from stylenat.training.loop import prepare_run
+    from stylenat.training.run import prepare_run
 
     cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     data = _folder(tmp_path / "data", 5)
     base = ["dataset=folder", f"dataset.path={data}", "dataset.resolution=64", f"run_dir={tmp_path / 'run'}"]
     setup = prepare_run(compose_config(CONFIG_DIR, base), cpu)
-    assert setup.opts.r1_gamma == pytest.approx(0.0002 * 64**2 / 64)
-    assert setup.opts.augment == "ada"  # 5 images < 50k
-    assert setup.config["train"]["r1_gamma"] == setup.opts.r1_gamma  # what config.yaml and the state record
-    assert setup.config["train"]["augment"] == "ada"
+    opts = setup.config.train
+    assert opts.r1_gamma == pytest.approx(0.0002 * 64**2 / 64)
+    assert opts.augment == "ada"  # 5 images < 50k
+    assert (
+        setup.config.resolved["train"]["r1_gamma"] == opts.r1_gamma
+    )  # what config.yaml and the state record
+    assert setup.config.resolved["train"]["augment"] == "ada"
     overridden = prepare_run(
         compose_config(CONFIG_DIR, [*base, "train.r1_gamma=5", "train.augment=none"]), cpu
     )
-    assert (overridden.opts.r1_gamma, overridden.opts.augment) == (5.0, "none")
+    assert (overridden.config.train.r1_gamma, overridden.config.train.augment) == (5.0, "none")
 
 
 def test_auto_augment_switches_off_for_large_data_sets():

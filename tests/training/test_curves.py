@@ -12,7 +12,7 @@ from PIL import Image
 
 from stylenat.training import curves
 from stylenat.training.curves import curve_panels, plot_curves, plot_run, read_log
-from stylenat.training.outputs import RunOutputs
+from stylenat.training.outputs import Counters, RunOutputs
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_TICK_PANELS = ["D / G loss", "D logits", "R1", "ADA p", "ADA r_t", "learning rate"]
@@ -139,15 +139,14 @@ class RecordingSink:
 
 
 def outputs_for(run_dir: Path, plots=True) -> RunOutputs:
-    """A RunOutputs over a stand-in trainer: only what __exit__ reads."""
-    trainer = SimpleNamespace(
+    """A RunOutputs over a stand-in run setup: only what __exit__ reads."""
+    setup = SimpleNamespace(
+        config=SimpleNamespace(train=None, logger=SimpleNamespace(plots=plots)),
         env=SimpleNamespace(is_main=True),
-        config={"logger": {"plots": plots}},
         run_dir=run_dir,
-        step_index=3,
-        images_seen=12,
+        state=None,
     )
-    out = RunOutputs(trainer)
+    out = RunOutputs(setup, Counters(step=3, images_seen=12), gan=None, stats=None, training_state=dict)
     out.sinks.append(RecordingSink())
     return out
 

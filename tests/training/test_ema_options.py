@@ -8,8 +8,8 @@ from tests.training.helpers import CONFIG_DIR
 
 
 def _paper_options(**changes):
-    from stylenat.training.config import compose_config
-    from stylenat.training.loop import resolve_config
+    from stylenat.cli import compose_config
+    from stylenat.training.config import resolve_config
 
     cfg = resolve_config(compose_config(CONFIG_DIR, ["dataset=ffhq256", "dataset.path=/x", "run_dir=/tmp/x"]))
     return TrainOptions.from_dict({**cfg["train"], **changes})

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylenat.training import guard, loop
-from stylenat.training.checkpoint import ResumeError, find_latest_state, list_artifacts, load_resume_state
-from stylenat.training.config import compose_config
+from stylenat.cli import compose_config
 from stylenat.distributed import DistEnv
+from stylenat.training import guard, step
+from stylenat.training.checkpoint import ResumeError, find_latest_state, list_artifacts, load_resume_state
 from stylenat.training.guard import CheckpointWriteError, DivergenceError
-from stylenat.training.loop import Trainer, prepare_run
+from stylenat.training.run import Trainer, prepare_run
 from tests.training.helpers import CONFIG_DIR, PYTHON, REPO, TINY, steps_kimg
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -188,7 +188,7 @@ def test_corrupt_latest_state_falls_back_to_the_previous_one(tmp_path, caplog):
     assert newest_path.name in caplog.text
     trainer = Trainer(setup)
     trainer.fit()
-    assert trainer.step_index == 3
+    assert trainer.counters.step == 3
     assert newest_path.with_name(newest_path.name + ".corrupt").exists()  # set aside, not deleted
     assert _tick_steps(run_dir) == [1, 2, 3]
 
@@ -234,7 +234,12 @@ def test_disk_full_at_save_time_keeps_the_previous_state(tmp_path, monkeypatch):
             self.f.close()
 
     real_fdopen = os.fdopen
-    monkeypatch.setattr("stylenat.files.os.fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+
+    def fdopen(fd, *args, **kwargs):  # the disk fills up for the training state (config.yaml still fits)
+        f = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(f) if "training-state" in os.readlink(f"/proc/self/fd/{fd}") else f
+
+    monkeypatch.setattr("stylenat.files.os.fdopen", fdopen)
     with pytest.raises(CheckpointWriteError) as info:
         _train(run_dir, 2)
     message = str(info.value)
@@ -264,22 +269,22 @@ def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch)
 def _poison(monkeypatch, at_steps: set[int], where: str, retries_too: bool = False) -> None:
     """Make the G step of the given steps produce a NaN weight or a NaN loss (the first attempt only,
     unless ``retries_too``)."""
-    real_g_step = Trainer.g_step
-    real_loss = loop.g_nonsaturating_loss
+    real_g_step = step.GanStep.g_step
+    real_loss = step.g_nonsaturating_loss
     poisoned: set[int] = set()
 
     def g_step(self):
-        bad = self.step_index in at_steps and (retries_too or self.step_index not in poisoned)
-        poisoned.add(self.step_index)
+        bad = self.index in at_steps and (retries_too or self.index not in poisoned)
+        poisoned.add(self.index)
         if bad and where == "loss":
-            monkeypatch.setattr(loop, "g_nonsaturating_loss", lambda logits: real_loss(logits) * float("nan"))
+            monkeypatch.setattr(step, "g_nonsaturating_loss", lambda logits: real_loss(logits) * float("nan"))
         real_g_step(self)
-        monkeypatch.setattr(loop, "g_nonsaturating_loss", real_loss)
+        monkeypatch.setattr(step, "g_nonsaturating_loss", real_loss)
         if bad and where == "weight":
             with torch.no_grad():
                 next(self.G.parameters()).view(-1)[0] = float("inf")
 
-    monkeypatch.setattr(Trainer, "g_step", g_step)
+    monkeypatch.setattr(step.GanStep, "g_step", g_step)
 
 
 @pytest.mark.slow
@@ -287,8 +292,16 @@ def _poison(monkeypatch, at_steps: set[int], where: str, retries_too: bool = Fal
 def test_nonfinite_step_is_rolled_back_and_its_batch_skipped(tmp_path, monkeypatch, where):
     _poison(monkeypatch, {2}, where)
     trainer = _train(tmp_path / "run", 4)
-    assert trainer.step_index == 4 and trainer.images_seen == 16 and trainer.skipped_images == BATCH
-    assert all(torch.isfinite(p).all() for m in (trainer.G, trainer.D, trainer.G_ema) for p in m.parameters())
+    assert (
+        trainer.counters.step == 4
+        and trainer.counters.images_seen == 16
+        and trainer.counters.skipped_images == BATCH
+    )
+    assert all(
+        torch.isfinite(p).all()
+        for m in (trainer.gan.G, trainer.gan.D, trainer.gan.G_ema)
+        for p in m.parameters()
+    )
     events = [r for r in _records(tmp_path / "run") if r.get("event") == "nonfinite"]
     assert len(events) == 1 and events[0]["action"] == "rollback" and events[0]["failed_step"] == 2
     assert ("G." if where == "weight" else "g_loss") in events[0]["what"]
@@ -306,7 +319,7 @@ def test_nonfinite_stop_saves_the_state_from_before_the_step(tmp_path, monkeypat
     state = torch.load(find_latest_state(tmp_path / "run"), weights_only=True)
     assert state["counters"]["step"] == 2
     for name in ("G", "D", "G_ema"):
-        reference = getattr(clean, name).state_dict()
+        reference = getattr(clean.gan, name).state_dict()
         assert all(torch.equal(state[name][k], reference[k]) for k in reference), name
 
 

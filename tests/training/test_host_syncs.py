@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stylenat.training import loop
+from stylenat.training import run
 from stylenat.training.augment import to_device
 
 
@@ -34,7 +34,9 @@ def test_to_device_on_the_cpu_is_a_plain_copy_with_the_dtype():
 
 
 def _fake_trainer(distributed: bool, step: int = 1):
-    return SimpleNamespace(rollback=None, env=SimpleNamespace(distributed=distributed), step_index=step)
+    return SimpleNamespace(
+        rollback=None, env=SimpleNamespace(distributed=distributed), counters=SimpleNamespace(step=step)
+    )
 
 
 @pytest.fixture
@@ -47,17 +49,17 @@ def no_host_sync(monkeypatch):
 
 def test_nonfinite_off_single_process_reads_the_signal_without_a_sync(no_host_sync):
     signals = SimpleNamespace(requested=None)
-    assert loop.Trainer._step_flags(_fake_trainer(False), signals) == (False, False)
+    assert run.Trainer._step_flags(_fake_trainer(False), signals) == (False, False)
     signals.requested = "SIGTERM"
-    assert loop.Trainer._step_flags(_fake_trainer(False), signals) == (False, True)
+    assert run.Trainer._step_flags(_fake_trainer(False), signals) == (False, True)
 
 
 def test_nonfinite_off_several_processes_agree_on_a_shared_schedule(no_host_sync, monkeypatch):
     signals = SimpleNamespace(requested="SIGTERM")
-    for step in range(1, loop.STOP_CHECK_EVERY):  # off-schedule: no collective, no sync
-        assert loop.Trainer._step_flags(_fake_trainer(True, step), signals) == (False, False)
-    monkeypatch.setattr(loop.dist, "all_reduce_max", lambda flags: flags)
+    for step in range(1, run.STOP_CHECK_EVERY):  # off-schedule: no collective, no sync
+        assert run.Trainer._step_flags(_fake_trainer(True, step), signals) == (False, False)
+    monkeypatch.setattr(run.dist, "all_reduce_max", lambda flags: flags)
     with pytest.raises(AssertionError, match="host sync"):  # on schedule: the one agreed round trip
-        loop.Trainer._step_flags(
-            SimpleNamespace(**vars(_fake_trainer(True, loop.STOP_CHECK_EVERY)), device="cpu"), signals
+        run.Trainer._step_flags(
+            SimpleNamespace(**vars(_fake_trainer(True, run.STOP_CHECK_EVERY)), device="cpu"), signals
         )

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stylenat.training import loop
-from stylenat.training.config import compose_config
+from stylenat.cli import compose_config
 from stylenat.distributed import DistEnv
+from stylenat.training import run, step
 from tests.training.helpers import CONFIG_DIR
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -75,11 +75,11 @@ def colour_distance(G) -> float:
 def train_distances(folder, tmp_path) -> tuple[float, float]:
     """G_ema's colour distance from the data before and after STEPS steps of the real loop."""
     cfg = compose_config(CONFIG_DIR, [*LEARNING, f"dataset.path={folder}", f"run_dir={tmp_path / 'run'}"])
-    trainer = loop.Trainer(loop.prepare_run(cfg, CPU))
-    before = colour_distance(trainer.G_ema)
+    trainer = run.Trainer(run.prepare_run(cfg, CPU))
+    before = colour_distance(trainer.gan.G_ema)
     for _ in range(STEPS):
         trainer.step()
-    return before, colour_distance(trainer.G_ema)
+    return before, colour_distance(trainer.gan.G_ema)
 
 
 def learns(before: float, after: float) -> bool:
@@ -94,27 +94,27 @@ def test_the_loop_learns_a_flat_colour(flat_colours, tmp_path):
 
 
 def _g_loss_sign_flipped(monkeypatch):
-    original = loop.g_nonsaturating_loss
-    monkeypatch.setattr(loop, "g_nonsaturating_loss", lambda logits: original(-logits))
+    original = step.g_nonsaturating_loss
+    monkeypatch.setattr(step, "g_nonsaturating_loss", lambda logits: original(-logits))
 
 
 def _d_real_fake_swapped(monkeypatch):
-    original = loop.d_logistic_loss
-    monkeypatch.setattr(loop, "d_logistic_loss", lambda real, fake: original(fake, real))
+    original = step.d_logistic_loss
+    monkeypatch.setattr(step, "d_logistic_loss", lambda real, fake: original(fake, real))
 
 
 def _g_gradient_detached(monkeypatch):
-    original = loop.Trainer._augmented
+    original = step.GanStep._augmented
 
     def detached(self, images, r, purpose):
         out = original(self, images, r, purpose)
         return out.detach() + 0 * out if purpose == "augment_g" else out  # zero gradient into G
 
-    monkeypatch.setattr(loop.Trainer, "_augmented", detached)
+    monkeypatch.setattr(step.GanStep, "_augmented", detached)
 
 
 def _ema_never_updated(monkeypatch):
-    monkeypatch.setattr(loop, "update_ema", lambda ema, model, beta: None)
+    monkeypatch.setattr(step, "update_ema", lambda ema, model, beta: None)
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,11 @@ import pytest
 import torch
 from tqdm import TqdmWarning
 
-from stylenat.training.config import compose_config, console_above_progress, resolve_config
+from stylenat.cli import compose_config, console_above_progress
 from stylenat.distributed import DistEnv
-from stylenat.training.loop import Trainer, prepare_run
+from stylenat.training.config import resolve_config
 from stylenat.training.options import TrainOptions
+from stylenat.training.run import Trainer, prepare_run
 from stylenat.training.sinks import Progress, file_log_handler
 from tests.training.helpers import CONFIG_DIR, TINY
 
@@ -116,7 +117,7 @@ def test_a_run_ends_its_bar_at_the_real_end_and_plots_when_asked(tmp_path, capsy
         warnings.simplefilter("always")
         trainer = Trainer(prepare_run(cfg, CPU))
         trainer.fit()
-    assert trainer.images_seen == 8
+    assert trainer.counters.images_seen == 8
     err = capsys.readouterr().err
     assert "0.008/0.008 kimg" in err and "/0.006" not in err
     assert not [w for w in caught if issubclass(w.category, TqdmWarning)]

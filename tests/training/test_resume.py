@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from stylenat.training.checkpoint import ResumeError, find_latest_state, load_state
-from stylenat.training.config import compose_config
+from stylenat.cli import compose_config
 from stylenat.distributed import DistEnv
-from stylenat.training.loop import Trainer, prepare_run
+from stylenat.training.checkpoint import ResumeError, find_latest_state, load_state
+from stylenat.training.run import Trainer, prepare_run
 from tests.training.helpers import CONFIG_DIR, TINY, steps_kimg
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -51,10 +51,10 @@ def test_resume_equals_uninterrupted(tmp_path):
     full = _train(tmp_path / "full", 5)
     _train(tmp_path / "split", 3)
     resumed = _train(tmp_path / "split", 5)  # auto-resume: run_dir already holds a state
-    assert resumed.step_index == full.step_index == 5
-    assert resumed.images_seen == full.images_seen == 20
+    assert resumed.counters.step == full.counters.step == 5
+    assert resumed.counters.images_seen == full.counters.images_seen == 20
     diffs = {
-        name: _max_diff(getattr(full, name).state_dict(), getattr(resumed, name).state_dict())
+        name: _max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict())
         for name in ("G", "D", "G_ema", "opt_G", "opt_D")
     }
     assert all(d == 0.0 for d in diffs.values()), diffs
@@ -81,13 +81,15 @@ def test_resume_with_ada_equals_uninterrupted(tmp_path):
     full = _train(tmp_path / "full", 5, *ADA)
     _train(tmp_path / "split", 3, *ADA)
     resumed = _train(tmp_path / "split", 5, *ADA)
-    assert full.augment.p < 0.5  # p moved during the run (down: r_t never exceeds the target 1)
-    assert resumed.augment.p == full.augment.p
-    assert resumed.ada_sums.tolist() == full.ada_sums.tolist()
+    assert full.gan.augment.p < 0.5  # p moved during the run (down: r_t never exceeds the target 1)
+    assert resumed.gan.augment.p == full.gan.augment.p
+    assert resumed.gan.ada_sums.tolist() == full.gan.ada_sums.tolist()
     for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
-        assert _max_diff(getattr(full, name).state_dict(), getattr(resumed, name).state_dict()) == 0.0, name
+        assert (
+            _max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict()) == 0.0
+        ), name
     a, b = load_state(find_latest_state(tmp_path / "full")), load_state(find_latest_state(tmp_path / "split"))
-    assert a["augment"] == b["augment"] and a["augment"]["p"] == full.augment.p
+    assert a["augment"] == b["augment"] and a["augment"]["p"] == full.gan.augment.p
 
 
 @pytest.mark.slow

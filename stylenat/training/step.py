@@ -1,0 +1,271 @@
+"""One GAN training step, per the reference recipe (SPEC.md): the networks, their optimizers and the four
+phases of a step, each on one screen.
+
+- D: logistic loss on ``batch`` reals and as many fakes, plus bCR; the images D sees go through
+  ``train.augment`` (ADA / DiffAugment).
+- R1: every ``r1_every`` steps, the lazy gradient penalty on the same reals (fp32).
+- G: non-saturating loss on fresh fakes (style mixing), updating the running w_avg.
+- EMA: G_ema follows G.
+
+Each process works on ``batch_per_gpu`` images per pass and accumulates micro-batches until the step has
+seen ``batch`` images over all processes. Every random draw (latents, style-mixing cut-offs,
+augmentation) comes from a CPU ``torch.Generator`` seeded by (seed, step, rank, micro-batch, purpose),
+so a step is a pure function of the state before it and the step's reals: N steps + resume + M steps
+equals N+M steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from stylenat import distributed as dist
+from stylenat.training.augment import AdaptiveAugment, build_augment, diff_augment, to_device
+from stylenat.training.config import TrainingConfig
+from stylenat.training.ema import ema_beta, make_ema, update_ema
+from stylenat.training.losses import bcr_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+
+
+class StepRandom:
+    """Per-step CPU generators: a pure function of (seed, step, rank, micro-batch, purpose)."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank = int(seed), int(rank)
+        self.retry = 0  # > 0 after the divergence guard skipped a step: the retried step draws afresh
+
+    def __call__(self, step: int, round_index: int, purpose: str) -> torch.Generator:
+        retry = f"/retry{self.retry}" if self.retry else ""
+        key = f"{self.seed}/{step}/{self.rank}/{round_index}/{purpose}{retry}".encode()
+        g = torch.Generator()
+        g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1))
+        return g
+
+
+def build_networks(config: TrainingConfig) -> tuple[nn.Module, nn.Module]:
+    """G and D from the config, seeded so every rank starts from the same weights."""
+    from stylenat.models.build import build_discriminator, build_generator
+
+    torch.manual_seed(config.run.seed)
+    G = build_generator(
+        config.model.to_dict(),
+        na_backend=config.run.na_backend,
+        checkpoint_blocks=config.train.checkpoint_blocks,
+    )
+    D = build_discriminator(
+        {"name": config.discriminator.name, **config.discriminator.options}, config.data.resolution
+    )
+    return G, D
+
+
+def _no_report(name: str, value) -> None:
+    pass
+
+
+class GanStep:
+    """G, D, G_ema, both optimizers and the augmentation; ``run(index, reals)`` is one training step."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        device: torch.device,
+        report: Callable[[str, object], None] = _no_report,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        """``report(name, value)`` receives every figure of the step (``stats.Reporter.report``)."""
+        opts = self.opts = config.train
+        self.device, self.report = device, report
+        self.rounds = opts.accumulation_rounds(world_size)
+        self.batch_gpu = opts.per_gpu_batch(world_size)
+        self.random = StepRandom(config.run.seed, rank)
+        self.index = 0  # the step being run: part of every random draw's seed
+
+        self.G, self.D = build_networks(config)
+        self.G.to(device).train()
+        self.D.to(device).train()
+        self.G_ema = make_ema(self.G)
+        self.ema_beta = ema_beta(opts.ema_decay, opts.ema_halflife_kimg, opts.batch)
+        lr, c = opts.learning_rates(0), opts.lazy_r1_ratio
+        fused = {"fused": True} if device.type == "cuda" else {}  # one kernel for all parameters on CUDA
+        self.opt_G = torch.optim.Adam(
+            self.G.parameters(), lr=lr["g"], betas=tuple(opts.betas), eps=opts.adam_eps, **fused
+        )
+        d_betas = (opts.betas[0] ** c, opts.betas[1] ** c)
+        self.opt_D = torch.optim.Adam(
+            self.D.parameters(), lr=lr["d"], betas=d_betas, eps=opts.adam_eps, **fused
+        )
+        # train.compile compiles G's synthesis (most of the cost). D stays eager: compiled graphs save the
+        # legacy spectral norm's in-place-updated weight_u for backward, which breaks the D step's several
+        # forwards before one backward; R1's double backward is not supported by torch.compile either.
+        self.G_fwd = torch.compile(self.G.synthesis) if opts.compile else self.G.synthesis
+        self.D_fwd = self.D
+        self.augment = build_augment(opts, config.model.output_normalization)
+        # ADA's running sum of sign(D(real)) and its count since p last moved (on the device: no sync)
+        self.ada_sums = torch.zeros(2, dtype=torch.float64, device=device)
+
+    # ------------------------------------------------------------------------------------ one step
+
+    def run(self, index: int, reals: list[torch.Tensor]) -> None:
+        """One D step (+ lazy R1) and one G step on the step's reals, then the G_ema update."""
+        self.index = index
+        self.d_step(reals)
+        if self.opts.r1_gamma > 0 and index % self.opts.r1_every == 0:
+            self.r1_step(reals)
+        self.g_step()
+        dist.sync_buffers(self.G)
+        update_ema(self.G_ema, self.G, self.ema_beta)
+        if self.augment is not None:
+            self.report("augment_p", self.augment.p)
+
+    def d_step(self, reals: list[torch.Tensor]) -> None:
+        """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks."""
+        opts, step = self.opts, self.index
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        for r, real in enumerate(reals):
+            z, g = self._latents(r, "d_latent")
+            with torch.no_grad(), self._autocast():
+                fake = self.G_fwd(self._mapping(z, g, update_w_avg=False))
+            with self._autocast():
+                fake = self._augmented(fake, r, "augment_fake")
+                real = self._augmented(real, r, "augment_real")
+                fake_logits = self.D_fwd(fake)
+                real_logits = self.D_fwd(real)
+                loss = total = d_logistic_loss(real_logits, fake_logits)
+                if opts.bcr_real > 0 or opts.bcr_fake > 0:
+                    g_aug = self.random(step, r, "bcr_augment")
+                    bcr = opts.bcr_real * bcr_loss(
+                        real_logits, self.D_fwd(diff_augment(real, opts.bcr_augment, g_aug))
+                    )
+                    bcr = bcr + opts.bcr_fake * bcr_loss(
+                        fake_logits, self.D_fwd(diff_augment(fake, opts.bcr_augment, g_aug))
+                    )
+                    total = total + bcr
+                    self.report("bcr", bcr)
+            (total / len(reals)).backward()
+            signs = real_logits.detach().float().sign()
+            self.report("d_loss", loss)
+            self.report("d_real", real_logits.float().mean())
+            self.report("d_fake", fake_logits.float().mean())
+            self.report("ada_rt", signs.mean())
+            self.ada_sums[0] += signs.sum()
+            self.ada_sums[1] += signs.numel()
+        self._optimizer_step(self.D, self.opt_D, opts.d_clip_grad)
+
+    def r1_step(self, reals: list[torch.Tensor]) -> None:
+        """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D is eager here)."""
+        self.D.requires_grad_(True)
+        for r, real in enumerate(reals):
+            real = real.detach().requires_grad_(True)
+            penalty = r1_penalty(self.D(self._augmented(real, r, "augment_r1")), real)
+            (self.opts.r1_gamma / 2 * penalty * self.opts.r1_every / len(reals)).backward()
+            self.report("r1", penalty)
+        self._optimizer_step(self.D, self.opt_D, None)
+
+    def g_step(self) -> None:
+        """Non-saturating G loss on fresh fakes; updates the running w_avg."""
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        for r in range(self.rounds):
+            z, g = self._latents(r, "g_latent")
+            with self._autocast():
+                ws = self._mapping(z, g, update_w_avg=True)
+                loss = g_nonsaturating_loss(self.D_fwd(self._augmented(self.G_fwd(ws), r, "augment_g")))
+            (loss / self.rounds).backward()
+            self.report("g_loss", loss)
+        self._optimizer_step(self.G, self.opt_G, self.opts.g_clip_grad)
+        self.D.requires_grad_(True)
+
+    # ------------------------------------------------------------------------------------ the parts
+
+    def _latents(self, r: int, purpose: str) -> tuple[torch.Tensor, torch.Generator]:
+        g = self.random(self.index, r, purpose)
+        z = to_device(torch.randn(self.batch_gpu, self.G.z_dim, generator=g), self.device)
+        return z, g
+
+    def _mapping(self, z: torch.Tensor, g: torch.Generator, update_w_avg: bool) -> torch.Tensor:
+        """z -> per-layer ws, with style mixing (one random cut-off per batch) at ``train.style_mixing``."""
+        ws = self.G.mapping(z, update_w_avg=update_w_avg, w_avg_beta=self.opts.w_avg_beta)
+        if self.opts.style_mixing > 0:
+            cutoff = int(torch.randint(1, ws.shape[1], (), generator=g))
+            mix = float(torch.rand((), generator=g)) < self.opts.style_mixing
+            z2 = to_device(torch.randn(z.shape, generator=g), z.device)
+            if mix:
+                ws2 = self.G.mapping(z2)
+                ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        return ws
+
+    def _augmented(self, images: torch.Tensor, r: int, purpose: str) -> torch.Tensor:
+        """``images`` as D sees them: through ``train.augment`` (ADA / DiffAugment), differentiably."""
+        if self.augment is None:
+            return images
+        return self.augment(images, self.random(self.index, r, purpose))
+
+    def _autocast(self):
+        if self.opts.amp == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _optimizer_step(self, module: nn.Module, opt: torch.optim.Optimizer, clip: float | None) -> None:
+        params = [p for p in module.parameters() if p.requires_grad]
+        dist.all_reduce_grads(params)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------------------- between steps
+
+    def set_learning_rates(self, lr: dict) -> None:
+        for opt, key in ((self.opt_G, "g"), (self.opt_D, "d")):
+            for group in opt.param_groups:
+                group["lr"] = lr[key]
+
+    def adjust_augment(self, index: int, world_size: int) -> None:
+        """ADA: every ``ada_interval`` steps move p by the mean sign(D(real)) since the last move.
+
+        Called before a step's rollback point is captured, so undoing a step never has to undo p; one
+        host sync per interval.
+        """
+        if not isinstance(self.augment, AdaptiveAugment) or index % self.opts.ada_interval:
+            return
+        total, count = dist.all_reduce_mean(self.ada_sums).tolist()
+        if count > 0:
+            self.augment.adjust(total / count, images=round(count * world_size))
+        self.ada_sums.zero_()
+
+    def share_initial_weights(self) -> None:
+        """A fresh run: every rank takes rank 0's weights, and G_ema starts as G."""
+        dist.broadcast_module(self.G)
+        dist.broadcast_module(self.D)
+        self.G_ema.load_state_dict(self.G.state_dict())
+
+    def state_dict(self) -> dict:
+        augment = None
+        if isinstance(self.augment, AdaptiveAugment):
+            augment = {**self.augment.state_dict(), "sums": self.ada_sums.tolist()}
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "augment": augment,
+        }
+
+    def load_state_dict(self, state: dict, source: str) -> None:
+        """Networks, optimizers and ADA from a training state; ``source`` names it in errors."""
+        from stylenat.snapshot import load_state_dict_strict
+
+        load_state_dict_strict(self.G, state["G"], f"{source} (G)")
+        load_state_dict_strict(self.D, state["D"], f"{source} (D)")
+        load_state_dict_strict(self.G_ema, state["G_ema"], f"{source} (G_ema)")
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        if state.get("augment") is not None and isinstance(self.augment, AdaptiveAugment):
+            self.augment.load_state_dict(state["augment"])
+            self.ada_sums.copy_(torch.tensor(state["augment"]["sums"], dtype=torch.float64))
