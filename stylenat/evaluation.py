@@ -67,8 +67,8 @@ def run_metrics(cfg, G, device, rank=0):
 
 def run_evaluate(cfg):
     """Single process, or one shard of seeds per process under torchrun (features gathered on rank 0)."""
-    from stylenat.reference import load_generator
     from stylenat import distributed
+    from stylenat.reference import load_generator
 
     if cfg.mode not in ("metrics", "throughput"):
         raise ValueError(f"unknown mode {cfg.mode!r}; expected metrics or throughput")

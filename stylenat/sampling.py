@@ -47,7 +47,9 @@ def seeded_images_fn(G, device, truncation_psi: float = 1.0):
 
 def to_uint8(images):
     """[-1, 1] NCHW float -> NHWC uint8 numpy, rounding like StyleGAN."""
-    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    from stylenat.data.transforms import minus_one_one_to_uint8
+
+    return minus_one_one_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def make_grid(images_uint8, cols=None):
@@ -114,8 +116,8 @@ def interpolation_frames(G, seeds, steps=8, truncation_psi=1.0, device="cpu"):
 
 def run_generate(cfg):
     """generate.py's body: per-seed PNGs, a grid, and optional mixing/interpolation figures."""
-    from stylenat.reference import load_generator
     from stylenat.distributed import resolve_device
+    from stylenat.reference import load_generator
 
     device = resolve_device(cfg.device)
     G = load_generator(cfg.checkpoint, device=device)

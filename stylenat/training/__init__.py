@@ -13,7 +13,7 @@ _EXPORTS = {
     "parse_config": "stylenat.training.config",
     "GanStep": "stylenat.training.step",
     "Trainer": "stylenat.training.run",
-    "prepare_run": "stylenat.training.run",
+    "prepare_run": "stylenat.training.setup",
     "train": "stylenat.training.run",
 }
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from stylenat.data.transforms import denormalize, normalize
+from stylenat.data.transforms import denormalize, from_minus_one_one
 
 AUGMENT_OPS = ("flip", "translation", "color", "cutout")
 
@@ -266,8 +266,7 @@ def _to_unit_range(x: torch.Tensor, normalization: str) -> torch.Tensor:
     return x if normalization == "minus_one_one" else denormalize(x, normalization, clamp=False) * 2 - 1
 
 
-def _from_unit_range(x: torch.Tensor, normalization: str) -> torch.Tensor:
-    return x if normalization == "minus_one_one" else normalize((x + 1) * 127.5, normalization)
+_from_unit_range = from_minus_one_one  # [-1, 1] RGB -> D's pixel space
 
 
 def ada_augment(

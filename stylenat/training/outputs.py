@@ -10,7 +10,6 @@ returns the training state.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from stylenat import distributed as dist
+from stylenat import perf
 from stylenat.files import atomic_write_text
 from stylenat.training import checkpoint as ckpt
 from stylenat.training.guard import CheckpointWriteError, check_run_dir, clean_stale_temp_files, state_bytes
@@ -27,7 +27,7 @@ from stylenat.training.sinks import JsonlSink, Progress, WandbSink, file_log_han
 from stylenat.training.stats import Reporter
 
 if TYPE_CHECKING:
-    from stylenat.training.run import RunSetup
+    from stylenat.training.setup import RunSetup
     from stylenat.training.step import GanStep
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,7 @@ class RunOutputs:
                 self._save_samples()
         dist.barrier()
         self.tick_start = (time.perf_counter(), self.counters.images_seen, self.counters.step)
-        if self.env.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.env.device)
+        perf.reset_peak_memory(self.env.device)
         return self
 
     def _check_run_dir(self) -> str | None:
@@ -216,7 +215,7 @@ class RunOutputs:
             "lr_d": lr["d"],
             "sec_per_kimg": elapsed / kimg_done if kimg_done > 0 else None,
             "sec_per_step": elapsed / max(1, self.counters.step - start_step),
-            "peak_mem_mb": _peak_memory_mb(self.env.device),
+            "peak_mem_mb": perf.peak_memory_mb(self.env.device),
             "world_size": self.env.world_size,
             "timestamp": time.time(),
         }
@@ -235,8 +234,7 @@ class RunOutputs:
         )
         self.progress.update(record["kimg"], {k: stats.get(k) for k in ("d_loss", "g_loss", "r1")})
         self.tick_start = (time.perf_counter(), self.counters.images_seen, self.counters.step)
-        if self.env.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.env.device)
+        perf.reset_peak_memory(self.env.device)
 
     # artefacts (rank 0 unless noted) -------------------------------------------------------------------
 
@@ -381,13 +379,6 @@ class RunOutputs:
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4g}"
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated in the tick, or the process's peak resident set size on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _write_config(config: dict, path: Path) -> None:

@@ -1,0 +1,74 @@
+"""Before a run writes anything: the config parsed, the state to resume found and checked, the data set
+opened and the ``auto`` values resolved (``prepare_run``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stylenat import distributed as dist
+from stylenat.training import checkpoint as ckpt
+from stylenat.training.config import TrainingConfig, parse_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSetup:
+    """Everything checked before the first file is written."""
+
+    config: TrainingConfig
+    env: dist.DistEnv
+    run_dir: Path
+    resume_path: Path | None
+    state: dict | None
+    dataset: object | None
+    unreadable_states: list[Path] = field(default_factory=list)  # newer states skipped as unreadable
+
+
+def prepare_run(config, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
+    """Find and check the state to resume, open the data set, resolve ``auto`` values; writes nothing.
+
+    ``config``: a ``TrainingConfig``, or a composed config (parsed here). ``with_data=False`` skips the
+    data set (benchmarks that feed their own batches).
+    """
+    if not isinstance(config, TrainingConfig):
+        config = parse_config(config, env.world_size)
+    config.train.accumulation_rounds(env.world_size)  # train.batch over this many processes
+    run_dir = dist.broadcast_object(config.run.run_dir)  # ${now:...} may differ between ranks
+    if not run_dir:
+        raise ValueError("run_dir is required: pass run_dir=<directory>")
+    config = config.with_run_dir(str(run_dir))
+    run_dir = Path(run_dir).expanduser()
+    resume_path, state, unreadable = ckpt.load_resume_state(config.run.resume, run_dir)
+    if state is not None:
+        ckpt.check_compatible(state, config.resolved, resume_path)
+    dataset = build_training_dataset(config) if with_data else None
+    config = resolve_auto_options(config, dataset)
+    return RunSetup(config, env, run_dir, resume_path, state, dataset, unreadable)
+
+
+def resolve_auto_options(config: TrainingConfig, dataset) -> TrainingConfig:
+    """Replace ``auto`` train values (R1 gamma, augmentation) once the data set's size is known; the
+    resolved values go into the run's config (config.yaml, the training state) and the log."""
+    num_images = getattr(dataset, "num_images", None)
+    resolution = config.model.resolution
+    resolved = config.train.resolve_auto(resolution, num_images)
+    for key in ("r1_gamma", "augment"):
+        before, after = getattr(config.train, key), getattr(resolved, key)
+        if before != after:
+            log.info("train.%s=auto -> %s (%s images at %d px)", key, after, num_images, resolution)
+    return config.with_train(resolved)
+
+
+def build_training_dataset(config: TrainingConfig):
+    """The data set of ``dataset.*`` (the demo faces when dataset.path is null), in G's pixel space."""
+    from stylenat.data import build_dataset, dataset_path_or_demo
+
+    return build_dataset(
+        dataset_path_or_demo(config.data.path),  # the demo is built concurrency-safely by every rank
+        config.data.resolution,
+        normalize=config.model.output_normalization,
+        xflip=config.data.xflip,
+    )
