@@ -46,3 +46,40 @@ def test_tuned_allocator_reuses_freed_memory():
 def test_tuning_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("STYLENAT_MALLOC_TUNING", "0")
     assert tune_cpu_allocator() is False
+
+
+HELP_WITHOUT_TORCH = """
+import sys
+import {entry}
+try:
+    {entry}.main(["--help"])
+except SystemExit:
+    pass
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("entry", ["train", "generate", "evaluate"])
+def test_every_entry_point_has_one_command_line_and_answers_help_without_torch(entry):
+    """One CLI style (stylenat.cli.main_with_config) for the three entry points; --help costs no torch import."""
+    out = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH.format(entry=entry)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: python {entry}.py"), out.stdout
+    assert "Hydra override syntax" in out.stdout
+    assert out.stdout.strip().endswith("torch imported: False"), out.stdout
+
+
+@pytest.mark.parametrize("entry", ["generate", "evaluate"])
+def test_inference_entry_points_report_config_errors_in_one_line(entry, tmp_path):
+    out = subprocess.run(
+        [sys.executable, f"{entry}.py", "bogus_key=1"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "bogus_key" in lines[0], out.stderr

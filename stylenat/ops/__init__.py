@@ -1,20 +1,29 @@
 """Low-level tensor operations: neighborhood attention, FIR resampling, Haar wavelets, the fused CPU
-inference kernels."""
+inference kernels, and the value checks every layer shares (``ops.checks``).
 
-from stylenat.ops.na import available_backends, na2d
-from stylenat.ops.upfirdn import Blur, Downsample, downsample2d, make_kernel, upfirdn2d, upsample2d
-from stylenat.ops.wavelet import HaarTransform, InverseHaarTransform, haar_filters
+Exports load lazily, so that importing ``stylenat.ops.checks`` (config checks) does not import torch.
+"""
 
-__all__ = [
-    "Blur",
-    "Downsample",
-    "HaarTransform",
-    "InverseHaarTransform",
-    "available_backends",
-    "downsample2d",
-    "haar_filters",
-    "make_kernel",
-    "na2d",
-    "upfirdn2d",
-    "upsample2d",
-]
+import importlib
+
+_EXPORTS = {
+    "na2d": "stylenat.ops.na",
+    "available_backends": "stylenat.ops.na",
+    "Blur": "stylenat.ops.upfirdn",
+    "Downsample": "stylenat.ops.upfirdn",
+    "downsample2d": "stylenat.ops.upfirdn",
+    "make_kernel": "stylenat.ops.upfirdn",
+    "upfirdn2d": "stylenat.ops.upfirdn",
+    "upsample2d": "stylenat.ops.upfirdn",
+    "HaarTransform": "stylenat.ops.wavelet",
+    "InverseHaarTransform": "stylenat.ops.wavelet",
+    "haar_filters": "stylenat.ops.wavelet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stylenat.ops' has no attribute {name!r}")

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from stylenat.ops.checks import is_int, is_power_of_two
+
 if TYPE_CHECKING:  # imported where used: `train.py --help` and config errors answer without torch
     from stylenat.training.options import TrainOptions
 
@@ -140,14 +142,10 @@ def env_world_size() -> int:
     return world_size
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_resolution(key: str, value) -> int:
     if value is None:
         raise ConfigError(f"{key} is required: pass {key}=<power of two>")
-    if not _is_int(value) or value < 8 or value & (value - 1):
+    if not is_power_of_two(value, minimum=8):
         raise ConfigError(f"{key}={value!r}: expected a power of two >= 8")
     return value
 
@@ -182,7 +180,7 @@ def _parse_model(model: dict, data_resolution: int):
             raise ConfigError(f"model.{key}={v!r}: expected a list with one entry per stage (4x4 first)")
         if key != "channels":
             for i, entry in enumerate(v):
-                if not (_is_int(entry) or isinstance(entry, (list, tuple))):
+                if not (is_int(entry) or isinstance(entry, (list, tuple))):
                     raise ConfigError(
                         f"model.{key}[{i}]={entry!r}: expected an integer or a list of integers"
                     )
@@ -213,7 +211,7 @@ def _in_group(group: str, err: ValueError) -> str:
 
 def _parse_run(config: dict) -> RunSettings:
     seed = config.get("seed", 0)
-    if not _is_int(seed) or not 0 <= seed < 2**32:
+    if not is_int(seed) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed={seed!r}: expected an integer in [0, 2**32)")
     from stylenat.distributed import DEVICES
     from stylenat.ops.na import NA_BACKENDS

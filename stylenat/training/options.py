@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+from stylenat.ops.checks import is_int, is_number
 from stylenat.training.augment import ADA_OPS, AUGMENT_MODES, AUGMENT_OPS, check_ops
 
 AMP_MODES = (False, "bf16")
@@ -106,23 +107,19 @@ class TrainOptions:
             v = getattr(self, key)
             if v is None and allow_none:
                 return
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            ok = ok and (v > lo if strict else v >= lo)
+            ok = is_number(v) and (v > lo if strict else v >= lo)
             need(
                 ok,
                 key,
                 f"expected a number {'>' if strict else '>='} {lo}" + (" or null" if allow_none else ""),
             )
 
-        def is_number(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
         def integer(key: str, lo: int, allow_none: bool = False) -> None:
             v = getattr(self, key)
             if v is None and allow_none:
                 return
             need(
-                isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+                is_int(v) and v >= lo,
                 key,
                 f"expected an integer >= {lo}",
             )
@@ -227,8 +224,7 @@ class TrainOptions:
             number(key, allow_none=True)
         integer("keep_states", 1, allow_none=True)
         need(
-            len(self.sample_grid) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.sample_grid),
+            len(self.sample_grid) == 2 and all(is_int(v) and v >= 1 for v in self.sample_grid),
             "sample_grid",
             "expected [columns, rows] of positive integers",
         )
