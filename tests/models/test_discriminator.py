@@ -8,6 +8,7 @@ from stylenat.models.discriminator import (
     WaveletDiscriminator,
     build_discriminator,
     channel_table,
+    check_discriminator_config,
     minibatch_stddev,
 )
 
@@ -142,3 +143,38 @@ def test_wrong_input_shape(shape):
     d = _build("stylegan2", 32, False)
     with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\].*" + ", ".join(map(str, shape))):
         d(torch.randn(*shape))
+
+
+@pytest.mark.parametrize(
+    "cfg,resolution,match",
+    [
+        ({"depth": 3}, 32, r"^depth=3: unknown key \(known: name, "),
+        ({"name": "nope"}, 32, "^name='nope': expected one of stylegan2, wavelet$"),
+        ({"name": "wavelet"}, 8, "^name='wavelet': needs a power-of-two image resolution >= 16, got 8$"),
+        ({"channel_multiplier": 0}, 32, "^channel_multiplier=0: expected an integer >= 1$"),
+        ({"sn": "yes"}, 32, "^sn='yes': expected true or false$"),
+        ({"channel_max": 0}, 32, "^channel_max=0: expected an integer >= 1 or null$"),
+        ({"channels": {64: 8}}, 32, "^channels=.*: key 64 is not a power-of-two resolution in 4..32$"),
+        ({"channels": {16: 0}}, 32, r"^channels=\{16: 0\}: entry 16: 0 is not an integer >= 1$"),
+        ({"blur_kernel": []}, 32, r"^blur_kernel=\[\]: expected a non-empty list of numbers$"),
+        ({"stddev_group": 0}, 32, "^stddev_group=0: expected an integer >= 1$"),
+        ({"channel_max": 6, "stddev_feat": 4}, 32, "^stddev_feat=4: must divide the 6 channels at 4x4$"),
+    ],
+)
+def test_config_errors_start_with_the_key(cfg, resolution, match):
+    # One line per error that starts with the key as written in the config (the training config parser
+    # prefixes its group), never a Hydra path of its own.
+    with pytest.raises(ValueError, match=match) as err:
+        check_discriminator_config(cfg, resolution)
+    assert (
+        "\n" not in str(err.value)
+        and "discriminator." not in str(err.value)
+        and "model." not in str(err.value)
+    )
+
+
+def test_config_check_accepts_the_defaults_and_needs_a_mapping():
+    check_discriminator_config({}, 32)
+    check_discriminator_config({"name": "stylegan2", "sn": True, "channels": {"16": 64}}, 16)
+    with pytest.raises(TypeError, match="mapping"):
+        check_discriminator_config([("name", "wavelet")], 32)

@@ -9,6 +9,7 @@ import torch
 from stylenat.ops import na2d
 from stylenat.ops.na import (
     ENV_VAR,
+    BackendUnavailable,
     available_backends,
     backend_override,
     dispatch,
@@ -392,6 +393,16 @@ def test_backend_logged_once(monkeypatch, caplog):
         na2d(q, k, v, 5)
     messages = [r.getMessage() for r in caplog.records if r.name == dispatch.logger.name]
     assert len(messages) == 1 and "torch backend" in messages[0]
+
+
+def test_backends_raise_where_they_cannot_run():
+    # Only the dispatcher chooses: a backend called for a call it cannot serve raises (a RuntimeError).
+    q, k, v = _small()
+    with pytest.raises(BackendUnavailable, match="^na2d backend 'natten' is unavailable: ") as err:
+        natten_backend.na2d_natten(q, k, v, 3)
+    assert isinstance(err.value, RuntimeError) and err.value.backend == "natten"
+    with pytest.raises(ValueError, match="kernel_size must be an odd integer >= 1, got 4"):
+        na2d_torch(q, k, v, 4)  # called directly, a backend checks its arguments too
 
 
 def test_available_backends_cpu():
