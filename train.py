@@ -32,6 +32,9 @@ def train(cfg) -> None:
 
 @cli.user_errors_to_exit
 def main(argv: list[str]) -> int:
+    from stylenat.training.config import check_moved_keys
+
+    check_moved_keys(argv)
     return cli.main_with_config(argv, USAGE, "config", train, list_groups=True)
 
 

@@ -167,10 +167,13 @@ def main_with_config(
         print(usage + (groups if list_groups else ""))
         return 0
     cfg = compose_config(config_dir, overrides, config_name)
-    if "--cfg" in flags:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
+    if "--cfg" in flags:
         print(OmegaConf.to_yaml(cfg))
         return 0
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required: pass {missing[0]}=<value> (see --help)")
     work(cfg)
     return 0

@@ -83,3 +83,12 @@ def test_inference_entry_points_report_config_errors_in_one_line(entry, tmp_path
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bogus_key" in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("entry, key", [("generate", "checkpoint"), ("evaluate", "checkpoint")])
+def test_a_missing_required_key_is_one_line(entry, key):
+    out = subprocess.run(
+        [sys.executable, f"{entry}.py"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: {key} is required: pass {key}=<value> (see --help)"]

@@ -92,6 +92,20 @@ class TrainingConfig:
         )
 
 
+# Keys that moved out of a group: an old override gets one line saying where to.
+MOVED_KEYS = {"model.na_backend": "na_backend", "model.checkpoint_blocks": "train.checkpoint_blocks"}
+
+
+def check_moved_keys(overrides: list[str]) -> None:
+    """Refuse an override of a key that moved (``model.na_backend=torch``), naming its new place."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in MOVED_KEYS:
+            raise ConfigError(
+                f"{key} moved to {MOVED_KEYS[key]}: pass {override.replace(key, MOVED_KEYS[key], 1)}"
+            )
+
+
 def parse_config(cfg, world_size: int | None = None) -> TrainingConfig:
     """A composed (OmegaConf) or plain config -> ``TrainingConfig``; the one place every key is checked.
 

@@ -100,6 +100,8 @@ BAD = [
     ),
     (["model.z_dim=abc"], "model.z_dim='abc': expected an integer >= 1"),
     (["model.use_rpb=maybe"], "model.use_rpb='maybe': expected true or false"),
+    (["model.na_backend=torch"], "model.na_backend moved to na_backend: pass na_backend=torch"),
+    (["model.checkpoint_blocks=true"], "model.checkpoint_blocks moved to train.checkpoint_blocks"),
     (["na_backend=cuda-magic"], "na_backend='cuda-magic': expected one of auto, torch, natten, flex"),
     # discriminator
     (["discriminator.name=patchgan"], "discriminator.name='patchgan': expected one of stylegan2, wavelet"),
