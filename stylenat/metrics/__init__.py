@@ -2,7 +2,9 @@
 
 Protocols (see :mod:`stylenat.metrics.protocols`): ``stylegan`` (StyleGAN2-ADA ``fid50k_full``) and
 ``pytorch_fid`` (the StyleNAT paper's pytorch-fid pipeline). Every statistics file and every result
-records its protocol and the Inception weights' sha256. Real images are read by ``stylenat.data``'s
+records its protocol and the Inception weights' sha256. Precision/recall (k-NN manifolds, Kynkäänniemi
+et al.) runs on Inception features or, as StyleGAN2-ADA's ``pr50k3_full``, on VGG16 features
+(:func:`load_vgg16`, weights the user provides). Real images are read by ``stylenat.data``'s
 reader (folder, zip, LMDB), so the metrics see exactly the files training sees.
 """
 
@@ -11,6 +13,7 @@ from stylenat.metrics.inception import InceptionV3Features, build_inception
 from stylenat.metrics.inception_convert import InceptionWeightsError
 from stylenat.metrics.inception_weights import load_inception
 from stylenat.metrics.kid import kernel_inception_distance
+from stylenat.metrics.precision_recall import precision_recall
 from stylenat.metrics.protocols import PROTOCOLS, get_protocol
 from stylenat.metrics.registry import (
     METRICS,
@@ -30,6 +33,7 @@ from stylenat.metrics.statistics import (
     select_indices,
 )
 from stylenat.metrics.throughput import measure_inception_throughput
+from stylenat.metrics.vgg16 import VGG16WeightsError, load_vgg16
 
 __all__ = [
     "METRICS",
@@ -39,6 +43,7 @@ __all__ = [
     "InceptionWeightsError",
     "MetricSpec",
     "StatisticsMismatchError",
+    "VGG16WeightsError",
     "append_jsonl",
     "available_metrics",
     "build_inception",
@@ -51,8 +56,10 @@ __all__ = [
     "get_protocol",
     "kernel_inception_distance",
     "load_inception",
+    "load_vgg16",
     "measure_inception_throughput",
     "open_real_images",
+    "precision_recall",
     "reference_statistics",
     "select_indices",
 ]

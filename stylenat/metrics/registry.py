@@ -1,15 +1,20 @@
 """Named metrics and the one function that computes any of them for a generator.
 
-=============  ====  =======  ===========  ===================================================
-name           kind  num_gen  protocol     real images
-=============  ====  =======  ===========  ===================================================
-fid50k_full    fid   50000    stylegan     all (StyleGAN2-ADA convention)
-fid50k         fid   50000    pytorch_fid  seeded random 50000 (StyleNAT paper convention)
-kid50k_full    kid   50000    stylegan     all; 100 subsets of <= 1000 (StyleGAN2-ADA)
-fid10k         fid   10000    stylegan     all (quick check; shares fid50k_full's real stats)
-fid1k          fid   1000     stylegan     all (quick check; shares fid50k_full's real stats)
-fid500         fid   500      stylegan     all (the demo's curve: biased up by few samples, compare like with like)
-=============  ====  =======  ===========  ===================================================
+================  ====  =======  ===========  ===================================================
+name              kind  num_gen  protocol     real images
+================  ====  =======  ===========  ===================================================
+fid50k_full       fid   50000    stylegan     all (StyleGAN2-ADA convention)
+fid50k            fid   50000    pytorch_fid  seeded random 50000 (StyleNAT paper convention)
+kid50k_full       kid   50000    stylegan     all; 100 subsets of <= 1000 (StyleGAN2-ADA)
+fid10k            fid   10000    stylegan     all (quick check; shares fid50k_full's real stats)
+fid1k             fid   1000     stylegan     all (quick check; shares fid50k_full's real stats)
+fid500            fid   500      stylegan     all (the demo's curve: biased up by few samples, compare like with like)
+pr50k3_full       pr    50000    stylegan     all; VGG16 fc2 features, k = 3 (StyleGAN2-ADA; it caps reals at 200k)
+pr50k3_inception  pr    50000    stylegan     all; the Inception pool features instead (no VGG16 weights needed)
+================  ====  =======  ===========  ===================================================
+
+FID and KID measure with Inception; precision/recall (``pr``, :mod:`stylenat.metrics.precision_recall`) with
+the network its spec names (``network``): a ``pr`` result's ``value`` is the precision, ``recall`` beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 from stylenat.data.datasets import ImageDataset
 from stylenat.metrics.fid import frechet_distance
 from stylenat.metrics.kid import kernel_inception_distance
+from stylenat.metrics.precision_recall import precision_recall
 from stylenat.metrics.protocols import get_protocol
 from stylenat.metrics.statistics import (
     FeatureAccumulator,
@@ -48,13 +54,15 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    kind: str  # "fid" | "kid"
+    kind: str  # "fid" | "kid" | "pr"
     num_gen: int
     protocol: str
     max_real: int | None = None  # None: every real image
     real_subset: str = "first"  # how max_real images are picked: "first" or "random" (seeded)
     num_subsets: int = 100  # KID only
     max_subset_size: int = 1000  # KID only
+    k: int = 3  # precision/recall only: the neighbourhood size
+    network: str = "inception"  # the feature network: "inception" or "vgg16"
     description: str = ""
 
 
@@ -90,6 +98,21 @@ METRICS: dict[str, MetricSpec] = {
             "stylegan",
             None,
             description="small data sets and CPU runs (the demo): 500 gen vs all reals, under a minute at 32 px",
+        ),
+        MetricSpec(
+            "pr50k3_full",
+            "pr",
+            50000,
+            "stylegan",
+            network="vgg16",
+            description="StyleGAN2-ADA precision/recall: VGG16 fc2 features, k=3, 50k gen vs all reals",
+        ),
+        MetricSpec(
+            "pr50k3_inception",
+            "pr",
+            50000,
+            "stylegan",
+            description="precision/recall on Inception pool features (offline): k=3, 50k gen vs all reals",
         ),
     ]
 }
@@ -167,7 +190,7 @@ def _real_statistics(
     rank,
     distributed,
 ) -> FeatureStatistics:
-    need_features = spec.kind == "kid"
+    need_features = spec.kind in ("kid", "pr")
     sha = getattr(extractor, "weights_sha256", "")
     digest = getattr(extractor, "weights_digest", "")
     if (ref_stats is None) == (real_data is None):
@@ -227,11 +250,24 @@ def _real_statistics(
     return stats
 
 
+def _feature_network(spec: MetricSpec, extractor, vgg16_weights, device):
+    """The network ``spec`` measures with: ``extractor`` when it is that network, else VGG16 loaded here
+    (from ``vgg16_weights``, env ``STYLENAT_VGG16`` or the cache root) so one call can mix FID and pr50k3_full."""
+    given = getattr(extractor, "feature_network", "inception") if extractor is not None else None
+    if given == spec.network:
+        return extractor
+    if spec.network == "vgg16":
+        from stylenat.metrics.vgg16 import load_vgg16
+
+        return load_vgg16(vgg16_weights, device=device if device is not None else "cpu")
+    raise ValueError(f"{spec.name} measures {spec.network} features, extractor is {given or 'missing'}")
+
+
 def compute_metric(
     metric: str | MetricSpec,
     generator_fn: Callable[[torch.Tensor], torch.Tensor],
     *,
-    extractor,
+    extractor=None,
     ref_stats: str | os.PathLike | FeatureStatistics | None = None,
     real_data: str | os.PathLike | ImageDataset | Iterable[torch.Tensor] | None = None,
     num_gen: int | None = None,
@@ -245,6 +281,7 @@ def compute_metric(
     allow_mismatch: bool = False,
     use_cache: bool = True,
     progress: bool = True,
+    vgg16_weights: str | os.PathLike | None = None,
 ) -> dict:
     """Compute ``metric`` for ``generator_fn`` against real statistics.
 
@@ -255,7 +292,8 @@ def compute_metric(
     ``ref_stats`` (a statistics ``.npz`` or object, checked against the protocol and weights) or
     ``real_data`` (an image folder / zip / LMDB or an opened ``stylenat.data`` data set, read by the
     data package's reader as training reads it, statistics cached; or an iterable of uint8 NCHW batches).
-    Returns a JSON-able dict (``value`` is NaN on ranks other than 0).
+    Returns a JSON-able dict (``value`` is NaN on ranks other than 0). ``extractor`` is the Inception
+    network; a VGG16 metric loads VGG16 itself (``vgg16_weights``) unless ``extractor`` is one.
     """
     t0 = time.perf_counter()
     spec = get_metric(metric)
@@ -266,6 +304,7 @@ def compute_metric(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rank, world_size, distributed = _dist_context(rank, world_size)
+    extractor = _feature_network(spec, extractor, vgg16_weights, device)
 
     real = _real_statistics(
         spec,
@@ -321,24 +360,27 @@ def compute_metric(
                     continue
                 part = part.numpy()[valid]
                 acc.update(part)
-                if spec.kind == "kid":
+                if spec.kind in ("kid", "pr"):
                     kept.append((idx[valid], part))
                 bar.update(int(valid.sum()))
     if acc.count != num_gen:
         raise RuntimeError(f"internal error: gathered {acc.count} generated features, expected {num_gen}")
     t_gen = time.perf_counter()
 
-    value = float("nan")
+    value = recall = float("nan")
     if rank == 0:
+        if kept:  # in seed order, whatever the ranks' interleaving
+            order = np.argsort(np.concatenate([i for i, _ in kept]), kind="stable")
+            gen_feats = np.concatenate([f for _, f in kept])[order]
         if spec.kind == "fid":
             mu, sigma = acc.mean_cov(proto.cov_ddof)
             value = frechet_distance(mu, sigma, real.mu, real.sigma)
         elif spec.kind == "kid":
-            order = np.argsort(np.concatenate([i for i, _ in kept]), kind="stable")
-            gen_feats = np.concatenate([f for _, f in kept])[order]
             value = kernel_inception_distance(
                 gen_feats, real.features, spec.num_subsets, spec.max_subset_size, seed=kid_seed
             )
+        elif spec.kind == "pr":
+            value, recall = precision_recall(real.features, gen_feats, spec.k, device=device)
         else:
             raise ValueError(f"unknown metric kind {spec.kind!r} in {spec.name}")
     t_end = time.perf_counter()
@@ -362,6 +404,9 @@ def compute_metric(
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": asdict(spec),
     }
+    record["feature_network"] = spec.network
+    if spec.kind == "pr":
+        record.update(precision=value, recall=recall, k=spec.k)
     if real.mismatch:
         record["mismatch"] = real.mismatch
     logger.info("%s = %.4f (%s, %d gen vs %d real)", spec.name, value, proto.name, num_gen, real.num_images)

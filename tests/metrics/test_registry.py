@@ -29,7 +29,16 @@ def _real_batches(n=48, shift=0.0, seed=100):
 
 
 def test_registry_names_and_specs():
-    assert set(METRICS) == {"fid50k_full", "fid50k", "kid50k_full", "fid10k", "fid1k", "fid500"}
+    assert set(METRICS) == {
+        "fid50k_full",
+        "fid50k",
+        "kid50k_full",
+        "fid10k",
+        "fid1k",
+        "fid500",
+        "pr50k3_full",
+        "pr50k3_inception",
+    }
     full, paper = get_metric("fid50k_full"), get_metric("fid50k")
     assert (full.kind, full.num_gen, full.protocol, full.max_real) == ("fid", 50000, "stylegan", None)
     assert (paper.protocol, paper.max_real, paper.real_subset) == ("pytorch_fid", 50000, "random")
