@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB, check_backend
 from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
 from stylenat.ops import fused_cpu
 from stylenat.ops.checks import is_int, is_number, is_odd_kernel, is_power_of_two
 from stylenat.ops.upfirdn import make_kernel, upfirdn2d
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_NORMALIZATIONS = ("imagenet", "minus_one_one")
 # Runtime settings older snapshots stored in their model config; now Generator arguments (from_dict
 # drops them).
