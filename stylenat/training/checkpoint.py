@@ -26,10 +26,10 @@ SNAPSHOT_PREFIX = "network-snapshot-"
 SAMPLES_PREFIX = "samples-"
 _NAME_RE = re.compile(r"^(?P<prefix>[a-z-]+-)(?P<kimg>\d+\.\d{3})\.(?P<ext>pt|png)$")
 
-# Config sections whose change makes a state unusable (the networks' shapes and meaning), minus keys
-# that only choose how the same weights are computed.
+# Config sections whose change makes a state unusable (the networks' shapes and meaning).
 COMPATIBILITY_SECTIONS = ("model", "discriminator")
-RUNTIME_ONLY_KEYS = {"model.na_backend", "model.checkpoint_blocks"}
+# Run-time settings that states written before they moved out of ``model`` still carry there: ignored.
+LEGACY_RUNTIME_KEYS = {"model.na_backend", "model.checkpoint_blocks"}
 
 
 class ResumeError(ValueError):
@@ -171,7 +171,7 @@ def config_differences(saved: Mapping, current: Mapping, sections=COMPATIBILITY_
     missing = object()
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in RUNTIME_ONLY_KEYS:
+        if key in LEGACY_RUNTIME_KEYS:
             continue
         va, vb = a.get(key, missing), b.get(key, missing)
         if va != vb:
