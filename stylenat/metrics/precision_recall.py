@@ -43,8 +43,8 @@ class _Block:
 
 def _sq_distances(rows: _Block, r0: int, r1: int, cols: _Block, c0: int, c1: int) -> torch.Tensor:
     """Squared distances [r1 - r0, c1 - c0], float64, clamped at 0 (rounding can go below)."""
-    dot = (rows.x[r0:r1] @ cols.x[c0:c1].T).to(torch.float64)
-    return (rows.sq[r0:r1, None] + cols.sq[None, c0:c1] - 2 * dot).clamp_min_(0)
+    d = (rows.x[r0:r1] @ cols.x[c0:c1].T).to(torch.float64).mul_(-2)  # in place: one float64 block at a time
+    return d.add_(rows.sq[r0:r1, None]).add_(cols.sq[None, c0:c1]).clamp_min_(0)
 
 
 def knn_radii(manifold: _Block, k: int, row_batch_size: int, col_batch_size: int) -> torch.Tensor:
@@ -60,8 +60,9 @@ def knn_radii(manifold: _Block, k: int, row_batch_size: int, col_batch_size: int
             d = _sq_distances(manifold, r0, r1, manifold, c0, c1)
             own = (rows >= c0) & (rows < c1)  # rows whose own column lies in this block: excluded
             d[own.nonzero().squeeze(1), rows[own] - c0] = float("inf")
-            cand = d if nearest is None else torch.cat([nearest, d], dim=1)
-            nearest = cand.topk(min(k, cand.shape[1]), dim=1, largest=False).values
+            block = d.topk(min(k, d.shape[1]), dim=1, largest=False).values
+            both = block if nearest is None else torch.cat([nearest, block], dim=1)
+            nearest = both.topk(min(k, both.shape[1]), dim=1, largest=False).values
         radii[r0:r1] = nearest.max(dim=1).values
     return radii
 
