@@ -34,7 +34,8 @@ def run_metrics(cfg, G, device, rank=0):
 
     specs = [get_metric(name) for name in cfg.metrics]  # unknown names fail before any work
     real = _real_source(cfg)
-    extractor = load_inception(cfg.inception_weights, device=device)
+    needs_inception = any(spec.network == "inception" for spec in specs)
+    extractor = load_inception(cfg.inception_weights, device=device) if needs_inception else None
 
     generator_fn = seeded_images_fn(G, device, cfg.truncation_psi)
 
@@ -50,6 +51,7 @@ def run_metrics(cfg, G, device, rank=0):
             seed_start=cfg.seed_start,
             real_seed=cfg.real_seed,
             allow_mismatch=cfg.allow_mismatch,
+            vgg16_weights=cfg.get("vgg16_weights"),
             **real,
         )
         record.update(checkpoint=str(cfg.checkpoint), truncation_psi=cfg.truncation_psi)

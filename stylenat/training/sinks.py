@@ -55,6 +55,9 @@ def metric_record(name: str, result: Mapping, images_seen: int, step: int | None
         name: result["value"],
         "protocol": result.get("protocol"),
         "metric_time_s": result.get("time_s"),
+        **{
+            key: result[key] for key in ("precision", "recall") if key in result
+        },  # pr*: value is the precision
         **extra,
     }
 

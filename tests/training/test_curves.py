@@ -194,3 +194,12 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(tmp_path, caplog, monk
     assert warnings == ["could not plot the learning curves: RuntimeError: no fonts"]
     assert out.sinks[0].closed is False and out.sinks[0].figures == []
     assert "curves not plotted" in caplog.records[-1].getMessage()
+
+
+def test_a_precision_recall_record_keeps_both_figures():
+    from stylenat.training.sinks import metric_record
+
+    pr = metric_record("pr50k3_inception", {"value": 0.7, "precision": 0.7, "recall": 0.4}, 8000, 500)
+    assert (pr["pr50k3_inception"], pr["precision"], pr["recall"], pr["kimg"]) == (0.7, 0.7, 0.4, 8.0)
+    fid = metric_record("fid50k_full", {"value": 3.1, "protocol": "stylegan"}, 8000, 500)
+    assert fid["fid50k_full"] == 3.1 and "recall" not in fid
