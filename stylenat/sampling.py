@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+PROJECTED_W_KEY = "w"  # the array in a projected_w .npz (stylenat.projection writes it)
+
 
 def parse_seeds(spec):
     """'0-3,7' / [0, 1] / 5 -> [0, 1, 2, 3, 7]; a one-line ValueError for anything else."""
@@ -114,6 +116,40 @@ def interpolation_frames(G, seeds, steps=8, truncation_psi=1.0, device="cpu"):
     return np.concatenate(frames)
 
 
+def load_projected_w(path, G) -> torch.Tensor:
+    """A projected_w .npz (scripts/project.py) -> ws [N, num_ws, w_dim] for G; one-line errors."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"projected_w {path} does not exist")
+    try:
+        data = np.load(path)
+    except (OSError, EOFError, ValueError) as err:  # not npy/npz, a pickle, or truncated
+        raise ValueError(f"projected_w {path} is not a readable .npz: {err}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"projected_w {path} is a bare array: expected an .npz holding {PROJECTED_W_KEY!r}")
+    with data:
+        if PROJECTED_W_KEY not in data.files:
+            raise ValueError(f"projected_w {path} has no array {PROJECTED_W_KEY!r} (found {data.files})")
+        w = data[PROJECTED_W_KEY]
+    expected = [G.n_latent, G.w_dim]
+    if w.ndim != 3 or list(w.shape[1:]) != expected:
+        raise ValueError(
+            f"projected_w {path} has shape {list(w.shape)}; this generator takes [N, {expected[0]}, {expected[1]}]"
+        )
+    return torch.from_numpy(w.astype(np.float32))
+
+
+@torch.no_grad()
+def render_projected_w(G, path, outdir, device="cpu") -> list[Path]:
+    """generate.py with projected_w: one image per saved w (projected.png, or projectedNNNN.png for several)."""
+    ws = load_projected_w(path, G).to(device)
+    images = to_uint8(G.to_minus_one_one(G.synthesis(ws)).float())
+    names = ["projected.png"] if len(images) == 1 else [f"projected{i:04d}.png" for i in range(len(images))]
+    for name, img in zip(names, images):
+        save_image(img, Path(outdir) / name)
+    return [Path(outdir) / name for name in names]
+
+
 def run_generate(cfg):
     """generate.py's body: per-seed PNGs, a grid, and optional mixing/interpolation figures."""
     from stylenat.distributed import resolve_device
@@ -121,8 +157,14 @@ def run_generate(cfg):
 
     device = resolve_device(cfg.device)
     G = load_generator(cfg.checkpoint, device=device)
-    seeds = parse_seeds(cfg.seeds)
     outdir = Path(cfg.outdir)
+    if cfg.get("projected_w"):
+        if cfg.mixing.enabled or cfg.interpolation.enabled:
+            raise ValueError("projected_w renders saved ws only: turn mixing and interpolation off")
+        outdir.mkdir(parents=True, exist_ok=True)
+        render_projected_w(G, cfg.projected_w, outdir, device)
+        return outdir
+    seeds = parse_seeds(cfg.seeds)
     outdir.mkdir(parents=True, exist_ok=True)
     images = to_uint8(generate_images(G, seeds, cfg.truncation_psi, cfg.truncation_cutoff, cfg.batch, device))
     if cfg.per_seed:
