@@ -22,7 +22,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,7 @@ class InceptionDistance:
 
     def __init__(self, inception):
         self.inception = inception
+        self.weights_sha256 = inception.weights_sha256
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         size = INCEPTION_SIZE
@@ -158,6 +159,7 @@ class VGGDistance:
 
     def __init__(self, vgg):
         self.vgg = vgg
+        self.weights_sha256 = vgg.sha256
 
     def embedding(self, images: torch.Tensor) -> torch.Tensor:
         pixels = (images + 1) * 127.5
@@ -327,7 +329,7 @@ def run_projection(cfg: dict) -> dict:
     device = resolve_device(cfg["device"])
     G = load_generator(cfg["checkpoint"], device=device)
     target = load_target(cfg["target"], G.resolution, cfg["allow_upscale"])
-    keys = ProjectionOptions.__dataclass_fields__.keys() - {"frame_every"}
+    keys = {f.name for f in fields(ProjectionOptions)} - {"frame_every"}
     options = ProjectionOptions(
         **{k: cfg[k] for k in keys}, frame_every=cfg["gif_every"] if cfg["gif"] else 0
     )
@@ -341,6 +343,7 @@ def run_projection(cfg: dict) -> dict:
         "resolution": G.resolution,
         "space": "w_plus" if options.w_plus else "w",
         "perceptual_distance": distance.name if distance is not None else None,
+        "perceptual_weights_sha256": distance.weights_sha256 if distance is not None else None,
         "options": asdict(options),
         "distances": projection.distances,
         "losses": projection.losses,

@@ -171,6 +171,9 @@ def test_cli_projects_and_generate_renders_projected_w(snapshot, face, tmp_path)
     assert result.returncode == 0, result.stderr
     final = json.loads(result.stdout.splitlines()[0])
     assert final["perceptual_distance"] is None and final["psnr_db"] > 0
+    saved = json.loads((out / "projection.json").read_text())
+    assert saved["space"] == "w" and saved["options"]["steps"] == 20 and len(saved["losses"]) == 20
+    assert saved["distances"]["psnr_db"] == final["psnr_db"]
     for name in ("projected_w.npz", "proj.png", "proj.gif", "projection.json"):
         assert (out / name).is_file(), name
     rendered = tmp_path / "gen"
@@ -209,6 +212,8 @@ def test_projected_w_of_another_generator_is_one_line(G, tmp_path):
 
 class PixelEmbedding:
     """Stands in for NVIDIA's VGG16 (not shipped): records what the LPIPS embedding is given."""
+
+    sha256 = "0" * 64
 
     def __init__(self):
         self.seen = []
