@@ -178,12 +178,9 @@ class VGGDistance:
 def build_distance(vgg16=None, inception_weights=None, device="cpu"):
     """LPIPS-VGG16 when VGG weights are given, else the Inception distance on the shipped weights."""
     if vgg16 is not None:
-        from stylenat.metrics.vgg16 import VGG16WeightsError, load_vgg16
+        from stylenat.metrics.vgg16 import load_vgg16
 
-        try:
-            vgg = load_vgg16(vgg16, device=device)
-        except VGG16WeightsError as err:  # a RuntimeError there; bad user input here, so one line
-            raise ValueError(str(err)) from None
+        vgg = load_vgg16(vgg16, device=device)  # VGG16WeightsError: a ValueError, one line at the CLI
         if vgg.source != "nvidia":
             raise ValueError(
                 f"vgg16={vgg16} is a torchvision state dict, which has no LPIPS heads: "

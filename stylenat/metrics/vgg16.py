@@ -32,7 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-class VGG16WeightsError(RuntimeError):
+class VGG16WeightsError(ValueError):
     """VGG16 weights missing, unreadable, or of an unknown layout."""
 
 
