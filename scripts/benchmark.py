@@ -15,6 +15,7 @@ measuring itself is the library's: timers, memory, FLOPs and the fresh-process r
 ``stylenat.perf``, the generator and Inception figures in ``stylenat.metrics.throughput``.
 
     python scripts/benchmark.py generator --model stylenat_256 --batch 4 --reps 5 --compile
+    OMP_NUM_THREADS=2 python scripts/benchmark.py generator --model stylenat_256 --batch 4 --dtype fp32 bf16
     python scripts/benchmark.py scaling --resolutions 32 64 128 256 --batch 4
     python scripts/benchmark.py inception --n 64 --res 32 --batch 32 --net-batch 16
 """
@@ -198,17 +199,20 @@ def bench_generator(args) -> None:
     torch.manual_seed(0)
     G = build_generator(_model_config(args.model)).eval().requires_grad_(False).to(args.device)
     gflop = throughput.generator_flops(G, batch=1) / 1e9
+    dtypes = list(dict.fromkeys(args.dtype))
     for batch in args.batch:
-        settings = dict(
-            batch=batch, warmup=args.warmup, reps=args.reps, dtype=args.dtype, tf32=not args.no_tf32
-        )
-        record = throughput.measure_generator_throughput(G, compile=False, **settings)
-        record.update(model=args.model, gflop_per_img=round(gflop, 2))
-        if torch.device(args.device).type == "cpu":
-            record.update(throughput.cpu_bound_figures(G, batch, record["imgs_per_s"], gflop))
-        if args.compile:
-            record.update(throughput.compiled_figures(G, settings, record))
-        emit(record)
+        settings = dict(batch=batch, warmup=args.warmup, reps=args.reps, tf32=not args.no_tf32)
+        if len(dtypes) == 1:
+            records = [throughput.measure_generator_throughput(G, dtype=dtypes[0], **settings)]
+        else:  # side by side, round-robin, with the speed-ups and errors against fp32
+            records = throughput.dtype_comparison(G, dtypes, batch, args.warmup, args.reps)
+        for record in records:
+            record.update(model=args.model, gflop_per_img=round(gflop, 2))
+            if torch.device(args.device).type == "cpu" and record["compute_dtype"] == "fp32":
+                record.update(throughput.cpu_bound_figures(G, batch, record["imgs_per_s"], gflop))
+            if args.compile:
+                record.update(throughput.compiled_figures(G, {**settings, "dtype": record["dtype"]}, record))
+            emit(record)
 
 
 def _config_at(model: str, resolution: int) -> tuple[dict, str]:
@@ -357,7 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     gen.add_argument("--reps", type=int, default=5, help="timed calls (the reference protocol uses 500)")
     gen.add_argument("--warmup", type=int, default=1, help="untimed calls (the reference protocol uses 10)")
-    gen.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    gen.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"),
+        default=["fp32"],
+        help="compute dtypes; several are measured side by side (round-robin) with speed-up and error vs fp32",
+    )
     gen.add_argument("--no-tf32", action="store_true")
     gen.add_argument(
         "--compile",

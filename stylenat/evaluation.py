@@ -5,6 +5,7 @@ import json
 import logging
 from pathlib import Path
 
+from stylenat.ops.precision import dtype_name
 from stylenat.sampling import seeded_images_fn
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,12 @@ def run_metrics(cfg, G, device, rank=0):
             vgg16_weights=cfg.get("vgg16_weights"),
             **real,
         )
-        record.update(checkpoint=str(cfg.checkpoint), truncation_psi=cfg.truncation_psi)
+        record.update(
+            checkpoint=str(cfg.checkpoint),
+            truncation_psi=cfg.truncation_psi,
+            dtype=dtype_name(cfg.get("dtype", "fp32")),
+            compute_dtype=dtype_name(G.compute_dtype),  # fp32 where bf16 fell back (a CPU without it)
+        )
         if rank == 0:
             out = (
                 Path(cfg.results)
@@ -77,13 +83,19 @@ def run_evaluate(cfg):
     env = distributed.init(cfg.device)
     device = env.device
     try:
-        G = load_generator(cfg.checkpoint, device=device)
+        G = load_generator(cfg.checkpoint, device=device, dtype=cfg.dtype)
         if cfg.mode == "throughput":
             from stylenat.metrics.throughput import measure_generator_throughput
 
             t = cfg.throughput
             record = measure_generator_throughput(
-                G, batch=t.batch, warmup=t.warmup, reps=t.reps, dtype=t.dtype, tf32=t.tf32, compile=t.compile
+                G,
+                batch=t.batch,
+                warmup=t.warmup,
+                reps=t.reps,
+                dtype=cfg.dtype,
+                tf32=t.tf32,
+                compile=t.compile,
             )
             print(json.dumps(record))
             return [record]

@@ -156,7 +156,7 @@ def run_generate(cfg):
     from stylenat.reference import load_generator
 
     device = resolve_device(cfg.device)
-    G = load_generator(cfg.checkpoint, device=device)
+    G = load_generator(cfg.checkpoint, device=device, dtype=cfg.get("dtype", "fp32"))
     outdir = Path(cfg.outdir)
     if cfg.get("projected_w"):
         if cfg.mixing.enabled or cfg.interpolation.enabled:

@@ -17,7 +17,7 @@ from stylenat import perf
 from stylenat.data.reader import build_dataset, uint8_batches
 from stylenat.metrics.protocols import get_protocol
 from stylenat.metrics.statistics import compute_statistics, extract_features
-from stylenat.ops.precision import set_tf32
+from stylenat.ops.precision import dtype_name, inference_dtype, set_tf32
 
 # The CPU's matrix-product rate the generator figures are compared with (this machine's measured sgemm rate).
 CPU_SGEMM_GFLOPS = 220.0
@@ -175,28 +175,32 @@ def measure_generator_throughput(
     seed: int = 0,
 ) -> dict:
     """Images/s of G(z) (mapping + synthesis), the reference protocol: batch 1, 10 untimed + 500 timed calls,
-    CUDA events on a GPU, perf_counter on the CPU. Returns the figures and every setting that affects them."""
+    CUDA events on a GPU, perf_counter on the CPU. ``dtype`` (fp32 | bf16 | fp16, or torch's names): G's
+    compute dtype for the measurement (``Generator.set_compute_dtype``; restored after). Returns the
+    figures and every setting that affects them."""
     if batch < 1 or reps < 1 or warmup < 0:
         raise ValueError(f"need batch >= 1, reps >= 1, warmup >= 0; got {batch}, {reps}, {warmup}")
-    dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(dtypes)}")
     device = next(G.parameters()).device
+    compute_dtype = inference_dtype(dtype, device)  # one-line errors; bf16 falls back where unsupported
     if device.type == "cuda":
         set_tf32(tf32)
     perf.reset_peak_memory(device)
+    previous_dtype = G.compute_dtype
+    G.set_compute_dtype(compute_dtype)
     run = torch.compile(G) if compile else G
     z = torch.randn(batch, G.z_dim, device=device, generator=torch.Generator(device).manual_seed(seed))
-    autocast = torch.autocast(device.type, dtype=dtypes[dtype], enabled=dtypes[dtype] is not None)
     times_ms = []
     t_compile = time.perf_counter()
-    with torch.inference_mode(), autocast:
-        for i in range(warmup + reps):
-            elapsed = perf.call_ms(lambda: run(z), device)
-            if i == 0:
-                first_call_s = time.perf_counter() - t_compile
-            if i >= warmup:
-                times_ms.append(elapsed)
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + reps):
+                elapsed = perf.call_ms(lambda: run(z), device)
+                if i == 0:
+                    first_call_s = time.perf_counter() - t_compile
+                if i >= warmup:
+                    times_ms.append(elapsed)
+    finally:
+        G.set_compute_dtype(previous_dtype)
     times = torch.tensor(times_ms)
     return {
         "mode": "generator",
@@ -204,7 +208,8 @@ def measure_generator_throughput(
         "batch": batch,
         "reps": reps,
         "warmup": warmup,
-        "dtype": dtype,
+        "dtype": dtype_name(dtype),
+        "compute_dtype": dtype_name(compute_dtype),
         "tf32": tf32 if device.type == "cuda" else None,
         "compile": compile,
         "device": str(device),
@@ -216,6 +221,55 @@ def measure_generator_throughput(
         "peak_mem_mb": round(perf.peak_memory_mb(device), 1),
         "peak_mem_kind": perf.peak_memory_kind(device),
     }
+
+
+def relative_error(G, dtype, batch: int = 1, seed: int = 0, truncation_psi: float = 1.0) -> float:
+    """||G(z) in dtype - G(z) in fp32|| / ||G(z) in fp32|| over the images of ``batch`` seeded latents:
+    what a reduced compute dtype costs in accuracy (G's own dtype is restored after)."""
+    device = next(G.parameters()).device
+    z = torch.randn(batch, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    previous, images = G.compute_dtype, {}
+    try:
+        for name in ("fp32", dtype):
+            G.set_compute_dtype(inference_dtype(name, device))
+            with torch.inference_mode():
+                images[name] = G(z, truncation_psi=truncation_psi).float()
+    finally:
+        G.set_compute_dtype(previous)
+    reference = images["fp32"]
+    return float((images[dtype] - reference).norm() / reference.norm())
+
+
+def dtype_comparison(G, dtypes, batch: int, warmup: int, reps: int, seed: int = 0) -> list[dict]:
+    """images/s of G(z) for each of ``dtypes`` in one process, measured round-robin call by call (the load
+    of a shared machine falls on all alike), each with its speed-up over fp32 and its relative L2 error
+    against fp32 on the same latents (when fp32 is among them)."""
+    names = [dtype_name(d) for d in dtypes]
+    times = {name: [] for name in names}
+    records = {}
+    for rep in range(reps):
+        for name in names:
+            record = measure_generator_throughput(
+                G, batch=batch, warmup=warmup if rep == 0 else 0, reps=1, dtype=name, seed=seed
+            )
+            times[name].append(record["median_ms"])
+            records.setdefault(name, record)
+    out = []
+    for name in names:
+        median_ms = statistics.median(times[name])
+        record = {
+            **records[name],
+            "reps": reps,
+            "median_ms": round(median_ms, 2),
+            "min_ms": round(min(times[name]), 2),
+            "imgs_per_s": round(batch * 1e3 / median_ms, 4),
+        }
+        record.pop("mean_ms", None)
+        if "fp32" in times:
+            record["speedup_vs_fp32"] = round(statistics.median(times["fp32"]) / median_ms, 3)
+            record["rel_l2_vs_fp32"] = 0.0 if name == "fp32" else relative_error(G, name, batch, seed)
+        out.append(record)
+    return out
 
 
 def cpu_bound_figures(G, batch: int, imgs_per_s: float, gflop: float) -> dict:

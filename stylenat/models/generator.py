@@ -3,7 +3,9 @@
 Tokens stay channels-last ([B, H, W, C]) from the constant input to the last ToRGB; only the bilinear
 upsample and the RGB skip path switch to NCHW. The modules' forwards are the plain maths; CPU inference
 runs each Stage through ``stylenat.ops.fused_cpu`` instead (the same maths in cache-sized fused kernels),
-decided at one point, ``Stage.forward``.
+decided at one point, ``Stage.forward``. A reduced compute dtype (``Generator.set_compute_dtype``) is
+handed to the fused path there, or else entered there as an autocast: the stages' outputs, and with them
+the RGB skip path, stay float32.
 """
 
 import math
@@ -19,6 +21,7 @@ from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfA
 from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
 from stylenat.ops import fused_cpu
 from stylenat.ops.checks import is_int, is_number, is_odd_kernel, is_power_of_two
+from stylenat.ops.precision import INFERENCE_DTYPES, autocast, dtype_name
 from stylenat.ops.upfirdn import make_kernel, upfirdn2d
 
 OUTPUT_NORMALIZATIONS = ("imagenet", "minus_one_one")
@@ -259,17 +262,19 @@ class Stage(nn.Module):
         )
         self.upsample = BilinearUpsample(dim, next_dim, 2 * size) if next_dim is not None else None
         self.checkpoint_blocks = False  # activation checkpointing per block in training (Generator sets it)
+        self.compute_dtype = torch.float32  # the matrix products' dtype (Generator.set_compute_dtype)
 
     def forward(self, x, w0, w1, inplace=False):
         """inplace: the caller owns x, so CPU inference may overwrite it (the synthesis loop does)."""
         if fused_cpu.applies(x):  # CPU inference: the same maths through cache-sized fused kernels
-            return fused_cpu.stage(self, x, w0, w1, inplace)
-        for block, w in zip(self.blocks, (w0, w1)):
-            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, w, use_reentrant=False)
-            else:
-                x = block(x, w)
-        return self.upsample(x) if self.upsample is not None else x
+            return fused_cpu.stage(self, x, w0, w1, inplace, self.compute_dtype)
+        with autocast(x.device, self.compute_dtype):
+            for block, w in zip(self.blocks, (w0, w1)):
+                if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                    x = checkpoint(block, x, w, use_reentrant=False)
+                else:
+                    x = block(x, w)
+            return self.upsample(x) if self.upsample is not None else x
 
 
 class Generator(nn.Module):
@@ -308,6 +313,7 @@ class Generator(nn.Module):
         self.register_buffer("out_std", std, persistent=False)
         self.apply(_init_weights)
         self.na_backend = na_backend
+        self.compute_dtype = torch.float32
         self.set_checkpoint_blocks(checkpoint_blocks)
 
     @property
@@ -320,6 +326,14 @@ class Generator(nn.Module):
         for module in self.modules():
             if isinstance(module, HydraNeighborhoodAttention):
                 module.backend = name
+
+    def set_compute_dtype(self, dtype) -> None:
+        """Run the stages' matrix products in ``dtype`` (fp32 | bf16 | fp16, or the torch.dtype): a runtime
+        setting like the backend (snapshots do not store it). Whether a device can run it is the loader's
+        question (``stylenat.ops.precision.inference_dtype``)."""
+        self.compute_dtype = INFERENCE_DTYPES[dtype_name(dtype)]
+        for stage in self.stages:
+            stage.compute_dtype = self.compute_dtype
 
     def set_checkpoint_blocks(self, enabled: bool) -> None:
         """Turn activation checkpointing per transformer block (training only) on or off."""

@@ -154,12 +154,18 @@ def load_reference(path, dilations=None, w_avg_samples=10_000, seed=0):
     )
 
 
-def load_generator(path, device="cpu"):
+def load_generator(path, device="cpu", dtype="fp32"):
     """Load a snapshot (native, converted official, or an official reference file) ready for sampling.
 
     Our formats (snapshot, training state) are taken as they are; a reference file is converted in memory
     with the defaults of `reference_to_snapshot`. The file is read once, allowing the reference's `args`.
+    `dtype` (fp32 | bf16 | fp16): the generator's compute dtype on `device` (see
+    `stylenat.ops.precision.inference_dtype`: an unknown name or a device that cannot run it fails here,
+    before the file is read); images come out float32 either way.
     """
+    from stylenat.ops.precision import inference_dtype
+
+    compute_dtype = inference_dtype(dtype, device)
     data = read_reference_checkpoint(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a StyleNAT checkpoint (found a {type(data).__name__})")
@@ -171,4 +177,5 @@ def load_generator(path, device="cpu"):
             )
         snapshot = reference_to_snapshot(data, source=str(path))
     G = generator_from_snapshot(snapshot, source=str(path))
+    G.set_compute_dtype(compute_dtype)
     return G.eval().requires_grad_(False).to(device)
