@@ -1,6 +1,7 @@
 """Micro-benchmarks, one subcommand per mode; each measurement prints one JSON line.
 
     python scripts/benchmark.py na --res 64 --batch 4 --heads 8 --dim 32 --kernel 7 --dilation split
+    OMP_NUM_THREADS=2 python scripts/benchmark.py na --no-oracle --dtype float32 bfloat16
 
 Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), ``train-step`` (one
 training step of the tiny and the 256 model: sec/kimg and peak memory), ``generator`` (sampling
@@ -60,8 +61,35 @@ def _na_settings(args) -> dict:
 
 
 def bench_na(args) -> None:
-    """Our na2d against the gather oracle, forward and forward+backward; on the CPU each measurement runs
-    in a fresh process, so its max RSS is its own."""
+    """Our na2d against the gather oracle, forward and forward+backward, per --dtype (several: side by side
+    in one run, then each one's speed-up over the first); on the CPU each measurement runs in a fresh
+    process, so its max RSS is its own."""
+    dtypes = list(dict.fromkeys(args.dtype))
+    medians = {}
+    for dtype in dtypes:
+        args.dtype = dtype
+        medians[dtype] = _bench_na_dtype(args)
+        args.dtype = dtypes
+    base = dtypes[0]
+    for dtype in dtypes[1:]:
+        emit(
+            {
+                "mode": "na",
+                "res": args.res,
+                "dilation": args.dilation,
+                "dtype": dtype,
+                "speedup_vs": base,
+                **{
+                    f"speedup_{p}": round(medians[base][p] / medians[dtype][p], 3)
+                    for p in ("fwd", "fwd+bwd")
+                    if medians[base].get(p) and medians[dtype].get(p)
+                },
+            }
+        )
+
+
+def _bench_na_dtype(args) -> dict:
+    """bench_na for one dtype (args.dtype); returns the op's median ms per pass."""
     settings = _na_settings(args)
     # Skip the oracle when it would exceed --oracle-max-gb rather than swamp a shared machine.
     oracle_gb = perf.na_oracle_gb(settings)
@@ -85,6 +113,7 @@ def bench_na(args) -> None:
             emit(record)
     if run_oracle and None not in results.values():
         emit(perf.na_speedup_record(settings, results))
+    return {pass_: results.get(("op", pass_)) for pass_ in ("fwd", "fwd+bwd")}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,7 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--kernel", type=int, default=7)
     na.add_argument("--dilation", type=_dilation_arg, default="split", help="int or 'split'")
     na.add_argument("--reps", type=int, default=5)
-    na.add_argument("--dtype", choices=sorted(perf.DTYPES), default="float32")
+    na.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=sorted(perf.DTYPES),
+        default=["float32"],
+        help="several: measured side by side in one run, then the speed-ups over the first",
+    )
     na.add_argument("--backend", choices=("auto", "torch", "natten", "flex"), default="auto")
     na.add_argument("--no-rpb", action="store_true", help="no relative position bias (lets natten run)")
     na.add_argument("--no-oracle", action="store_true")
