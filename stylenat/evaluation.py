@@ -68,7 +68,8 @@ def run_metrics(cfg, G, device, rank=0):
                 else Path(cfg.checkpoint).parent / f"metric-{spec.name}.jsonl"
             )
             append_jsonl(out, record)
-            print(json.dumps({k: record[k] for k in ("metric", "value", "protocol", "num_gen", "num_real")}))
+            shown = ("metric", "value", "precision", "recall", "protocol", "num_gen", "num_real")
+            print(json.dumps({k: record[k] for k in shown if k in record}))
         results.append(record)
     return results
 
