@@ -11,20 +11,10 @@ import stylenat
 from stylenat.models.build import build_generator
 from stylenat.sampling import generate_images, make_grid, parse_seeds, seed_latents, to_uint8
 from stylenat.snapshot import save_snapshot
+from tests.tiny import TINY_G16
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(
-    resolution=16,
-    z_dim=16,
-    w_dim=16,
-    n_mlp=2,
-    channels=[32, 32, 32],
-    min_heads=2,
-    head_channels=16,
-    kernels=[[3], [3], [3]],
-    dilations=[[1], [1], [1, 2]],
-    output_normalization="minus_one_one",
-)
+TINY = TINY_G16
 
 
 @pytest.fixture(scope="module")
