@@ -194,12 +194,25 @@ def _train_step_measure(args, model: str) -> dict:
 
 
 def bench_train_step(args) -> None:
-    """Training sec/kimg and peak memory per model (G step + D step with bCR + lazy R1 amortised)."""
+    """Training sec/kimg and peak memory per model (G step + D step with bCR + lazy R1 amortised), per
+    --amp setting; several settings run side by side (model by model, in one invocation), then each
+    one's step time ratio to the first."""
+    amps = list(dict.fromkeys(args.amp))
     for model in args.models:
-        if torch.device(args.device).type == "cuda":
-            emit(_train_step_measure(args, model))
-            continue
-        emit(_isolated(_train_step_measure, _train_step_error, args, model))
+        steps = {}
+        for amp in amps:
+            args.amp = amp
+            if torch.device(args.device).type == "cuda":
+                record = _train_step_measure(args, model)
+            else:
+                record = _isolated(_train_step_measure, _train_step_error, args, model)
+            steps[amp] = record.get("step_s_amortized")
+            emit(record)
+        args.amp = amps
+        for amp in amps[1:]:
+            if steps[amps[0]] and steps[amp]:
+                ratio = round(steps[amps[0]] / steps[amp], 3)
+                emit({"mode": "train-step", "model": model, "amp": amp, f"speedup_vs_{amps[0]}": ratio})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,7 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--batch", type=int, default=2)
     ts.add_argument("--reps", type=int, default=3)
     ts.add_argument("--warmup", type=int, default=1)
-    ts.add_argument("--amp", choices=("false", "bf16"), default="false")
+    ts.add_argument(
+        "--amp",
+        nargs="+",
+        choices=("false", "bf16"),
+        default=["false"],
+        help="train.amp settings; several are measured side by side with the speed-up over the first",
+    )
 
     gen = _mode(
         modes,

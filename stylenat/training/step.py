@@ -128,7 +128,7 @@ class GanStep:
         self.D.requires_grad_(True)
         for r, real in enumerate(reals):
             z, g = self._latents(r, "d_latent")
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._fakes_precision():
                 fake = self.G_fwd(self._mapping(z, g, update_w_avg=False))
             with self._autocast():
                 fake = self._augmented(fake, r, "augment_fake")
@@ -209,6 +209,21 @@ class GanStep:
         if self.opts.amp == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _fakes_precision(self):
+        """The precision of the D step's no-grad fakes: with amp=bf16 on the CPU, G's own bf16 compute
+        dtype (its fused inference path, bf16 products on weights cast once per step; autocast would
+        switch that path off), else the step's autocast."""
+        if self.opts.amp != "bf16" or self.device.type != "cpu":
+            with self._autocast():
+                yield
+            return
+        self.G.set_compute_dtype(torch.bfloat16)
+        try:
+            yield
+        finally:
+            self.G.set_compute_dtype(torch.float32)
 
     def _optimizer_step(self, module: nn.Module, opt: torch.optim.Optimizer, clip: float | None) -> None:
         params = [p for p in module.parameters() if p.requires_grad]
