@@ -1,7 +1,6 @@
 """Micro-benchmarks, one subcommand per mode; each measurement prints one JSON line.
 
     python scripts/benchmark.py na --res 64 --batch 4 --heads 8 --dim 32 --kernel 7 --dilation split
-    OMP_NUM_THREADS=2 python scripts/benchmark.py na --no-oracle --dtype float32 bfloat16
 
 Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), ``train-step`` (one
 training step of the tiny and the 256 model: sec/kimg and peak memory), ``generator`` (sampling
@@ -15,7 +14,6 @@ Add a mode by writing ``bench_<mode>(args)`` and registering its parser in ``bui
 measuring itself is the library's: timers, memory, FLOPs and the fresh-process runner in
 ``stylenat.perf``, the generator and Inception figures in ``stylenat.metrics.throughput``.
 
-    python scripts/benchmark.py generator --model stylenat_256 --batch 4 --reps 5 --compile
     OMP_NUM_THREADS=2 python scripts/benchmark.py generator --model stylenat_256 --batch 4 --dtype fp32 bf16
     python scripts/benchmark.py scaling --resolutions 32 64 128 256 --batch 4
     python scripts/benchmark.py inception --n 64 --res 32 --batch 32 --net-batch 16
@@ -24,6 +22,7 @@ measuring itself is the library's: timers, memory, FLOPs and the fresh-process r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -45,6 +44,23 @@ def emit(record: dict) -> None:
     print(json.dumps({**record, "malloc_tuned": _allocator_tuned}), flush=True)
 
 
+SIDE_BY_SIDE = "several: measured in one invocation, then each one's speed-up over the first"
+
+
+def _side_by_side(args, key: str, measure, header: dict) -> None:
+    """measure() -> {figure: seconds} once per value of the list option ``key`` (args.<key> set to each in
+    turn), then one record per later value with its speed-ups over the first."""
+    values, times = list(dict.fromkeys(getattr(args, key))), {}
+    for value in values:
+        setattr(args, key, value)
+        times[value] = measure()
+    setattr(args, key, values)
+    base = times[values[0]]
+    for value in values[1:]:
+        ratios = {f"speedup_{f}": round(base[f] / t, 3) for f, t in times[value].items() if t and base.get(f)}
+        emit({**header, key: value, "speedup_vs": values[0], **ratios})
+
+
 def _isolated(measure, on_error, *args) -> dict:
     """measure(*args) in a fresh process (its own max RSS), tuned like the entry points."""
     return perf.in_fresh_process(measure, on_error, *args, setup=tune_cpu_allocator)
@@ -61,35 +77,12 @@ def _na_settings(args) -> dict:
 
 
 def bench_na(args) -> None:
-    """Our na2d against the gather oracle, forward and forward+backward, per --dtype (several: side by side
-    in one run, then each one's speed-up over the first); on the CPU each measurement runs in a fresh
-    process, so its max RSS is its own."""
-    dtypes = list(dict.fromkeys(args.dtype))
-    medians = {}
-    for dtype in dtypes:
-        args.dtype = dtype
-        medians[dtype] = _bench_na_dtype(args)
-        args.dtype = dtypes
-    base = dtypes[0]
-    for dtype in dtypes[1:]:
-        emit(
-            {
-                "mode": "na",
-                "res": args.res,
-                "dilation": args.dilation,
-                "dtype": dtype,
-                "speedup_vs": base,
-                **{
-                    f"speedup_{p}": round(medians[base][p] / medians[dtype][p], 3)
-                    for p in ("fwd", "fwd+bwd")
-                    if medians[base].get(p) and medians[dtype].get(p)
-                },
-            }
-        )
+    """Our na2d against the gather oracle, forward and forward+backward, per --dtype (side by side)."""
+    _side_by_side(args, "dtype", functools.partial(_bench_na_dtype, args), {"mode": "na", "res": args.res})
 
 
 def _bench_na_dtype(args) -> dict:
-    """bench_na for one dtype (args.dtype); returns the op's median ms per pass."""
+    """One dtype's records (on the CPU each in a fresh process: its own max RSS); the op's ms per pass."""
     settings = _na_settings(args)
     # Skip the oracle when it would exceed --oracle-max-gb rather than swamp a shared machine.
     oracle_gb = perf.na_oracle_gb(settings)
@@ -195,24 +188,18 @@ def _train_step_measure(args, model: str) -> dict:
 
 def bench_train_step(args) -> None:
     """Training sec/kimg and peak memory per model (G step + D step with bCR + lazy R1 amortised), per
-    --amp setting; several settings run side by side (model by model, in one invocation), then each
-    one's step time ratio to the first."""
-    amps = list(dict.fromkeys(args.amp))
+    --amp setting (side by side, model by model)."""
+
+    def measure(model):
+        if torch.device(args.device).type == "cuda":
+            record = _train_step_measure(args, model)
+        else:
+            record = _isolated(_train_step_measure, _train_step_error, args, model)
+        emit(record)
+        return {"step": record.get("step_s_amortized")}
+
     for model in args.models:
-        steps = {}
-        for amp in amps:
-            args.amp = amp
-            if torch.device(args.device).type == "cuda":
-                record = _train_step_measure(args, model)
-            else:
-                record = _isolated(_train_step_measure, _train_step_error, args, model)
-            steps[amp] = record.get("step_s_amortized")
-            emit(record)
-        args.amp = amps
-        for amp in amps[1:]:
-            if steps[amps[0]] and steps[amp]:
-                ratio = round(steps[amps[0]] / steps[amp], 3)
-                emit({"mode": "train-step", "model": model, "amp": amp, f"speedup_vs_{amps[0]}": ratio})
+        _side_by_side(args, "amp", functools.partial(measure, model), {"mode": "train-step", "model": model})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,13 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--kernel", type=int, default=7)
     na.add_argument("--dilation", type=_dilation_arg, default="split", help="int or 'split'")
     na.add_argument("--reps", type=int, default=5)
-    na.add_argument(
-        "--dtype",
-        nargs="+",
-        choices=sorted(perf.DTYPES),
-        default=["float32"],
-        help="several: measured side by side in one run, then the speed-ups over the first",
-    )
+    na.add_argument("--dtype", nargs="+", choices=sorted(perf.DTYPES), default=["float32"], help=SIDE_BY_SIDE)
     na.add_argument("--backend", choices=("auto", "torch", "natten", "flex"), default="auto")
     na.add_argument("--no-rpb", action="store_true", help="no relative position bias (lets natten run)")
     na.add_argument("--no-oracle", action="store_true")
@@ -397,13 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--batch", type=int, default=2)
     ts.add_argument("--reps", type=int, default=3)
     ts.add_argument("--warmup", type=int, default=1)
-    ts.add_argument(
-        "--amp",
-        nargs="+",
-        choices=("false", "bf16"),
-        default=["false"],
-        help="train.amp settings; several are measured side by side with the speed-up over the first",
-    )
+    ts.add_argument("--amp", nargs="+", choices=("false", "bf16"), default=["false"], help=SIDE_BY_SIDE)
 
     gen = _mode(
         modes,
@@ -415,12 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     gen.add_argument("--reps", type=int, default=5, help="timed calls (the reference protocol uses 500)")
     gen.add_argument("--warmup", type=int, default=1, help="untimed calls (the reference protocol uses 10)")
+    dtypes = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
     gen.add_argument(
-        "--dtype",
-        nargs="+",
-        choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"),
-        default=["fp32"],
-        help="compute dtypes; several are measured side by side (round-robin) with speed-up and error vs fp32",
+        "--dtype", nargs="+", choices=dtypes, default=["fp32"], help=SIDE_BY_SIDE + ", round-robin"
     )
     gen.add_argument("--no-tf32", action="store_true")
     gen.add_argument(
