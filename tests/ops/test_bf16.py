@@ -12,21 +12,11 @@ from omegaconf import OmegaConf
 from stylenat.models.build import build_generator
 from stylenat.ops import fused_cpu, precision
 from stylenat.ops.na import na2d
+from tests.tiny import TINY_G16
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_bf16 = pytest.mark.skipif(not precision.cpu_bf16_supported(), reason="no native bf16 on this CPU")
-TINY = dict(
-    resolution=16,
-    z_dim=16,
-    w_dim=16,
-    n_mlp=2,
-    channels=[32, 32, 32],
-    min_heads=2,
-    head_channels=16,
-    kernels=[[3], [3], [3]],
-    dilations=[[1], [1], [1, 2]],
-    output_normalization="minus_one_one",
-)
+TINY = TINY_G16
 
 
 def relative_error(a, b):
