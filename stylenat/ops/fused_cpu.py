@@ -123,11 +123,6 @@ def cast_weight(param: Tensor, dtype: torch.dtype) -> Tensor:
     return cast
 
 
-def clear_casts() -> None:
-    """Forget every cached weight cast (they are remade on the next use)."""
-    _casts.clear()
-
-
 def _weights(linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
     """A linear layer's (weight transposed [in, out], bias) in ``dtype`` (cached casts)."""
     bias = None if linear.bias is None else cast_weight(linear.bias, dtype)

@@ -129,7 +129,7 @@ def na2d(
     Returns [B, heads, H, W, D]: the torch backend stores it like q when q is dense, else (q a strided
     view, such as the attention layer's q, k, v of one qkv tensor) token-major ([B, H, W, heads, D] memory).
     """
-    check_na_args(q, k, v, kernel_size, dilation, rpb)
+    scale = check_na_args(q, k, v, kernel_size, dilation, rpb, scale)
     if out is not None:
         if out.shape != q.shape or out.device != q.device or out.dtype != q.dtype:
             raise ValueError(
@@ -138,7 +138,6 @@ def na2d(
             )
         if needs_grad(q, k, v, rpb):
             raise RuntimeError("na2d(out=...) does not support autograd; call it without out")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = resolve_backend(getattr(_override, "backend", None) or backend, q, k, v, rpb)
     _log_choice(chosen, q.device.type)
     if chosen == "torch":

@@ -304,8 +304,7 @@ def na2d_flex(
     Calls flex cannot serve (see ``unavailable``: CPU + autograd, CPU float64) raise
     ``BackendUnavailable``. Returns [B, heads, H, W, D].
     """
-    check_na_args(q, k, v, kernel_size, dilation, rpb)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = check_na_args(q, k, v, kernel_size, dilation, rpb, scale)
     reason = unavailable(q, k, v, rpb, compile)
     if reason is not None:
         raise BackendUnavailable("flex", reason)

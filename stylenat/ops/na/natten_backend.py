@@ -101,11 +101,10 @@ def na2d_natten(
 ) -> Tensor:
     """``stylenat.ops.na2d`` on NATTEN's kernels (same contract); raises BackendUnavailable where they
     cannot run it (see ``unavailable``)."""
-    check_na_args(q, k, v, kernel_size, dilation, rpb)
+    scale = check_na_args(q, k, v, kernel_size, dilation, rpb, scale)
     reason = unavailable(q, rpb)
     if reason is not None:
         raise BackendUnavailable("natten", reason)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     natten, _ = natten_import()
     # natten wants [B, H, W, heads, D]; ours is [B, heads, H, W, D].
     q, k, v = (t.permute(0, 2, 3, 1, 4).contiguous() for t in (q, k, v))

@@ -35,9 +35,8 @@ def na2d_reference(
     scale: float | None = None,
 ) -> Tensor:
     """Same contract as ``stylenat.ops.na2d`` (q, k, v [B, heads, H, W, D]), computed by brute gather."""
-    check_na_args(q, k, v, kernel_size, dilation, rpb)
-    height, width, dim = q.shape[2], q.shape[3], q.shape[4]
-    scale = dim**-0.5 if scale is None else scale
+    scale = check_na_args(q, k, v, kernel_size, dilation, rpb, scale)
+    height, width = q.shape[2], q.shape[3]
     pos_y, rel_y = (t.to(q.device) for t in _axis_windows(height, kernel_size, dilation))
     pos_x, rel_x = (t.to(q.device) for t in _axis_windows(width, kernel_size, dilation))
     iy = pos_y[:, None, :, None]  # [H, 1, k, 1]

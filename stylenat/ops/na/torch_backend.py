@@ -354,8 +354,7 @@ def na2d_torch(
     """``stylenat.ops.na2d`` on the torch backend (same contract). tiles: queries per tile along (y, x),
     default ``tiling.pick_tiles``. out: written without autograd (see na2d); the result is stored like q
     when q is dense, else token-major ([B, H, W, heads, D] memory)."""
-    check_na_args(q, k, v, kernel_size, dilation, rpb)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = check_na_args(q, k, v, kernel_size, dilation, rpb, scale)
     _, _, height, width, _ = q.shape
     if tiles is None:
         tiles = pick_tiles(height, width, kernel_size, dilation)

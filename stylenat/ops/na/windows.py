@@ -62,10 +62,12 @@ def axis_windows(length: int, kernel_size: int, dilation: int) -> tuple[Tensor, 
     return group, j, start
 
 
-def check_na_args(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation, rpb: Tensor | None) -> None:
+def check_na_args(
+    q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation, rpb: Tensor | None, scale: float | None = None
+) -> float:
     """Raise ValueError unless q, k, v [B, heads, H, W, D], kernel_size, dilation and rpb describe a valid
     2-D neighborhood attention problem (odd kernel, k * d within both sides, rpb [heads, 2k-1, 2k-1] on
-    q's device)."""
+    q's device). Returns the scale of the logits: ``scale`` as a float, by default D**-0.5."""
     if q.dim() != 5:
         raise ValueError(f"q must be [B, heads, H, W, D], got shape {tuple(q.shape)}")
     if k.shape != q.shape or v.shape != q.shape:
@@ -87,6 +89,7 @@ def check_na_args(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation, rpb: T
             raise ValueError(f"rpb must have shape {expected}, got {tuple(rpb.shape)}")
         if rpb.device != q.device:
             raise ValueError(f"rpb is on {rpb.device} but q is on {q.device}")
+    return q.shape[-1] ** -0.5 if scale is None else float(scale)
 
 
 def needs_grad(*tensors) -> bool:
