@@ -198,7 +198,28 @@ class ImageFolderDataset(ImageDataset):
 
 
 class _EncodedImageDataset(ImageDataset):
-    """Formats that store encoded R x R images (zip, LMDB): decode, check the size, convert."""
+    """Formats that store encoded R x R images (zip, LMDB): index at construction (``_index``),
+    check the first image, then release the handle; decode, check the size, convert on load."""
+
+    def __init__(
+        self,
+        path,
+        resolution: int | None,
+        normalize: str | None = "imagenet",
+        xflip: bool = False,
+        max_images: int | None = None,
+    ):
+        super().__init__(path, resolution, normalize, xflip)
+        if not self.path.exists():
+            raise DatasetError(f"dataset path {self.path} does not exist")
+        try:
+            self._index(max_images)
+            self._decode(0, check_only=True)
+        finally:
+            self.close()
+
+    def _index(self, max_images: int | None) -> None:
+        raise NotImplementedError
 
     def _read_bytes(self, raw_index: int) -> bytes:
         raise NotImplementedError
@@ -231,19 +252,9 @@ class ZipDataset(_EncodedImageDataset):
     """A StyleGAN2-ADA ``dataset_tool`` zip of R x R images (opened lazily per process)."""
 
     format = "zip"
+    _handle, _handle_pid = None, None
 
-    def __init__(
-        self,
-        path,
-        resolution: int | None,
-        normalize: str | None = "imagenet",
-        xflip: bool = False,
-        max_images: int | None = None,
-    ):
-        super().__init__(path, resolution, normalize, xflip)
-        self._handle, self._handle_pid = None, None
-        if not self.path.exists():
-            raise DatasetError(f"dataset path {self.path} does not exist")
+    def _index(self, max_images: int | None) -> None:
         try:
             with zipfile.ZipFile(self.path) as zf:
                 infos = sorted(
@@ -266,10 +277,6 @@ class ZipDataset(_EncodedImageDataset):
                 f"{self.path} holds {stored}x{stored} images (manifest) but resolution {self.resolution} "
                 f"was requested; prepare a {self.resolution}x{self.resolution} copy with scripts/prepare_dataset.py"
             )
-        try:
-            self._decode(0, check_only=True)
-        finally:
-            self.close()
 
     def _read_manifest(self, zf: zipfile.ZipFile) -> dict | None:
         if MANIFEST_NAME not in zf.namelist():

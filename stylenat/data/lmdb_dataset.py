@@ -45,29 +45,16 @@ class LMDBDataset(_EncodedImageDataset):
     """A rosinality / StyleNAT reference LMDB (opened lazily per process, readonly, lock=False)."""
 
     format = "lmdb"
+    _key = None  # the environment's key (the real path), once data.mdb is found
 
-    def __init__(
-        self,
-        path,
-        resolution: int | None,
-        normalize: str | None = "imagenet",
-        xflip: bool = False,
-        max_images: int | None = None,
-    ):
-        super().__init__(path, resolution, normalize, xflip)
-        if not self.path.exists():
-            raise DatasetError(f"dataset path {self.path} does not exist")
+    def _index(self, max_images: int | None) -> None:
         if not (self.path / "data.mdb").is_file():
             raise DatasetError(f"{self.path} is not an LMDB directory (no data.mdb inside)")
         self._key = os.path.realpath(self.path)
-        try:
-            with self._env().begin(buffers=True) as txn:
-                if self.resolution is None:
-                    self.resolution = self._only_stored_resolution(txn)
-                self._n, self._value_sizes = self._read_index(txn, check_max_images(max_images))
-            self._decode(0, check_only=True)
-        finally:
-            self.close()
+        with self._env().begin(buffers=True) as txn:
+            if self.resolution is None:
+                self.resolution = self._only_stored_resolution(txn)
+            self._n, self._value_sizes = self._read_index(txn, check_max_images(max_images))
 
     def _read_index(self, txn, max_images: int | None) -> tuple[int, list[int]]:
         """Image count and stored value sizes (for the fingerprint), with clear layout errors."""
