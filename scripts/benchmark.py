@@ -61,9 +61,12 @@ def _side_by_side(args, key: str, measure, header: dict) -> None:
         emit({**header, key: value, "speedup_vs": values[0], **ratios})
 
 
-def _isolated(measure, on_error, *args) -> dict:
-    """measure(*args) in a fresh process (its own max RSS), tuned like the entry points."""
-    return perf.in_fresh_process(measure, on_error, *args, setup=tune_cpu_allocator)
+def _measure(isolate: bool, measure, on_error, *args) -> dict:
+    """measure(*args), or on_error(*args, err) when it raises; ``isolate``: in a fresh process (its own
+    max RSS), tuned like the entry points."""
+    if isolate:
+        return perf.in_fresh_process(measure, on_error, *args, setup=tune_cpu_allocator)
+    return perf.measure_or_report(measure, on_error, *args)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -95,13 +98,10 @@ def _bench_na_dtype(args) -> dict:
                 "skipped": f"estimated {oracle_gb:.1f} GB > --oracle-max-gb",
             }
         )
-    results = {}
+    results, isolate = {}, torch.device(args.device).type != "cuda"
     for pass_ in ("fwd", "fwd+bwd"):
         for impl in ("op", "oracle") if run_oracle else ("op",):
-            if torch.device(args.device).type == "cuda":
-                record = perf.measure_or_report(perf.na_record, perf.na_error_record, impl, pass_, settings)
-            else:
-                record = _isolated(perf.na_record, perf.na_error_record, impl, pass_, settings)
+            record = _measure(isolate, perf.na_record, perf.na_error_record, impl, pass_, settings)
             results[impl, pass_] = record.get("median_ms")
             emit(record)
     if run_oracle and None not in results.values():
@@ -194,7 +194,7 @@ def bench_train_step(args) -> None:
         if torch.device(args.device).type == "cuda":
             record = _train_step_measure(args, model)
         else:
-            record = _isolated(_train_step_measure, _train_step_error, args, model)
+            record = _measure(True, _train_step_measure, _train_step_error, args, model)
         emit(record)
         return {"step": record.get("step_s_amortized")}
 
@@ -280,10 +280,8 @@ def bench_scaling(args) -> None:
     args.isolate = device.type == "cpu" and not args.in_process
     records = []
     for resolution in resolutions:
-        if args.isolate:  # a fresh process per resolution, so the max RSS is its own
-            record = _isolated(_scaling_measure, _scaling_error, args, resolution)
-        else:
-            record = perf.measure_or_report(_scaling_measure, _scaling_error, args, resolution)
+        # isolated: a fresh process per resolution, so the max RSS is its own
+        record = _measure(args.isolate, _scaling_measure, _scaling_error, args, resolution)
         records.append(record)
         emit(record)
     summary = {"mode": "scaling", "summary": "growth between consecutive resolutions", "model": args.model}
@@ -317,10 +315,8 @@ def _inception_error(args, err: Exception) -> dict:
 def bench_inception(args) -> None:
     """Inception feature extraction img/s: the network alone and the pipelines around it (PNG files on
     disk, generated-like uint8 / float tensors upsampled to 299 by the protocol), with their ratios."""
-    if torch.device(args.device).type == "cuda" or args.in_process:
-        result = perf.measure_or_report(_inception_measure, _inception_error, args)
-    else:
-        result = _isolated(_inception_measure, _inception_error, args)
+    isolate = torch.device(args.device).type != "cuda" and not args.in_process
+    result = _measure(isolate, _inception_measure, _inception_error, args)
     for record in result["records"]:
         emit(record)
 
