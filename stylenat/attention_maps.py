@@ -248,9 +248,10 @@ def attention_maps(G, seeds, queries, layers=None, truncation_psi: float = 1.0, 
     proxies = {layer.name: [] for layer in chosen} if proxy else {}
 
     def hook_for(layer):
+        ys, xs = stage_positions(queries, R, layer.stage_resolution)
+
         def record(module, inputs, qkv):
             q, k = split_qkv(layer.attn, qkv.detach())
-            ys, xs = stage_positions(queries, R, layer.stage_resolution)
             for out, (_, heads, kernel, dilation, rpb) in zip(groups[layer.name], head_groups(layer.attn)):
                 weights, rows, cols = window_weights(q[:, heads], k[:, heads], rpb, kernel, dilation, ys, xs)
                 out.weights.append(weights.mean(1).cpu())

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from stylenat.data.errors import DatasetError
-from stylenat.data.images import load_image_file
+from stylenat.data.images import fit_square, load_image_file
 from stylenat.data.transforms import minus_one_one_to_uint8, normalize, pil_to_uint8_tensor
 from stylenat.files import atomic_write_bytes, atomic_write_text
-from stylenat.sampling import PROJECTED_W_KEY, save_image
+from stylenat.sampling import PROJECTED_W_KEY, save_image, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def load_target(path, resolution: int, allow_upscale: bool = False) -> torch.Ten
             f"target image {path} is {w}x{h}, smaller than the generator's {resolution}x{resolution}: "
             "pass allow_upscale=true to upscale it anyway"
         )
-    return pil_to_uint8_tensor(load_image_file(path, resolution))
+    return pil_to_uint8_tensor(fit_square(image, resolution))
 
 
 def _unit(features: torch.Tensor) -> torch.Tensor:
@@ -202,7 +202,7 @@ def w_statistics(G, samples: int = 10000, device="cpu") -> tuple[torch.Tensor, f
     of ``samples`` mapped z), and the RMS distance of mapped z from it (the scale of the noise and the
     regulariser)."""
     z = np.random.RandomState(W_STATS_SEED).randn(samples, G.z_dim)
-    w = torch.cat([G.mapping(chunk)[:, 0] for chunk in torch.from_numpy(z).float().to(device).split(4096)])
+    w = torch.cat([G.mapping_net(chunk) for chunk in torch.from_numpy(z).float().to(device).split(4096)])
     w_avg = G.w_avg.float() if bool(G.w_avg.any()) else w.mean(0)
     w_std = float((w - w_avg).square().sum(1).mean().sqrt())
     return w_avg, w_std
@@ -218,8 +218,7 @@ def learning_rate(step: int, options: ProjectionOptions) -> float:
 
 
 def _side_by_side(target: torch.Tensor, image: torch.Tensor) -> np.ndarray:
-    pair = torch.cat([target, image.detach().float().cpu()], dim=-1)
-    return minus_one_one_to_uint8(pair)[0].permute(1, 2, 0).numpy()
+    return to_uint8(torch.cat([target, image.detach().float().cpu()], dim=-1))[0]
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
