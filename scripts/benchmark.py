@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from stylenat import perf  # noqa: E402
 from stylenat.cli import tune_cpu_allocator  # noqa: E402
+from stylenat.ops.precision import DTYPE_CHOICES  # noqa: E402
 from stylenat.perf import gemm_split  # noqa: E402, F401  (the tests time through the script)
 
 _allocator_tuned = False  # set by main(); the measuring children tune the same way
@@ -386,9 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     gen.add_argument("--reps", type=int, default=5, help="timed calls (the reference protocol uses 500)")
     gen.add_argument("--warmup", type=int, default=1, help="untimed calls (the reference protocol uses 10)")
-    dtypes = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
     gen.add_argument(
-        "--dtype", nargs="+", choices=dtypes, default=["fp32"], help=SIDE_BY_SIDE + ", round-robin"
+        "--dtype", nargs="+", choices=DTYPE_CHOICES, default=["fp32"], help=SIDE_BY_SIDE + ", round-robin"
     )
     gen.add_argument("--no-tf32", action="store_true")
     gen.add_argument(

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stylenat.data.transforms import minus_one_one_to_uint8
+
 PROJECTED_W_KEY = "w"  # the array in a projected_w .npz (stylenat.projection writes it)
 
 
@@ -49,8 +51,6 @@ def seeded_images_fn(G, device, truncation_psi: float = 1.0):
 
 def to_uint8(images):
     """[-1, 1] NCHW float -> NHWC uint8 numpy, rounding like StyleGAN."""
-    from stylenat.data.transforms import minus_one_one_to_uint8
-
     return minus_one_one_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 

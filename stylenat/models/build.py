@@ -15,11 +15,13 @@ def _plain(cfg):
 
 
 def build_generator(
-    model_cfg: Mapping, *, na_backend: str = "auto", checkpoint_blocks: bool = False
+    model_cfg: Mapping | GeneratorConfig, *, na_backend: str = "auto", checkpoint_blocks: bool = False
 ) -> Generator:
-    """Build the generator from a model config (Hydra `model` group or a snapshot's `model_config`) and the
-    runtime settings that are not part of it (see Generator)."""
-    config = GeneratorConfig.from_dict(_plain(model_cfg))
+    """Build the generator from a model config (a parsed ``GeneratorConfig``, the Hydra `model` group or a
+    snapshot's `model_config`) and the runtime settings that are not part of it (see Generator)."""
+    config = (
+        model_cfg if isinstance(model_cfg, GeneratorConfig) else GeneratorConfig.from_dict(_plain(model_cfg))
+    )
     return Generator(config, na_backend=na_backend, checkpoint_blocks=checkpoint_blocks)
 
 

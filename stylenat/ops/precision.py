@@ -48,6 +48,7 @@ def set_tf32(enabled: bool) -> None:
 # Inference dtypes by name; the long names are torch's own, so configs may use either.
 INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DTYPE_CHOICES = (*INFERENCE_DTYPES, *_ALIASES)  # every name a command line accepts
 
 logger = logging.getLogger(__name__)
 _fallback_logged: set[str] = set()

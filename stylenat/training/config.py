@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from stylenat.ops.checks import is_int, is_power_of_two
 
 if TYPE_CHECKING:  # imported where used: `train.py --help` and config errors answer without torch
+    from stylenat.models.generator import GeneratorConfig
     from stylenat.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class TrainingConfig:
     """Everything a training run reads from its config, checked; ``resolved`` is the plain dict that
     config.yaml, the training state and W&B record (updated with what the run resolves: run_dir, autos)."""
 
-    model: object  # stylenat.models.generator.GeneratorConfig
+    model: GeneratorConfig
     discriminator: DiscriminatorConfig
     train: TrainOptions
     data: DataConfig
@@ -82,7 +83,9 @@ class TrainingConfig:
     def with_train(self, train: TrainOptions) -> TrainingConfig:
         """The config with resolved ``train`` values (``auto`` R1 gamma / augmentation), also in ``resolved``."""
         resolved = {**self.resolved, "train": dict(self.resolved["train"])}
-        for key in ("r1_gamma", "augment"):
+        from stylenat.training.options import AUTO_KEYS
+
+        for key in AUTO_KEYS:
             resolved["train"][key] = getattr(train, key)
         return replace(self, train=train, resolved=resolved)
 

@@ -19,6 +19,7 @@ AUTO = "auto"
 # ADA paper's FFHQ subsets gained from ADA up to 70k images and much more below ~30k; above ~50k bCR
 # alone (the paper recipe) is the safer default for the transformer G.
 ADA_AUTO_BELOW_IMAGES = 50_000
+AUTO_KEYS = ("r1_gamma", "augment")  # train keys that accept `auto`, resolved by resolve_auto
 
 
 def auto_r1_gamma(resolution: int, batch: int) -> float:

@@ -242,11 +242,15 @@ class RunOutputs:
     def _save_samples(self) -> None:
         from torchvision.utils import save_image
 
+        from stylenat.data import denormalize
+
         images = []
         for z in self.grid_z.split(self.gan.batch_gpu):
             images.append(self.gan.G_ema(z.to(self.env.device)).float().cpu())
         path = ckpt.artifact_path(self.run_dir, ckpt.SAMPLES_PREFIX, self.counters.images_seen, "png")
-        save_image((torch.cat(images) + 1) / 2, path, nrow=self.opts.sample_grid[0], padding=0)
+        save_image(
+            denormalize(torch.cat(images), "minus_one_one"), path, nrow=self.opts.sample_grid[0], padding=0
+        )
         for sink in self.sinks:
             sink.log_image(path, self.counters.step)
 

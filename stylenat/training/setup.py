@@ -10,6 +10,7 @@ from pathlib import Path
 from stylenat import distributed as dist
 from stylenat.training import checkpoint as ckpt
 from stylenat.training.config import TrainingConfig, parse_config
+from stylenat.training.options import AUTO_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def resolve_auto_options(config: TrainingConfig, dataset) -> TrainingConfig:
     num_images = getattr(dataset, "num_images", None)
     resolution = config.model.resolution
     resolved = config.train.resolve_auto(resolution, num_images)
-    for key in ("r1_gamma", "augment"):
+    for key in AUTO_KEYS:
         before, after = getattr(config.train, key), getattr(resolved, key)
         if before != after:
             log.info("train.%s=auto -> %s (%s images at %d px)", key, after, num_images, resolution)

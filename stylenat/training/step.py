@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from stylenat import distributed as dist
+from stylenat.ops.precision import autocast
 from stylenat.training.augment import AdaptiveAugment, build_augment, diff_augment, to_device
 from stylenat.training.config import TrainingConfig
 from stylenat.training.ema import ema_beta, make_ema, update_ema
@@ -51,7 +52,7 @@ def build_networks(config: TrainingConfig) -> tuple[nn.Module, nn.Module]:
 
     torch.manual_seed(config.run.seed)
     G = build_generator(
-        config.model.to_dict(),
+        config.model,
         na_backend=config.run.na_backend,
         checkpoint_blocks=config.train.checkpoint_blocks,
     )
@@ -206,9 +207,7 @@ class GanStep:
         return self.augment(images, self.random(self.index, r, purpose))
 
     def _autocast(self):
-        if self.opts.amp == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, torch.bfloat16 if self.opts.amp == "bf16" else torch.float32)
 
     @contextlib.contextmanager
     def _fakes_precision(self):
