@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import torch
 
+from stylenat.models.attention import broadcast_groups, relative_position_index, split_heads
+from stylenat.models.generator import Generator, GeneratorConfig
+from stylenat.ops.upfirdn import make_kernel
 from stylenat.reference.layout import (
     as_float_copy,
     na_tables,
@@ -94,12 +97,6 @@ def _ref_shape(our_shape, kind):
     return list(our_shape)
 
 
-def _our_relative_position_index(size):
-    from stylenat.models.attention import relative_position_index
-
-    return relative_position_index(size)
-
-
 def _remap_table(table, src_index, dst_index, key):
     """Re-index an RPB table [heads, T, T] so that dst_index picks what src_index picked, pair by pair."""
     heads, side = table.shape[0], table.shape[-1]
@@ -117,15 +114,11 @@ def _remap_table(table, src_index, dst_index, key):
 
 
 def _blur_kernel():
-    from stylenat.ops.upfirdn import make_kernel
-
     return make_kernel([1, 3, 3, 1]) * 4
 
 
 def group_structure(heads, kernels, dilations):
     """Our per-head (kernel, dilation) list and group head counts for one NA stage."""
-    from stylenat.models.attention import broadcast_groups, split_heads
-
     ks, ds = broadcast_groups(kernels, dilations)
     counts = split_heads(heads, len(ks))
     per_head = []
@@ -136,8 +129,6 @@ def group_structure(heads, kernels, dilations):
 
 def _meta_generator(cfg):
     """Our generator for `cfg` on the meta device: its state dict gives every expected key and shape."""
-    from stylenat.models.generator import Generator, GeneratorConfig
-
     try:
         config = GeneratorConfig.from_dict(cfg)
         with torch.device("meta"):
@@ -152,7 +143,7 @@ def _mhsa_table(sd, prefix, size, want, info, used):
     t = need(sd, key)
     if shape(t) != want:
         raise CheckpointError(f"key {key!r} has shape {shape(t)} but expected {want}")
-    ours_index = _our_relative_position_index(size)
+    ours_index = relative_position_index(size)
     idx_key = f"{prefix}relative_position_index"
     if idx_key in sd:
         ref_index = sd[idx_key]
@@ -280,8 +271,6 @@ def snapshot_to_reference(snapshot, layout="legacy") -> dict:
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    from stylenat.models.generator import GeneratorConfig
-
     cfg = GeneratorConfig.from_dict(snapshot["model_config"])
     sd = snapshot["state_dict"]
     n = cfg.num_stages
@@ -293,7 +282,7 @@ def snapshot_to_reference(snapshot, layout="legacy") -> dict:
         for j in range(2):
             prefix = f"layers.{s}.blocks.{j}.attn."
             if s == 0:
-                ours_index = _our_relative_position_index(size)
+                ours_index = relative_position_index(size)
                 ref_index = reference_relative_position_index(size)
                 out[f"{prefix}rpb"] = as_float_copy(
                     _remap_table(sd[f"stages.0.blocks.{j}.attn.rpb"], ours_index, ref_index, prefix)
