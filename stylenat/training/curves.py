@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stylenat.files import atomic_write
+
 LOG_NAME = "log.jsonl"
 CURVES_NAME = "curves.png"
 
@@ -124,13 +126,7 @@ def plot_curves(records: list[dict], out: str | os.PathLike, title: str | None =
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, lambda f: fig.savefig(f, format="png"))
     return panels
 
 

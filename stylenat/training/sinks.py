@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from stylenat.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 WANDB_MODES = ("online", "offline", "disabled")
@@ -87,9 +89,7 @@ def truncate_log(path: Path, keep_through_images: int) -> int:
             continue
         kept.append(line)
     if dropped:
-        tmp = Path(path).with_name(f".{Path(path).name}.truncate.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
         log.info("%s: dropped %d record(s) past the resumed position", Path(path).name, dropped)
     return dropped
 
