@@ -105,6 +105,10 @@ def create_app(renderer: Renderer):
     def style_css():
         return static("style.css")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/api/info")
     def info():
         return renderer.info()
