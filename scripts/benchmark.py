@@ -9,7 +9,8 @@ compile time and steady-state speed-up over eager), ``scaling`` (generator time,
 per image as the output resolution grows at a fixed channel recipe, with the share of time in na2d),
 ``inception`` (Inception feature extraction img/s: the network alone, reference graph in fp32 and
 channels_last and the fused fast path, against the pipelines from PNG files and from generated-like
-tensors, with the ratios pipeline / network).
+tensors, with the ratios pipeline / network), ``viewer`` (the browser viewer's server time per image and per
+attention click, ``stylenat.viewer.bench``).
 Add a mode by writing ``bench_<mode>(args)`` and registering its parser in ``build_parser``. The
 measuring itself is the library's: timers, memory, FLOPs and the fresh-process runner in
 ``stylenat.perf``, the generator and Inception figures in ``stylenat.metrics.throughput``.
@@ -290,6 +291,29 @@ def bench_scaling(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# mode: viewer
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_viewer(args) -> None:
+    """The viewer's server time per image (batch 1, uncached) and per attention click, per model and dtype
+    (default fp32, plus bf16 where native); random weights. The measuring is ``stylenat.viewer.bench``."""
+    from stylenat.models.build import build_generator
+    from stylenat.ops.precision import inference_dtype
+    from stylenat.viewer.bench import default_dtypes, image_latency
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for model in args.models:
+        torch.manual_seed(0)
+        G = build_generator(_model_config(model)).eval().requires_grad_(False).to(args.device)
+        for dtype in args.dtype or default_dtypes(args.device):
+            G.set_compute_dtype(inference_dtype(dtype, args.device))
+            figures = image_latency(G, args.device, args.reps, args.warmup, attention=not args.no_attention)
+            emit({"mode": "viewer", "model": model, "dtype": dtype, "device": args.device, **figures})
+
+
+# ----------------------------------------------------------------------------------------------------
 # mode: inception
 # ----------------------------------------------------------------------------------------------------
 
@@ -418,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CPU: no fresh process per resolution (max RSS then accumulates)",
     )
+
+    vw = _mode(modes, "viewer", bench_viewer, "the viewer's server ms per image and per attention click")
+    vw.add_argument("--models", nargs="+", default=["tiny", "stylenat_256"], help="configs/model names")
+    vw.add_argument("--dtype", nargs="+", choices=DTYPE_CHOICES, default=None, help="default: fp32 (+ bf16 if native)")
+    vw.add_argument("--reps", type=_positive_int, default=5, help="timed images (median reported)")
+    vw.add_argument("--warmup", type=int, default=1, help="untimed images first")
+    vw.add_argument("--no-attention", action="store_true", help="skip the attention-click figure")
 
     inc = _mode(
         modes,

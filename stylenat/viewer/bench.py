@@ -7,7 +7,14 @@ import statistics
 
 import torch
 
+from stylenat.ops.precision import cpu_bf16_supported
 from stylenat.viewer.render import ImageParams, Renderer
+
+
+def default_dtypes(device) -> list[str]:
+    """fp32, and bf16 where it runs natively (a CPU with AVX512-BF16 / AMX, or CUDA)."""
+    native = cpu_bf16_supported() if torch.device(device).type == "cpu" else torch.cuda.is_bf16_supported()
+    return ["fp32", "bf16"] if native else ["fp32"]
 
 
 def image_latency(G, device="cpu", reps: int = 5, warmup: int = 1, psi: float = 0.7,
