@@ -15,7 +15,6 @@ from stylenat.attention_maps import (
     window_weights,
 )
 
-
 MAP_QUERIES = 32  # the map's mean distance is taken over at most this many queries per side (a strided grid)
 
 
