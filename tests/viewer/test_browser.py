@@ -4,6 +4,7 @@ never a downloaded browser): load the page, change the seed, move psi, click a p
 Outside CI these tests skip (with the reason) when Chromium or playwright is missing; with CI=true they fail.
 """
 
+import contextlib
 import os
 import shutil
 import threading
@@ -49,27 +50,37 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_G, tiny_snapshot):
-    """uvicorn serving the tiny snapshot's app in a thread, on a free port of 127.0.0.1."""
+@contextlib.contextmanager
+def serving(G, info=None):
+    """uvicorn serving G's app in a thread, on a free port of 127.0.0.1 -> (url, renderer)."""
     uvicorn = pytest.importorskip("uvicorn", reason="the viewer extra is not installed")
     from stylenat.viewer.app import create_app
     from stylenat.viewer.render import Renderer
-    from stylenat.viewer.server import bind_socket, snapshot_info
+    from stylenat.viewer.server import bind_socket
 
-    renderer = Renderer(tiny_G, "cpu", snapshot_info(tiny_snapshot))
+    renderer = Renderer(G, "cpu", info)
     sock = bind_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(renderer), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", renderer
-    server.should_exit = True
-    thread.join(30)
-    sock.close()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", renderer
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_G, tiny_snapshot):
+    from stylenat.viewer.server import snapshot_info
+
+    with serving(tiny_G, snapshot_info(tiny_snapshot)) as served:
+        yield served
 
 
 PIXELS = """() => {
@@ -152,3 +163,16 @@ def test_bad_input_shows_the_server_message(browser, server):
     page.wait_for_function("document.getElementById('error').textContent.startsWith('mix_seed')",
                            timeout=TIMEOUT_MS)
     page.close()
+
+
+def test_class_selector_of_a_conditional_generator(browser, conditional_G):
+    with serving(conditional_G) as (url, _):
+        page = browser.new_page()
+        page.goto(url + "/", timeout=TIMEOUT_MS)
+        wait_image(page, "class_idx=0")
+        assert page.is_visible("#class") and page.locator("#class option").count() == 3
+        before = page.evaluate(PIXELS)
+        page.select_option("#class", "2")
+        wait_image(page, "class_idx=2")
+        assert page.evaluate(PIXELS) != before
+        page.close()
