@@ -129,3 +129,10 @@ def test_other_host_warns_no_authentication(tmp_path, capsys, caplog):
     with caplog.at_level(logging.WARNING):
         start_error([f"checkpoint={tmp_path / 'missing.pt'}", "host=0.0.0.0", "port=0"], capsys)
     assert "no authentication" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["viewer", "video"])
+def test_every_config_key_is_documented(name):
+    lines = (ROOT / "configs" / f"{name}.yaml").read_text().splitlines()
+    keys = [line for line in lines if line and not line.startswith((" ", "#"))]
+    assert keys and all("#" in line for line in keys), [line for line in keys if "#" not in line]
