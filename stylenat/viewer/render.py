@@ -2,7 +2,7 @@
 lock with newest-wins tickets, the LRU cache, and the renders themselves over ``stylenat.sampling``,
 ``stylenat.video`` and ``stylenat.attention_maps``.
 
-One render at a time: every render takes ``Renderer.lock``. A request that names a ``client`` first takes
+One render at a time: every render takes ``Renderer.lock`` (a video takes it frame by frame). A request that names a ``client`` first takes
 a ticket (a generation number per client and endpoint); when it gets the lock and a newer ticket of the same
 client and endpoint exists, it is dropped (``Superseded``) before rendering, so a dragged slider renders
 its last position, not fifty stale ones. Results are cached by their parameters (bounded LRU); a cached
@@ -11,6 +11,7 @@ result is answered without waiting for the lock.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -223,14 +224,16 @@ class Renderer:
         return p
 
     # ------------------------------------------------------------------------------------ scheduling
-    def run(self, endpoint: str, key, render, client: str | None = None) -> Result:
-        """``render()`` -> data under the lock, unless cached or superseded (see the module docstring)."""
+    def run(self, endpoint: str, key, render, client: str | None = None, hold_lock: bool = True) -> Result:
+        """``render()`` -> data under the lock, unless cached or superseded (see the module docstring).
+        ``hold_lock=False``: render() takes the lock itself, step by step (a video, frame by frame, so the
+        page's images are served between its frames)."""
         ticket = self.tickets.take(client, endpoint) if client else None
         cache_key = (endpoint, key)
         hit = self.cache.get(cache_key)
         if hit is not None:
             return Result(hit.data, hit.render_ms, cached=True)
-        with self.lock:
+        with self.lock if hold_lock else contextlib.nullcontext():
             if ticket is not None and not self.tickets.is_latest(ticket):
                 raise Superseded(f"{endpoint}: a newer request of client {client!r} replaced this one")
             hit = self.cache.get(cache_key)
@@ -242,6 +245,15 @@ class Renderer:
             self.renders += 1
         self.cache.put(cache_key, result)
         return result
+
+    def locked_steps(self, steps):
+        """The items of iterator ``steps``, each one computed under the render lock."""
+        while True:
+            with self.lock:
+                item = next(steps, None)
+            if item is None:
+                return
+            yield item
 
     # ------------------------------------------------------------------------------------ renders
     @torch.no_grad()
@@ -289,7 +301,8 @@ class Renderer:
 
     def video_result(self, p: StripParams, fps: int = 30, fmt: str = "auto", client: str | None = None):
         """The loop seed_a -> seed_b -> seed_a as scripts/video.py writes it (grid 1x1, seeds [a, b],
-        frames_per_transition = steps); Result.data is (bytes, 'mp4' | 'gif')."""
+        frames_per_transition = steps); Result.data is (bytes, 'mp4' | 'gif'). Rendered frame by frame
+        under the lock, so images are served between its frames."""
         p = self.check_strip(p)
         if not 1 <= p.steps <= MAX_VIDEO_FRAMES // 2:
             raise ParamError("steps", f"{p.steps} is outside 1..{MAX_VIDEO_FRAMES // 2} frames per transition")
@@ -301,9 +314,9 @@ class Renderer:
         def render():
             frames = video.video_frames(self.G, [p.seed_a, p.seed_b], (1, 1), p.steps, p.space, "cubic",
                                         p.psi, p.cutoff, p.class_idx, self.device)
-            return video.video_bytes(frames, fps, fmt)
+            return video.video_bytes(self.locked_steps(frames), fps, fmt)
 
-        return self.run("video", (p, fps, fmt), render, client)
+        return self.run("video", (p, fps, fmt), render, client, hold_lock=False)
 
     def attention_result(self, p: ImageParams, x: int, y: int, client: str | None = None) -> Result:
         from stylenat.viewer.attention import attention_at

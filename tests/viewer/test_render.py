@@ -165,3 +165,31 @@ def test_conditional_generator_classes(conditional_G):
     mixed = renderer.check_image(ImageParams(4, class_idx=1, mix_seed=5))
     assert renderer.image_array(mixed).shape == (16, 16, 3)
     assert renderer.attention_result(ImageParams(4, class_idx=1), 3, 3).data["layers"]
+
+
+def test_video_takes_the_render_lock_frame_by_frame(tiny_G, monkeypatch):
+    """Each frame is computed under the lock and the lock is free between frames (so the page's images are
+    served while a long video renders)."""
+    from stylenat import video
+
+    renderer = Renderer(tiny_G)
+    computed_locked, consumed_locked = [], []
+    real_frames, real_bytes = video.video_frames, video.video_bytes
+
+    def frames(*args, **kwargs):
+        for frame in real_frames(*args, **kwargs):
+            computed_locked.append(renderer.lock.locked())
+            yield frame
+
+    def encode(frames, fps, fmt):
+        def watched():
+            for frame in frames:
+                consumed_locked.append(renderer.lock.locked())
+                yield frame
+
+        return real_bytes(watched(), fps, "gif")
+
+    monkeypatch.setattr(video, "video_frames", frames)
+    monkeypatch.setattr(video, "video_bytes", encode)
+    data, fmt = renderer.video_result(StripParams(1, 2, steps=3)).data
+    assert fmt == "gif" and computed_locked == [True] * 6 and consumed_locked == [False] * 6
