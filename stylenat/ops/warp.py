@@ -68,7 +68,9 @@ def blit(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return out.view_as(x)
 
 
-def _fir(x: torch.Tensor, taps: list[float], up: int, down: int, pad0: int, pad1: int, dim: int) -> torch.Tensor:
+def _fir(
+    x: torch.Tensor, taps: list[float], up: int, down: int, pad0: int, pad1: int, dim: int
+) -> torch.Tensor:
     """upfirdn along ``dim`` (-1 or -2) of NCHW: zero insertion, pad (negative crops), true convolution,
     stride. Accumulated tap by tap in place: several times faster on a CPU than a one-channel convolution."""
     if up > 1:
@@ -93,7 +95,9 @@ def _fir(x: torch.Tensor, taps: list[float], up: int, down: int, pad0: int, pad1
     return out
 
 
-def _fir_separable(x: torch.Tensor, taps: list[float], up: int, down: int, pad: tuple[int, int]) -> torch.Tensor:
+def _fir_separable(
+    x: torch.Tensor, taps: list[float], up: int, down: int, pad: tuple[int, int]
+) -> torch.Tensor:
     """The same 1-D upfirdn along the width, then the height, of an NCHW batch (a separable 2-D filter)."""
     return _fir(_fir(x, taps, up, down, *pad, dim=-1), taps, up, down, *pad, dim=-2)
 
@@ -117,7 +121,9 @@ def resample_2x(x: torch.Tensor, m: torch.Tensor, taps=SYM6) -> torch.Tensor:
 
     # Reflect-pad far enough that every output pixel (and the filter around it) samples the padded image.
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    corners = torch.tensor(
+        [[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64
+    )
     reach = (m @ corners)[:, :2].permute(1, 0, 2).flatten(1)  # [xy, n * 4]
     margin = torch.cat([-reach, reach]).amax(1) + torch.tensor([2 * support - cx, 2 * support - cy] * 2)
     limit = torch.tensor([w - 1, h - 1] * 2, dtype=torch.float64)

@@ -18,7 +18,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from stylenat.data.transforms import denormalize, from_minus_one_one
 from stylenat.ops import warp

@@ -88,7 +88,9 @@ def test_general_geometric_ops_move_pixels_without_border_artefacts(op):
     y = ada_augment(x, 1.0, [op], _gen())
     assert (y - x).abs().max() > 0.1  # it moved pixels
     flat = torch.full((4, 3, 16, 16), 0.3)
-    assert torch.allclose(ada_augment(flat, 1.0, [op], _gen()), flat, atol=1e-5)  # reflection: no dark borders
+    assert torch.allclose(
+        ada_augment(flat, 1.0, [op], _gen()), flat, atol=1e-5
+    )  # reflection: no dark borders
 
 
 def _band_limited_noise(n, size, fmax=0.45, seed=0):
