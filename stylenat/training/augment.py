@@ -2,10 +2,15 @@
 ``train.augment=diffaugment``) and ADA (Karras et al. 2020, "Training GANs with limited data";
 ``train.augment=ada``).
 
-DiffAugment ops, always applied in this order: ``flip`` (horizontal, p=0.5 per image), ``translation`` (up to 1/8 of
-the size, zero fill), ``color`` (brightness +U(-0.5, 0.5), saturation x U(0, 2), contrast x U(0.5, 1.5)),
-``cutout`` (a zeroed square of half the size). They act on the pixel space D sees (ImageNet-normalised
-for the reference model), as in the reference code.
+DiffAugment ops: ``flip`` (horizontal, p=0.5 per image), ``translation`` (up to 1/8 of the size, zero fill),
+``color`` (brightness +U(-0.5, 0.5), saturation x U(0, 2), contrast x U(0.5, 1.5)), ``cutout`` (a zeroed
+square of half the size). Two uses, each as its reference has it:
+
+- bCR (:func:`diff_augment`, the StyleNAT/StyleSwin reference recipe): always in the order above, on the
+  pixel space D sees (ImageNet-normalised for the reference model), as the reference code does.
+- ``train.augment=diffaugment`` (:func:`diffaugment_policy`, Zhao et al.'s published DiffAugment): the ops in
+  the order given (its default: color, translation, cutout), on [-1, 1] RGB whatever D's normalisation, so
+  the brightness offset is the published one and translation / cutout fill with 0 in [-1, 1] (mid grey).
 
 All random parameters are drawn per image on the CPU from the given ``torch.Generator`` and then moved to
 the images' device (pinned, without a host sync on CUDA), so an augmentation is a pure function of
@@ -109,10 +114,23 @@ _OPS = {
 
 
 def diff_augment(x: torch.Tensor, ops: Sequence[str] = AUGMENT_OPS, generator=None) -> torch.Tensor:
-    """Apply the named DiffAugment ops (canonical order) to a batch NCHW; differentiable in ``x``."""
+    """bCR's augmentation: the named DiffAugment ops (canonical order) on a batch NCHW in D's pixel space;
+    differentiable in ``x``."""
     for name in check_ops(ops):
         x = _OPS[name](x, generator)
     return x.contiguous()
+
+
+def diffaugment_policy(
+    x: torch.Tensor, ops: Sequence[str], generator=None, normalization: str = "minus_one_one"
+) -> torch.Tensor:
+    """Published DiffAugment: the ops in the order given, on [-1, 1] RGB (``x`` is in D's ``normalization``
+    and comes back in it); differentiable in ``x``."""
+    check_ops(ops)
+    y = _to_unit_range(x, normalization)
+    for name in ops:
+        y = _OPS[name](y, generator)
+    return _from_unit_range(y, normalization).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------ ADA
@@ -361,16 +379,18 @@ class AdaptiveAugment:
 
 
 class FixedDiffAugment:
-    """``train.augment=diffaugment``: a fixed DiffAugment policy on every image D sees (p has no role)."""
+    """``train.augment=diffaugment``: the published DiffAugment policy, ops in the order given, on every
+    image D sees (p has no role)."""
 
     p = 1.0
     last_rt = float("nan")
 
-    def __init__(self, ops: Sequence[str]):
-        self.ops = check_ops(ops)
+    def __init__(self, ops: Sequence[str], normalization: str = "minus_one_one"):
+        check_ops(ops)
+        self.ops, self.normalization = tuple(ops), normalization
 
     def __call__(self, x: torch.Tensor, generator) -> torch.Tensor:
-        return diff_augment(x, self.ops, generator)
+        return diffaugment_policy(x, self.ops, generator, self.normalization)
 
 
 def build_augment(opts, normalization: str):
@@ -385,5 +405,5 @@ def build_augment(opts, normalization: str):
             kimg=opts.ada_kimg,
         )
     if opts.augment == "diffaugment":
-        return FixedDiffAugment(opts.diffaugment_ops)
+        return FixedDiffAugment(opts.diffaugment_ops, normalization)
     return None
