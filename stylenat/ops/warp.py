@@ -37,6 +37,14 @@ SYM6 = (
 )
 
 
+def _to_device(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A host tensor (maps, indices) on ``like``'s device without a blocking copy: pinned + non_blocking on
+    CUDA (the training step's convention: no host sync per augmented batch)."""
+    if like.device.type == "cuda":
+        return t.pin_memory().to(like.device, non_blocking=True)
+    return t.to(like.device)
+
+
 def to_pixel_matrices(m: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """affine_grid's normalised [-1, 1] maps (align_corners=False) -> centred pixel coordinates."""
     s = torch.diag(torch.tensor([width / 2, height / 2, 1.0], dtype=m.dtype))
@@ -63,7 +71,7 @@ def blit(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     src = torch.einsum("nij,jhw->nihw", m[:, :2], grid.view(3, h, w))  # [n, 2, h, w]
     sx = _reflect_index(torch.round(src[:, 0] + (w - 1) / 2).long(), w)
     sy = _reflect_index(torch.round(src[:, 1] + (h - 1) / 2).long(), h)
-    flat = (sy * w + sx).view(n, 1, h * w).to(x.device)
+    flat = _to_device((sy * w + sx).view(n, 1, h * w), x)
     out = x.reshape(n, x.shape[1], h * w).gather(2, flat.expand(n, x.shape[1], h * w))
     return out.view_as(x)
 
@@ -140,7 +148,7 @@ def resample_2x(x: torch.Tensor, m: torch.Tensor, taps=SYM6) -> torch.Tensor:
     # Sample bilinearly on a 2x output grid that extends ``support`` pixels past the image (for the filter).
     out_h, out_w = (h + 2 * support) * 2, (w + 2 * support) * 2
     m = _scale(2 / x.shape[3], 2 / x.shape[2]) @ m @ _scale(out_w / 2, out_h / 2)
-    theta = m[:, :2].to(device=x.device, dtype=x.dtype)
+    theta = _to_device(m[:, :2].to(x.dtype), x)
     grid = F.affine_grid(theta, [n, c, out_h, out_w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -88,3 +88,18 @@ def test_differentiable_with_a_second_derivative():
     (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     (gg,) = torch.autograd.grad(g.square().sum(), x)
     assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+
+
+def test_host_maps_reach_cuda_pinned_and_non_blocking(monkeypatch):
+    """The maps and indices are made on the host: they travel without a blocking copy (no host sync)."""
+    from stylenat.ops import warp
+
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda self, *a, **k: calls.append(k.get("non_blocking")) or real_to(self, "cpu")
+    )
+    fake_cuda = type("Like", (), {"device": torch.device("cuda", 0)})()
+    warp._to_device(torch.zeros(2), fake_cuda)
+    assert calls == ["pin", True]
