@@ -60,7 +60,7 @@ class LinearEmbedding:
 
     def lpips_features(self, pixels):
         self.flags.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
-        return pixels.flatten(1) @ self.B
+        return pixels.flatten(1) @ self.B.to(pixels.dtype)
 
 
 def _latents(seeds):
@@ -172,3 +172,40 @@ def test_evaluate_refuses_ppl_in_bf16_before_any_work():
     cfg = OmegaConf.create({"metrics": ["ppl_wend"], "dtype": "bf16"})
     with pytest.raises(ValueError, match="dtype=bf16"):
         run_metrics(cfg, G=None, device="cpu")
+
+
+def test_evaluate_runs_ppl_on_the_generator_and_records_it(tmp_path, monkeypatch):
+    """evaluate.py's body: PPL needs no real data; the record names the LPIPS weights, the sample count (a
+    labelled small run), fp32, TF32 off, and no truncation."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    import stylenat.metrics.vgg16 as vgg16
+    from stylenat.evaluation import run_metrics
+    from stylenat.models.build import build_generator
+    from tests.tiny import TINY_G16
+
+    loaded = []
+    monkeypatch.setattr(vgg16, "load_vgg16", lambda path, device: loaded.append(path) or LinearEmbedding(16))
+    G = build_generator(TINY_G16).eval()
+    cfg = OmegaConf.create(
+        {
+            "metrics": ["ppl2_wend"],
+            "dtype": "fp32",
+            "num_gen": 6,
+            "batch": 4,
+            "seed_start": 0,
+            "truncation_psi": 0.7,
+            "checkpoint": str(tmp_path / "G.pt"),
+            "results": str(tmp_path / "ppl.jsonl"),
+            "vgg16_weights": "/weights/vgg16.pt",
+            "inception_weights": None,
+        }
+    )
+    (record,) = run_metrics(cfg, G, device="cpu")
+    saved = json.loads((tmp_path / "ppl.jsonl").read_text())
+    assert loaded == ["/weights/vgg16.pt"]
+    assert saved["metric"] == "ppl2_wend" and saved["value"] > 0 and saved["num_gen"] == 6
+    assert "published: 50000" in saved["label"] and saved["weights_sha256"] == "stand-in"
+    assert (saved["tf32"], saved["dtype"], saved["truncation_psi"]) == (False, "fp32", 1.0)
