@@ -67,7 +67,8 @@ def blit(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
     ys = torch.arange(h, dtype=m.dtype) - (h - 1) / 2
     xs = torch.arange(w, dtype=m.dtype) - (w - 1) / 2
-    grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w)], 0)
+    ones = torch.ones(h, w, dtype=m.dtype)
+    grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w), ones], 0)
     src = torch.einsum("nij,jhw->nihw", m[:, :2], grid.view(3, h, w))  # [n, 2, h, w]
     sx = _reflect_index(torch.round(src[:, 0] + (w - 1) / 2).long(), w)
     sy = _reflect_index(torch.round(src[:, 1] + (h - 1) / 2).long(), h)

@@ -338,9 +338,9 @@ def ada_augment(
 class AdaptiveAugment:
     """The ADA controller: p moves by sign(r_t - target) x (images since the last move) / (kimg x 1000).
 
-    r_t = E[sign(D(real))] over the last ``interval`` steps: near 1 when D overfits (it calls every
-    real image real), near 0 when it cannot tell. ``kimg=None`` keeps p fixed. ``state_dict`` holds p
-    and the running sum, so a resumed run continues exactly.
+    r_t = E[sign(D(real))] over the last ``interval`` steps (the D step's and R1's real logits, as ADA): near 1
+    when D overfits (it calls every real image real), near 0 when it cannot tell. ``kimg=None`` keeps p
+    fixed. ``state_dict`` holds p and the running sum, so a resumed run continues exactly.
     """
 
     def __init__(
