@@ -74,6 +74,11 @@ class ProjectionOptions:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a value >= 0")
         if self.initial_learning_rate <= 0:
             raise ValueError(f"initial_learning_rate={self.initial_learning_rate!r}: expected a value > 0")
+        if self.perceptual_weight == self.pixel_weight == self.w_reg_weight == 0:
+            raise ValueError(
+                "perceptual_weight, pixel_weight and w_reg_weight are all 0: nothing to fit "
+                "(pixel_weight=1 fits pixels alone)"
+            )
         if self.w_avg_samples < 2:
             raise ValueError(f"w_avg_samples={self.w_avg_samples!r}: expected at least 2")
 

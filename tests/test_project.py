@@ -117,6 +117,12 @@ def test_w_statistics_come_from_the_mapping_network_not_the_running_mean():
     assert std == pytest.approx(float((w - w.mean(0)).square().sum(1).mean().sqrt()), rel=1e-5)
 
 
+def test_an_objective_of_nothing_is_a_one_line_error():
+    with pytest.raises(ValueError, match="are all 0: nothing to fit") as err:
+        ProjectionOptions(perceptual_weight=0)
+    assert "\n" not in str(err.value)
+
+
 def test_the_default_objective_is_the_references_lpips_alone():
     import yaml
 
@@ -192,6 +198,7 @@ def test_cli_projects_and_generate_renders_projected_w(snapshot, face, tmp_path)
         f"outdir={out}",
         "steps=20",
         "perceptual_weight=0",
+        "pixel_weight=1",
         "w_avg_samples=500",
         "gif=true",
         "gif_every=4",
@@ -273,7 +280,9 @@ def test_missing_vgg_weights_are_a_user_error(tmp_path):
 
 def one_line_error(capsys, *args) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        project_script().main([*args, "steps=1", "perceptual_weight=0", "w_avg_samples=10", "device=cpu"])
+        project_script().main(
+            [*args, "steps=1", "perceptual_weight=0", "pixel_weight=1", "w_avg_samples=10", "device=cpu"]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
@@ -322,6 +331,7 @@ def test_training_state_is_a_generator(G, face, tmp_path, capsys):
     out = tmp_path / "out"
     project_script().main(
         [f"checkpoint={state}", f"target={face}", f"outdir={out}", "steps=2", "perceptual_weight=0"]
+        + ["pixel_weight=1"]
         + ["w_avg_samples=10", "device=cpu"]
     )
     assert (out / "projected_w.npz").is_file()
