@@ -305,7 +305,9 @@ def compute_metric(
     t0 = time.perf_counter()
     spec = get_metric(metric)
     if spec.kind == "ppl":
-        raise ValueError(f"{spec.name} needs the generator itself: evaluate.py runs it (stylenat.metrics.compute_ppl)")
+        raise ValueError(
+            f"{spec.name} needs the generator itself: evaluate.py runs it (stylenat.metrics.compute_ppl)"
+        )
     proto = get_protocol(spec.protocol)
     num_gen = spec.num_gen if num_gen is None else int(num_gen)
     if num_gen < 2:
