@@ -31,10 +31,14 @@ def _real_source(cfg):
 
 
 def run_metrics(cfg, G, device, rank=0):
-    from stylenat.metrics import append_jsonl, compute_metric, get_metric, load_inception
+    from stylenat.metrics import append_jsonl, compute_metric, compute_ppl, get_metric, load_inception
+    from stylenat.metrics.ppl import check_ppl_dtype
 
     specs = [get_metric(name) for name in cfg.metrics]  # unknown names fail before any work
-    real = _real_source(cfg)
+    for spec in specs:
+        if spec.kind == "ppl":  # PPL: fp32 only, and G itself (no real data, no truncation)
+            check_ppl_dtype(spec.name, cfg.get("dtype", "fp32"))
+    real = _real_source(cfg) if any(spec.kind != "ppl" for spec in specs) else {}
     needs_inception = any(spec.network == "inception" for spec in specs)
     extractor = load_inception(cfg.inception_weights, device=device) if needs_inception else None
 
@@ -42,22 +46,33 @@ def run_metrics(cfg, G, device, rank=0):
 
     results = []
     for spec in specs:
-        record = compute_metric(
-            spec,
-            generator_fn,
-            extractor=extractor,
-            num_gen=cfg.num_gen,
-            batch_size=cfg.batch,
-            device=device,
-            seed_start=cfg.seed_start,
-            real_seed=cfg.real_seed,
-            allow_mismatch=cfg.allow_mismatch,
-            vgg16_weights=cfg.get("vgg16_weights"),
-            **real,
-        )
+        if spec.kind == "ppl":
+            record = compute_ppl(
+                spec,
+                G,
+                vgg16=cfg.get("vgg16_weights"),
+                num_gen=cfg.num_gen,
+                batch_size=cfg.batch,
+                device=device,
+                seed_start=cfg.seed_start,
+            )
+        else:
+            record = compute_metric(
+                spec,
+                generator_fn,
+                extractor=extractor,
+                num_gen=cfg.num_gen,
+                batch_size=cfg.batch,
+                device=device,
+                seed_start=cfg.seed_start,
+                real_seed=cfg.real_seed,
+                allow_mismatch=cfg.allow_mismatch,
+                vgg16_weights=cfg.get("vgg16_weights"),
+                **real,
+            )
         record.update(
             checkpoint=str(cfg.checkpoint),
-            truncation_psi=cfg.truncation_psi,
+            truncation_psi=cfg.truncation_psi if spec.kind != "ppl" else 1.0,  # PPL maps without truncation
             dtype=dtype_name(cfg.get("dtype", "fp32")),
             compute_dtype=dtype_name(G.compute_dtype),  # fp32 where bf16 fell back (a CPU without it)
         )
@@ -68,7 +83,7 @@ def run_metrics(cfg, G, device, rank=0):
                 else Path(cfg.checkpoint).parent / f"metric-{spec.name}.jsonl"
             )
             append_jsonl(out, record)
-            shown = ("metric", "value", "precision", "recall", "protocol", "num_gen", "num_real")
+            shown = ("metric", "value", "precision", "recall", "protocol", "num_gen", "num_real", "label")
             print(json.dumps({k: record[k] for k in shown if k in record}))
         results.append(record)
     return results

@@ -1,19 +1,23 @@
 """GAN inversion: the w (or per-layer w+) whose image best matches a target photo.
 
 stylegan2-ada-pytorch's ``projector.py``, adapted. StyleNAT has no noise inputs, so only w is optimised
-(the original also fits and regularises noise maps). Adam starts at w_avg; Gaussian noise on w (a fraction
-of w's spread) decays to zero over the first ``noise_ramp_length`` of the steps; the learning rate ramps
-up over ``lr_rampup_length`` and down (cosine) over the last ``lr_rampdown_length``. The loss is
+(the original also fits and regularises noise maps). w_avg and w_std come from 10,000 z through the
+mapping network of the generator given (G_ema in snapshots), never a running mean. Adam starts at w_avg;
+Gaussian noise on w (a fraction of w_std) decays to zero over the first ``noise_ramp_length`` of the
+steps; the learning rate ramps up over ``lr_rampup_length`` and down (cosine) over the last
+``lr_rampdown_length``. The loss is
 
     perceptual_weight * perceptual distance + pixel_weight * pixel MSE + w_reg_weight * w regulariser
 
-with the pixel MSE on [-1, 1] images and the regulariser ``|w - w_avg|^2 / w_std^2`` (1 for a typical
-mapped w), which keeps w where the mapping network puts it.
+and by default it is the reference's objective, the LPIPS-VGG16 distance alone (``pixel_weight`` and
+``w_reg_weight`` 0): the pixel MSE on [-1, 1] images and the regulariser ``|w - w_avg|^2 / w_std^2`` (1 for
+a typical mapped w) are options of ours.
 
-Perceptual distances, each named in every output: LPIPS-VGG16 (``stylenat.metrics.vgg16``) when VGG weights
-are given, else the Inception network the metrics ship (offline): LPIPS's recipe without its learned
-weights (features unit-normalised per position, squared differences summed over channels, averaged over
-positions) on the ``mixed_2`` (35x35) and ``mixed_7`` (17x17) blocks, ``INCEPTION_DISTANCE``.
+Perceptual distances, each named in every output: LPIPS-VGG16 (``stylenat.metrics.vgg16``, NVIDIA's file
+from ``vgg16=``, env ``STYLENAT_VGG16`` or the cache), else, with a one-line warning, the Inception network
+the metrics ship (offline): LPIPS's recipe without its learned weights (features unit-normalised per
+position, squared differences summed over channels, averaged over positions) on the ``mixed_2`` (35x35) and
+``mixed_7`` (17x17) blocks, ``INCEPTION_DISTANCE``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ W_STATS_SEED = 123  # the original's RandomState for the w statistics
 
 @dataclass(frozen=True)
 class ProjectionOptions:
-    """The optimisation; defaults are the original's (pixel and w terms are ours: no noise maps here)."""
+    """The optimisation; defaults are the original's (the pixel and w terms are ours, off by default)."""
 
     steps: int = 1000
     w_plus: bool = False
@@ -56,8 +60,8 @@ class ProjectionOptions:
     lr_rampup_length: float = 0.05
     noise_ramp_length: float = 0.75
     perceptual_weight: float = 1.0
-    pixel_weight: float = 1.0
-    w_reg_weight: float = 0.001
+    pixel_weight: float = 0.0
+    w_reg_weight: float = 0.0
     w_avg_samples: int = 10000
     seed: int = 0
     frame_every: int = 0  # keep a progress frame every N steps (0: none)
@@ -70,6 +74,11 @@ class ProjectionOptions:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a value >= 0")
         if self.initial_learning_rate <= 0:
             raise ValueError(f"initial_learning_rate={self.initial_learning_rate!r}: expected a value > 0")
+        if self.perceptual_weight == self.pixel_weight == self.w_reg_weight == 0:
+            raise ValueError(
+                "perceptual_weight, pixel_weight and w_reg_weight are all 0: nothing to fit "
+                "(pixel_weight=1 fits pixels alone)"
+            )
         if self.w_avg_samples < 2:
             raise ValueError(f"w_avg_samples={self.w_avg_samples!r}: expected at least 2")
 
@@ -176,10 +185,16 @@ class VGGDistance:
 
 
 def build_distance(vgg16=None, inception_weights=None, device="cpu"):
-    """LPIPS-VGG16 when VGG weights are given, else the Inception distance on the shipped weights."""
-    if vgg16 is not None:
-        from stylenat.metrics.vgg16 import load_vgg16
+    """LPIPS-VGG16 (the reference's distance) from ``vgg16``, env ``STYLENAT_VGG16`` or the cache; without
+    any, the Inception distance on the shipped weights, with a one-line warning."""
+    from stylenat.metrics.vgg16 import VGG16WeightsError, load_vgg16, vgg16_path
 
+    if vgg16 is None:
+        try:
+            vgg16 = vgg16_path(None)
+        except VGG16WeightsError:
+            vgg16 = None
+    if vgg16 is not None:
         vgg = load_vgg16(vgg16, device=device)  # VGG16WeightsError: a ValueError, one line at the CLI
         if vgg.source != "nvidia":
             raise ValueError(
@@ -189,6 +204,11 @@ def build_distance(vgg16=None, inception_weights=None, device="cpu"):
         return VGGDistance(vgg)
     from stylenat.metrics import load_inception
 
+    log.warning(
+        "no VGG16 weights (vgg16=, env STYLENAT_VGG16 or the cache): projecting with %s, not the "
+        "reference's LPIPS-VGG16",
+        INCEPTION_DISTANCE,
+    )
     return InceptionDistance(load_inception(inception_weights, device=device))
 
 
@@ -198,12 +218,12 @@ def build_distance(vgg16=None, inception_weights=None, device="cpu"):
 
 @torch.no_grad()
 def w_statistics(G, samples: int = 10000, device="cpu") -> tuple[torch.Tensor, float]:
-    """(w_avg [w_dim], w_std): G's running mean w when it has one (all zeros: never tracked, so the mean
-    of ``samples`` mapped z), and the RMS distance of mapped z from it (the scale of the noise and the
-    regulariser)."""
+    """(w_avg [w_dim], w_std), as the reference projector: the mean of ``samples`` z mapped by G's mapping
+    network (not the running mean training kept), and their RMS distance from it (the scale of the noise
+    and of the regulariser)."""
     z = np.random.RandomState(W_STATS_SEED).randn(samples, G.z_dim)
     w = torch.cat([G.mapping_net(chunk) for chunk in torch.from_numpy(z).float().to(device).split(4096)])
-    w_avg = G.w_avg.float() if bool(G.w_avg.any()) else w.mean(0)
+    w_avg = w.mean(0)
     w_std = float((w - w_avg).square().sum(1).mean().sqrt())
     return w_avg, w_std
 

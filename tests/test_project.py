@@ -101,21 +101,66 @@ def test_projection_recovers_an_image_of_a_known_w(G):
 
 
 def test_w_plus_optimises_one_w_per_layer(G, face):
-    options = ProjectionOptions(steps=5, w_plus=True, perceptual_weight=0, w_avg_samples=100)
+    options = ProjectionOptions(steps=5, w_plus=True, perceptual_weight=0, pixel_weight=1, w_avg_samples=100)
     result = project(G, load_target(face, G.resolution), options)
     assert result.w.shape == (1, G.n_latent, G.w_dim)
     assert not torch.equal(result.w[:, 0], result.w[:, 1])
 
 
-def test_w_statistics_prefer_the_tracked_w_avg():
+def test_w_statistics_come_from_the_mapping_network_not_the_running_mean():
+    """As the reference projector: w_avg and w_std from z mapped by G's mapping network (seed 123)."""
     G = contrasted_generator()
-    estimated, std = w_statistics(G, 500)
-    z = torch.from_numpy(np.random.RandomState(123).randn(500, G.z_dim)).float()
-    torch.testing.assert_close(estimated, G.mapping(z)[:, 0].mean(0))
-    assert std > 0
-    G.w_avg.fill_(0.5)
-    tracked, _ = w_statistics(G, 500)
-    assert torch.equal(tracked, torch.full((G.w_dim,), 0.5))
+    G.w_avg.fill_(0.5)  # a running mean training kept: ignored
+    w_avg, std = w_statistics(G, 500)
+    w = G.mapping(torch.from_numpy(np.random.RandomState(123).randn(500, G.z_dim)).float())[:, 0].double()
+    torch.testing.assert_close(w_avg.double(), w.mean(0), rtol=1e-5, atol=1e-6)
+    assert std == pytest.approx(float((w - w.mean(0)).square().sum(1).mean().sqrt()), rel=1e-5)
+
+
+def test_an_objective_of_nothing_is_a_one_line_error():
+    with pytest.raises(ValueError, match="are all 0: nothing to fit") as err:
+        ProjectionOptions(perceptual_weight=0)
+    assert "\n" not in str(err.value)
+
+
+def test_the_default_objective_is_the_references_lpips_alone():
+    import yaml
+
+    options = ProjectionOptions()
+    assert (options.perceptual_weight, options.pixel_weight, options.w_reg_weight) == (1.0, 0.0, 0.0)
+    assert options.w_avg_samples == 10000
+    cfg = yaml.safe_load((ROOT / "configs" / "project.yaml").read_text())
+    assert (cfg["perceptual_weight"], cfg["pixel_weight"], cfg["w_reg_weight"]) == (1.0, 0.0, 0.0)
+    assert cfg["w_avg_samples"] == 10000
+
+
+def test_without_vgg16_the_inception_distance_warns_and_is_named(
+    snapshot, face, tmp_path, monkeypatch, caplog
+):
+    import yaml
+
+    import stylenat.metrics
+    from stylenat.projection import run_projection
+
+    monkeypatch.delenv("STYLENAT_VGG16", raising=False)
+    monkeypatch.setenv("STYLENAT_CACHE", str(tmp_path / "cache"))  # no vgg16.pt there
+    monkeypatch.setattr(stylenat.metrics, "load_inception", lambda *a, **k: build_inception(0))  # offline
+    cfg = {
+        **yaml.safe_load((ROOT / "configs" / "project.yaml").read_text()),
+        "checkpoint": str(snapshot),
+        "target": str(face),
+        "outdir": str(tmp_path / "out"),
+        "steps": 2,
+        "w_avg_samples": 50,
+        "device": "cpu",
+    }
+    with caplog.at_level("WARNING", logger="stylenat.projection"):
+        record = run_projection(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and INCEPTION_DISTANCE in warnings[0]
+    saved = json.loads((tmp_path / "out" / "projection.json").read_text())
+    assert saved["perceptual_distance"] == record["perceptual_distance"] == INCEPTION_DISTANCE
+    assert saved["options"]["pixel_weight"] == 0.0 and saved["options"]["w_reg_weight"] == 0.0
 
 
 def test_demo_face_loss_falls_and_outputs_are_written(G, face, tmp_path):
@@ -153,6 +198,7 @@ def test_cli_projects_and_generate_renders_projected_w(snapshot, face, tmp_path)
         f"outdir={out}",
         "steps=20",
         "perceptual_weight=0",
+        "pixel_weight=1",
         "w_avg_samples=500",
         "gif=true",
         "gif_every=4",
@@ -234,7 +280,9 @@ def test_missing_vgg_weights_are_a_user_error(tmp_path):
 
 def one_line_error(capsys, *args) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        project_script().main([*args, "steps=1", "perceptual_weight=0", "w_avg_samples=10", "device=cpu"])
+        project_script().main(
+            [*args, "steps=1", "perceptual_weight=0", "pixel_weight=1", "w_avg_samples=10", "device=cpu"]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
@@ -283,6 +331,7 @@ def test_training_state_is_a_generator(G, face, tmp_path, capsys):
     out = tmp_path / "out"
     project_script().main(
         [f"checkpoint={state}", f"target={face}", f"outdir={out}", "steps=2", "perceptual_weight=0"]
+        + ["pixel_weight=1"]
         + ["w_avg_samples=10", "device=cpu"]
     )
     assert (out / "projected_w.npz").is_file()

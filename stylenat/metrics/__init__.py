@@ -13,12 +13,13 @@ from stylenat.metrics.inception import InceptionV3Features, build_inception
 from stylenat.metrics.inception_convert import InceptionWeightsError
 from stylenat.metrics.inception_weights import load_inception
 from stylenat.metrics.kid import kernel_inception_distance
+from stylenat.metrics.ppl import PPL_METRICS, compute_ppl
 from stylenat.metrics.precision_recall import precision_recall
 from stylenat.metrics.protocols import PROTOCOLS, get_protocol
+from stylenat.metrics.records import append_jsonl
 from stylenat.metrics.registry import (
     METRICS,
     MetricSpec,
-    append_jsonl,
     available_metrics,
     compute_metric,
     get_metric,
@@ -37,6 +38,7 @@ from stylenat.metrics.vgg16 import VGG16WeightsError, load_vgg16
 
 __all__ = [
     "METRICS",
+    "PPL_METRICS",
     "PROTOCOLS",
     "FeatureStatistics",
     "InceptionV3Features",
@@ -49,6 +51,7 @@ __all__ = [
     "build_inception",
     "check_statistics",
     "compute_metric",
+    "compute_ppl",
     "compute_statistics",
     "frechet_distance",
     "frechet_distance_from_features",

@@ -13,13 +13,16 @@ pr50k3_full       pr    50000    stylegan     all; VGG16 fc2 features, k = 3 (St
 pr50k3_inception  pr    50000    stylegan     all; the Inception pool features instead (no VGG16 weights needed)
 ================  ====  =======  ===========  ===================================================
 
+PPL (``ppl_zfull``, ``ppl_wfull``, ``ppl_zend``, ``ppl_wend``, ``ppl2_wend``) needs the generator itself, not
+seeds -> images: :func:`stylenat.metrics.ppl.compute_ppl` (``get_metric`` knows the names). Every metric runs in
+full fp32: TF32 off (``stylenat.ops.precision.full_fp32``), recorded as ``"tf32": false``.
+
 FID and KID measure with Inception; precision/recall (``pr``, :mod:`stylenat.metrics.precision_recall`) with
 the network its spec names (``network``): a ``pr`` result's ``value`` is the precision, ``recall`` beside it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,7 +30,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,8 +38,10 @@ from tqdm.auto import tqdm
 from stylenat.data.datasets import ImageDataset
 from stylenat.metrics.fid import frechet_distance
 from stylenat.metrics.kid import kernel_inception_distance
+from stylenat.metrics.ppl import PPL_METRICS
 from stylenat.metrics.precision_recall import precision_recall
 from stylenat.metrics.protocols import get_protocol
+from stylenat.metrics.records import append_jsonl  # noqa: F401  (re-exported: its old home)
 from stylenat.metrics.statistics import (
     FeatureAccumulator,
     FeatureStatistics,
@@ -47,6 +51,7 @@ from stylenat.metrics.statistics import (
     extract_features,
     reference_statistics,
 )
+from stylenat.ops.precision import full_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +127,13 @@ def available_metrics() -> list[str]:
     return list(METRICS)
 
 
-def get_metric(name: str | MetricSpec) -> MetricSpec:
-    if isinstance(name, MetricSpec):
+def get_metric(name: str | MetricSpec):
+    """A metric's spec by name: the table above, or a PPL (``stylenat.metrics.ppl``, kind "ppl")."""
+    if isinstance(name, MetricSpec) or getattr(name, "kind", None) == "ppl":
         return name
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}") from None
+    if name in METRICS or name in PPL_METRICS:
+        return METRICS.get(name) or PPL_METRICS[name]
+    raise ValueError(f"unknown metric {name!r}; known: {', '.join([*METRICS, *PPL_METRICS])}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,6 +268,7 @@ def _feature_network(spec: MetricSpec, extractor, vgg16_weights, device):
     raise ValueError(f"{spec.name} measures {spec.network} features, extractor is {given or 'missing'}")
 
 
+@full_fp32()
 def compute_metric(
     metric: str | MetricSpec,
     generator_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -293,10 +299,15 @@ def compute_metric(
     ``real_data`` (an image folder / zip / LMDB or an opened ``stylenat.data`` data set, read by the
     data package's reader as training reads it, statistics cached; or an iterable of uint8 NCHW batches).
     Returns a JSON-able dict (``value`` is NaN on ranks other than 0). ``extractor`` is the Inception
-    network; a VGG16 metric loads VGG16 itself (``vgg16_weights``) unless ``extractor`` is one.
+    network; a VGG16 metric loads VGG16 itself (``vgg16_weights``) unless ``extractor`` is one. Runs in
+    full fp32 (TF32 off, restored after; the record's ``tf32``).
     """
     t0 = time.perf_counter()
     spec = get_metric(metric)
+    if spec.kind == "ppl":
+        raise ValueError(
+            f"{spec.name} needs the generator itself: evaluate.py runs it (stylenat.metrics.compute_ppl)"
+        )
     proto = get_protocol(spec.protocol)
     num_gen = spec.num_gen if num_gen is None else int(num_gen)
     if num_gen < 2:
@@ -398,6 +409,7 @@ def compute_metric(
         "weights_digest": getattr(extractor, "weights_digest", ""),
         "seed_start": seed_start,
         "world_size": world_size,
+        "tf32": False,
         "time_s": round(t_end - t0, 3),
         "time_real_s": round(t_real - t0, 3),
         "time_gen_s": round(t_gen - t_real, 3),
@@ -411,27 +423,3 @@ def compute_metric(
         record["mismatch"] = real.mismatch
     logger.info("%s = %.4f (%s, %d gen vs %d real)", spec.name, value, proto.name, num_gen, real.num_images)
     return record
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else str(obj)
-    return obj
-
-
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append ``record`` as one JSON line (NaN becomes null), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_jsonable(record), sort_keys=False) + "\n")

@@ -28,6 +28,7 @@ from stylenat.data.datasets import ImageDataset
 from stylenat.data.reader import build_dataset, uint8_batches
 from stylenat.files import atomic_write, cache_root
 from stylenat.metrics.protocols import get_protocol
+from stylenat.ops.precision import full_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class InceptionRate:
         return f"inception {self.images / self.seconds:.2f} img/s" if self.seconds > 0 else ""
 
 
+@full_fp32()
 def compute_statistics(
     image_batches: Iterable[torch.Tensor],
     protocol: str,
@@ -193,7 +195,7 @@ def compute_statistics(
     progress: bool = True,
     desc: str = "inception features",
 ) -> FeatureStatistics:
-    """Statistics of the features of ``image_batches`` (uint8 NCHW tensors) under ``protocol``."""
+    """Statistics of the features of ``image_batches`` (uint8 NCHW tensors) under ``protocol`` (TF32 off)."""
     proto = get_protocol(protocol)
     acc = FeatureAccumulator(keep_features=keep_features)
     rate = InceptionRate()

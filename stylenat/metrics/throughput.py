@@ -17,12 +17,13 @@ from stylenat import perf
 from stylenat.data.reader import build_dataset, uint8_batches
 from stylenat.metrics.protocols import get_protocol
 from stylenat.metrics.statistics import compute_statistics, extract_features
-from stylenat.ops.precision import dtype_name, inference_dtype, set_tf32
+from stylenat.ops.precision import dtype_name, full_fp32, inference_dtype, set_tf32
 
 # The CPU's matrix-product rate the generator figures are compared with (this machine's measured sgemm rate).
 CPU_SGEMM_GFLOPS = 220.0
 
 
+@full_fp32()
 def measure_inception_throughput(
     extractor,
     protocol: str = "stylegan",
@@ -34,7 +35,8 @@ def measure_inception_throughput(
     seed: int = 0,
 ) -> dict:
     """Time ``iters`` batches of random uint8 images (after ``warmup`` untimed ones) through the whole
-    protocol (resize to 299 included). Returns images/s and the settings, for logs and reports."""
+    protocol (resize to 299 included), in full fp32 as the metrics run (TF32 off). Returns images/s and the
+    settings, for logs and reports."""
     if iters < 1 or batch_size < 1:
         raise ValueError(f"iters and batch_size must be >= 1, got {iters} and {batch_size}")
     gen = torch.Generator().manual_seed(seed)
@@ -57,6 +59,7 @@ def measure_inception_throughput(
         "images_per_s": batch_size * iters / dt,
         "torch_threads": torch.get_num_threads(),
         "device": str(dev or "cpu"),
+        "tf32": False,
     }
 
 
@@ -67,12 +70,14 @@ def _write_pngs(folder: Path, n: int, resolution: int) -> None:
         Image.fromarray(pixels).save(folder / f"{i:06d}.png")
 
 
+@full_fp32()
 def inception_pipeline_figures(
     model, protocol: str, n: int, res: int, batch: int, net_batch: int, reps: int, device
 ) -> list[dict]:
     """Inception img/s: the network alone (reference graph fp32 / channels_last, fused fast path), then the
     pipelines from PNG files (the data reader) and from generated-like tensors, each with its ratio to the
-    network. Measured round-robin, rep by rep, so the load of a shared machine falls on all alike."""
+    network. Measured round-robin, rep by rep, so the load of a shared machine falls on all alike; in full
+    fp32 (TF32 off), as the metrics run."""
     device = torch.device(device)
     proto = get_protocol(protocol)
     gen = torch.Generator().manual_seed(0)

@@ -41,6 +41,51 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.rnn.fp32_precision = precision
 
 
+def tf32_flags() -> dict:
+    """The TF32 switches as the legacy getters report them (what a metric record states)."""
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for CUDA matmuls and cuDNN convolutions inside the block (what NVIDIA's metrics do), every
+    switch restored afterwards (also on error). Metrics run in it on every device, so their numbers do not
+    depend on the GPU generation or on what training or generation had turned on."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):  # torch < 2.9: the legacy flags are the only API
+        saved = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        set_tf32(False)
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        return
+    cudnn = torch.backends.cudnn
+    saved_new = (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+    saved_cpu = torch.backends.mkldnn.matmul.fp32_precision
+    saved_legacy = []  # the legacy switches that answer (a getter raises when the two APIs disagree)
+    for getter, setter in (
+        (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+        (lambda: cudnn.allow_tf32, lambda v: setattr(cudnn, "allow_tf32", v)),
+    ):
+        try:
+            saved_legacy.append((setter, getter()))
+        except RuntimeError:
+            pass
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        for setter, value in saved_legacy:  # legacy first (each resets new attributes), then the new ones
+            setter(value)
+        torch.backends.mkldnn.matmul.fp32_precision = saved_cpu
+        matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved_new
+
+
 # ----------------------------------------------------------------------------------------------------
 # Reduced-precision inference: names, device support, autocast
 # ----------------------------------------------------------------------------------------------------

@@ -2,10 +2,15 @@
 ``train.augment=diffaugment``) and ADA (Karras et al. 2020, "Training GANs with limited data";
 ``train.augment=ada``).
 
-DiffAugment ops, always applied in this order: ``flip`` (horizontal, p=0.5 per image), ``translation`` (up to 1/8 of
-the size, zero fill), ``color`` (brightness +U(-0.5, 0.5), saturation x U(0, 2), contrast x U(0.5, 1.5)),
-``cutout`` (a zeroed square of half the size). They act on the pixel space D sees (ImageNet-normalised
-for the reference model), as in the reference code.
+DiffAugment ops: ``flip`` (horizontal, p=0.5 per image), ``translation`` (up to 1/8 of the size, zero fill),
+``color`` (brightness +U(-0.5, 0.5), saturation x U(0, 2), contrast x U(0.5, 1.5)), ``cutout`` (a zeroed
+square of half the size). Two uses, each as its reference has it:
+
+- bCR (:func:`diff_augment`, the StyleNAT/StyleSwin reference recipe): always in the order above, on the
+  pixel space D sees (ImageNet-normalised for the reference model), as the reference code does.
+- ``train.augment=diffaugment`` (:func:`diffaugment_policy`, Zhao et al.'s published DiffAugment): the ops in
+  the order given (its default: color, translation, cutout), on [-1, 1] RGB whatever D's normalisation, so
+  the brightness offset is the published one and translation / cutout fill with 0 in [-1, 1] (mid grey).
 
 All random parameters are drawn per image on the CPU from the given ``torch.Generator`` and then moved to
 the images' device (pinned, without a host sync on CUDA), so an augmentation is a pure function of
@@ -18,9 +23,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from stylenat.data.transforms import denormalize, from_minus_one_one
+from stylenat.ops import warp
 
 AUGMENT_OPS = ("flip", "translation", "color", "cutout")
 
@@ -109,10 +114,23 @@ _OPS = {
 
 
 def diff_augment(x: torch.Tensor, ops: Sequence[str] = AUGMENT_OPS, generator=None) -> torch.Tensor:
-    """Apply the named DiffAugment ops (canonical order) to a batch NCHW; differentiable in ``x``."""
+    """bCR's augmentation: the named DiffAugment ops (canonical order) on a batch NCHW in D's pixel space;
+    differentiable in ``x``."""
     for name in check_ops(ops):
         x = _OPS[name](x, generator)
     return x.contiguous()
+
+
+def diffaugment_policy(
+    x: torch.Tensor, ops: Sequence[str], generator=None, normalization: str = "minus_one_one"
+) -> torch.Tensor:
+    """Published DiffAugment: the ops in the order given, on [-1, 1] RGB (``x`` is in D's ``normalization``
+    and comes back in it); differentiable in ``x``."""
+    check_ops(ops)
+    y = _to_unit_range(x, normalization)
+    for name in ops:
+        y = _OPS[name](y, generator)
+    return _from_unit_range(y, normalization).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------ ADA
@@ -173,25 +191,30 @@ def _translate2d(tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
     return m
 
 
-def ada_geometric_matrix(n: int, size: int, p: float, ops: Sequence[str], generator) -> torch.Tensor:
-    """[n, 3, 3] maps from output to input coordinates (affine_grid's normalised [-1, 1] space).
+def ada_geometric_matrices(
+    n: int, size: int, p: float, ops: Sequence[str], generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([n, 3, 3] pixel blits, [n, 3, 3] general maps), each from output to input coordinates (affine_grid's
+    normalised [-1, 1] space); the image goes through the blit first: input = blit @ general @ output.
 
     Each op is applied to an image with probability ``p``; the two rotations (before and after the
     anisotropic scaling) each with 1 - sqrt(1 - p), so that some rotation happens with probability p.
-    Integer translations move whole pixels (2 / size per pixel in normalised units).
+    Integer translations move whole pixels (2 / size per pixel in normalised units). The draws are ADA's,
+    in its order.
     """
+    blit = torch.eye(3).repeat(n, 1, 1)
     g = torch.eye(3).repeat(n, 1, 1)
     ops = set(ops)
     if "xflip" in ops:
         i = _gate(torch.randint(0, 2, (n,), generator=generator).float(), 0.0, p, generator)
-        g = g @ _scale2d(1 - 2 * i, torch.ones(n))
+        blit = blit @ _scale2d(1 - 2 * i, torch.ones(n))
     if "rotate90" in ops:
         i = _gate(torch.randint(0, 4, (n,), generator=generator).float(), 0.0, p, generator)
-        g = g @ _rotate2d(-math.pi / 2 * i)
+        blit = blit @ _rotate2d(-math.pi / 2 * i)
     if "xint" in ops:
         t = (torch.rand(n, 2, generator=generator) * 2 - 1) * XINT_MAX
         t = _gate(torch.round(t * size) * 2 / size, 0.0, p, generator)
-        g = g @ _translate2d(t[:, 0], t[:, 1])
+        blit = blit @ _translate2d(t[:, 0], t[:, 1])
     if "scale" in ops:
         s = _gate(torch.exp2(torch.randn(n, generator=generator) * SCALE_STD), 1.0, p, generator)
         g = g @ _scale2d(s, s)
@@ -212,7 +235,13 @@ def ada_geometric_matrix(n: int, size: int, p: float, ops: Sequence[str], genera
     if "xfrac" in ops:
         t = _gate(torch.randn(n, 2, generator=generator) * XFRAC_STD * 2, 0.0, p, generator)
         g = g @ _translate2d(t[:, 0], t[:, 1])
-    return g
+    return blit, g
+
+
+def ada_geometric_matrix(n: int, size: int, p: float, ops: Sequence[str], generator) -> torch.Tensor:
+    """The whole geometric map per image, blit @ general (see :func:`ada_geometric_matrices`)."""
+    blit, g = ada_geometric_matrices(n, size, p, ops, generator)
+    return blit @ g
 
 
 _LUMA = torch.tensor([1.0, 1.0, 1.0, 0.0]) / math.sqrt(3)
@@ -274,9 +303,11 @@ def ada_augment(
 ) -> torch.Tensor:
     """ADA's augmentation of a batch NCHW (square images) at probability ``p``; differentiable in ``x``.
 
-    Geometric ops resample once, bilinearly with reflection at the borders (ADA pads by reflection
-    too, and resamples with a wavelet filter at 2x: a simplification that keeps the same invertible
-    distribution); colour ops are one 3x4 matrix per image. ``p = 0`` returns ``x`` itself.
+    Geometric ops as ADA executes them (:mod:`stylenat.ops.warp`): whole-pixel moves (flips, quarter
+    turns, integer translations) exactly, by gathering pixels (reflection fills what they uncover); the
+    fractional ops (scale, rotate, aniso, xfrac) through ADA's 2x path: reflection padding, 2x upsampling
+    with the sym6 wavelet low-pass, bilinear sampling at 2x, 2x downsampling with the same filter. Colour
+    ops are one 3x4 matrix per image. ``p = 0`` returns ``x`` itself.
     """
     if p <= 0:
         return x
@@ -285,31 +316,31 @@ def ada_augment(
     if h != w:
         raise ValueError(f"ADA needs square images, got {h}x{w}")
     dtype = x.dtype
-    y = x.float()
+    y = _to_unit_range(x.float(), normalization)  # ADA's pixel space: zero fill and colour act there
     geometric = [o for o in ops if o in _GEOMETRIC]
     colour = [o for o in ops if o not in _GEOMETRIC]
     if geometric:
-        g = ada_geometric_matrix(n, h, p, geometric, generator)
-        if not torch.equal(g, torch.eye(3).expand_as(g)):
-            theta = to_device(g[:, :2, :], y.device)
-            grid = F.affine_grid(theta, list(y.shape), align_corners=False)
-            y = F.grid_sample(y, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        blit, g = ada_geometric_matrices(n, h, p, geometric, generator)
+        identity = torch.eye(3).expand_as(g)
+        if not torch.equal(blit, identity):
+            y = warp.blit(y, warp.to_pixel_matrices(blit, h, w))
+        if not torch.equal(g, identity):
+            y = warp.resample_2x(y, warp.to_pixel_matrices(g, h, w))
     if colour:
         c = ada_color_matrix(n, p, colour, generator)
         if not torch.equal(c, torch.eye(4).expand_as(c)):
             c = to_device(c[:, :3, :], y.device)
-            y = _to_unit_range(y, normalization)
             y = torch.einsum("nij,njhw->nihw", c[:, :, :3], y) + c[:, :, 3].view(n, 3, 1, 1)
-            y = _from_unit_range(y, normalization)
+    y = _from_unit_range(y, normalization)
     return y.to(dtype).contiguous()
 
 
 class AdaptiveAugment:
     """The ADA controller: p moves by sign(r_t - target) x (images since the last move) / (kimg x 1000).
 
-    r_t = E[sign(D(real))] over the last ``interval`` steps: near 1 when D overfits (it calls every
-    real image real), near 0 when it cannot tell. ``kimg=None`` keeps p fixed. ``state_dict`` holds p
-    and the running sum, so a resumed run continues exactly.
+    r_t = E[sign(D(real))] over the last ``interval`` steps (the D step's and R1's real logits, as ADA): near 1
+    when D overfits (it calls every real image real), near 0 when it cannot tell. ``kimg=None`` keeps p
+    fixed. ``state_dict`` holds p and the running sum, so a resumed run continues exactly.
     """
 
     def __init__(
@@ -348,16 +379,18 @@ class AdaptiveAugment:
 
 
 class FixedDiffAugment:
-    """``train.augment=diffaugment``: a fixed DiffAugment policy on every image D sees (p has no role)."""
+    """``train.augment=diffaugment``: the published DiffAugment policy, ops in the order given, on every
+    image D sees (p has no role)."""
 
     p = 1.0
     last_rt = float("nan")
 
-    def __init__(self, ops: Sequence[str]):
-        self.ops = check_ops(ops)
+    def __init__(self, ops: Sequence[str], normalization: str = "minus_one_one"):
+        check_ops(ops)
+        self.ops, self.normalization = tuple(ops), normalization
 
     def __call__(self, x: torch.Tensor, generator) -> torch.Tensor:
-        return diff_augment(x, self.ops, generator)
+        return diffaugment_policy(x, self.ops, generator, self.normalization)
 
 
 def build_augment(opts, normalization: str):
@@ -372,5 +405,5 @@ def build_augment(opts, normalization: str):
             kimg=opts.ada_kimg,
         )
     if opts.augment == "diffaugment":
-        return FixedDiffAugment(opts.diffaugment_ops)
+        return FixedDiffAugment(opts.diffaugment_ops, normalization)
     return None

@@ -3,7 +3,8 @@ phases of a step, each on one screen.
 
 - D: logistic loss on ``batch`` reals and as many fakes, plus bCR; the images D sees go through
   ``train.augment`` (ADA / DiffAugment).
-- R1: every ``r1_every`` steps, the lazy gradient penalty on the same reals (fp32).
+- R1: every ``r1_every`` steps, the lazy gradient penalty on the same reals (fp32); its real logits count
+  towards ADA's r_t too, as in StyleGAN2-ADA.
 - G: non-saturating loss on fresh fakes (style mixing), updating the running w_avg.
 - EMA: G_ema follows G.
 
@@ -148,23 +149,22 @@ class GanStep:
                     total = total + bcr
                     self.report("bcr", bcr)
             (total / len(reals)).backward()
-            signs = real_logits.detach().float().sign()
             self.report("d_loss", loss)
             self.report("d_real", real_logits.float().mean())
             self.report("d_fake", fake_logits.float().mean())
-            self.report("ada_rt", signs.mean())
-            self.ada_sums[0] += signs.sum()
-            self.ada_sums[1] += signs.numel()
+            self.report("ada_rt", self._count_signs(real_logits))
         self._optimizer_step(self.D, self.opt_D, opts.d_clip_grad)
 
     def r1_step(self, reals: list[torch.Tensor]) -> None:
-        """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D is eager here)."""
+        """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D_fwd is the eager D)."""
         self.D.requires_grad_(True)
         for r, real in enumerate(reals):
             real = real.detach().requires_grad_(True)
-            penalty = r1_penalty(self.D(self._augmented(real, r, "augment_r1")), real)
+            real_logits = self.D_fwd(self._augmented(real, r, "augment_r1"))
+            penalty = r1_penalty(real_logits, real)
             (self.opts.r1_gamma / 2 * penalty * self.opts.r1_every / len(reals)).backward()
             self.report("r1", penalty)
+            self._count_signs(real_logits)
         self._optimizer_step(self.D, self.opt_D, None)
 
     def g_step(self) -> None:
@@ -205,6 +205,14 @@ class GanStep:
         if self.augment is None:
             return images
         return self.augment(images, self.random(self.index, r, purpose))
+
+    def _count_signs(self, real_logits: torch.Tensor) -> torch.Tensor:
+        """ADA's r_t counts sign(D(real)) of the D step and of R1 alike (both are real logits there);
+        returns this batch's mean sign."""
+        signs = real_logits.detach().float().sign()
+        self.ada_sums[0] += signs.sum()
+        self.ada_sums[1] += signs.numel()
+        return signs.mean()
 
     def _autocast(self):
         return autocast(self.device, torch.bfloat16 if self.opts.amp == "bf16" else torch.float32)

@@ -181,3 +181,34 @@ def test_compute_metric_with_an_image_folder_caches_real_statistics(tmp_path):
     assert first["num_real"] == 16 and len(first["real_fingerprint"]) == 64 and first["real_subset"] == "all"
     assert len(list(stats_cache_dir().glob("*.npz"))) == 1
     assert compute_metric("fid1k", seeded_generator(), **kw)["value"] == first["value"]
+
+
+def test_metrics_run_with_tf32_off_and_restore_it(restore_tf32):
+    """NVIDIA's metrics turn TF32 off for matmuls and convolutions: the switches as the extractor sees them
+    (real statistics and generated images alike), and as they are again afterwards."""
+    from stylenat.ops.precision import set_tf32, tf32_flags
+
+    seen = []
+
+    class Recording(FakeExtractor):
+        def forward(self, images, protocol="stylegan"):
+            seen.append(tf32_flags())
+            return super().forward(images, protocol)
+
+    set_tf32(True)
+    before = tf32_flags()
+    ext = Recording()
+    ref = compute_statistics(_real_batches(), "stylegan", ext, progress=False)
+    record = compute_metric(
+        "fid10k", seeded_generator(), extractor=ext, ref_stats=ref, num_gen=20, batch_size=10, progress=False
+    )
+    off = {"float32_matmul_precision": "highest", "cuda_matmul_allow_tf32": False, "cudnn_allow_tf32": False}
+    assert len(seen) == 3 + 2 and all(flags == off for flags in seen)
+    assert tf32_flags() == before and before["cuda_matmul_allow_tf32"] is True
+    assert record["tf32"] is False
+
+
+def test_ppl_names_are_known_but_need_the_generator():
+    assert get_metric("ppl2_wend").kind == "ppl"
+    with pytest.raises(ValueError, match="ppl_wend needs the generator itself"):
+        compute_metric("ppl_wend", seeded_generator(), num_gen=4, progress=False)

@@ -85,3 +85,83 @@ def test_r1_penalty_of_a_linear_critic():
     penalty = r1_penalty(x @ w, x)
     assert penalty.item() == pytest.approx(9.0)
     assert penalty.requires_grad  # create_graph: the penalty can be back-propagated
+
+
+# ------------------------------------------------------------- train.augment=diffaugment: the published policy
+
+
+def _reference_diffaugment(x, policy, g):
+    """Zhao et al.'s DiffAugment_pytorch.py written out directly (the same draws, from ``g``, in its order):
+    the policy's ops in the order given, on [-1, 1] images, translation and cutout filling with 0."""
+    n, _, h, w = x.shape
+    for op in policy:
+        if op == "color":
+            x = x + (torch.rand(n, 1, 1, 1, generator=g) - 0.5)  # brightness: +U(-0.5, 0.5)
+            mean = x.mean(dim=1, keepdim=True)
+            x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=g) * 2) + mean
+            mean = x.mean(dim=[1, 2, 3], keepdim=True)
+            x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=g) + 0.5) + mean
+        elif op == "translation":
+            sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+            ty = torch.randint(-sh, sh + 1, (n, 1), generator=g)
+            tx = torch.randint(-sw, sw + 1, (n, 1), generator=g)
+            padded = torch.nn.functional.pad(x, [1, 1, 1, 1])
+            out = torch.empty_like(x)
+            for i in range(n):
+                rows = (torch.arange(h) + ty[i] + 1).clamp(0, h + 1)
+                cols = (torch.arange(w) + tx[i] + 1).clamp(0, w + 1)
+                out[i] = padded[i][:, rows][:, :, cols]
+            x = out
+        elif op == "cutout":
+            ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+            oy = torch.randint(0, h + (1 - ch % 2), (n, 1), generator=g)
+            ox = torch.randint(0, w + (1 - cw % 2), (n, 1), generator=g)
+            mask = torch.ones(n, h, w)
+            for i in range(n):
+                rows = (torch.arange(ch) + oy[i] - ch // 2).clamp(0, h - 1)
+                cols = (torch.arange(cw) + ox[i] - cw // 2).clamp(0, w - 1)
+                mask[i, rows.view(-1, 1), cols.view(1, -1)] = 0
+            x = x * mask.unsqueeze(1)
+    return x
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [("color", "translation", "cutout"), ("translation", "color"), ("cutout", "color", "translation")],
+)
+def test_diffaugment_policy_is_the_published_one_in_the_order_given(policy):
+    from stylenat.training.augment import FixedDiffAugment
+
+    x = torch.rand(12, 3, 16, 16, generator=_gen(0)) * 2 - 1
+    ours = FixedDiffAugment(policy, "minus_one_one")(x, _gen(5))
+    assert torch.allclose(ours, _reference_diffaugment(x, policy, _gen(5)), atol=1e-6)
+
+
+def test_diffaugment_acts_on_minus_one_one_rgb_under_imagenet_normalisation():
+    """D sees ImageNet-normalised images: the policy converts to [-1, 1], so brightness is +U(-0.5, 0.5) in
+    [-1, 1] units (not in ImageNet units, ~2x stronger there) and the fill is [-1, 1]'s 0, mid grey."""
+    from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from stylenat.training.augment import FixedDiffAugment
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    to_imagenet = lambda t: ((t + 1) / 2 - mean) / std  # noqa: E731
+    x = torch.rand(12, 3, 16, 16, generator=_gen(1)) * 2 - 1
+    policy = ("color", "translation", "cutout")
+    ours = FixedDiffAugment(policy, "imagenet")(to_imagenet(x), _gen(7))
+    assert torch.allclose(ours, to_imagenet(_reference_diffaugment(x, policy, _gen(7))), atol=1e-5)
+    # brightness alone: the offset per image, in [-1, 1] units, is the reference's U(-0.5, 0.5) draw
+    flat = torch.zeros(4000, 3, 2, 2)
+    offsets = (_reference_diffaugment(flat, ("color",), _gen(2)) - flat).mean((1, 2, 3))
+    ours_flat = FixedDiffAugment(("color",), "imagenet")(to_imagenet(flat), _gen(2))
+    ours_offsets = (((ours_flat * std + mean) * 2 - 1) - flat).mean((1, 2, 3))
+    assert torch.allclose(ours_offsets, offsets, atol=1e-5)
+    assert 0.45 < offsets.abs().max() <= 0.5
+
+
+def test_bcr_keeps_the_reference_order_and_pixel_space():
+    """bCR (diff_augment) still applies its ops in the canonical order on the pixel space it is given."""
+    x = torch.rand(8, 3, 16, 16, generator=_gen(3)) * 2 - 1
+    g = _gen(4)
+    canonical = random_cutout(random_translation(x, g), g)  # translation before cutout, whatever is asked
+    assert torch.equal(diff_augment(x, ("cutout", "translation"), _gen(4)), canonical)
