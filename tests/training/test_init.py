@@ -19,7 +19,7 @@ from stylenat.cli import compose_config
 from stylenat.distributed import DistEnv
 from stylenat.files import atomic_save, sha256_file
 from stylenat.reference import reference_checkpoint
-from stylenat.training.checkpoint import find_latest_state, list_artifacts, load_state
+from stylenat.training.checkpoint import ResumeError, find_latest_state, list_artifacts, load_state
 from stylenat.training.config import parse_config
 from stylenat.training.run import Trainer, prepare_run
 from tests.test_convert import ROOT, make_reference_g, small_reference_d
@@ -132,6 +132,9 @@ def test_resumed_fine_tune_equals_uninterrupted_and_the_state_wins(source_run, t
     for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
         diff = _max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict())
         assert diff == 0.0, name
+    other = _compose(tmp_path / "split", 5, *[o for o in init if not o.startswith("train.freeze_d")])
+    with pytest.raises(ResumeError, match=r"train.freeze_d differs \(checkpoint 1, config 0\)"):
+        prepare_run(other, CPU)  # D's optimizer holds only the unfrozen parameters
 
 
 @pytest.mark.slow
