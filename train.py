@@ -25,8 +25,8 @@ def train(cfg, overrides: list[str] = ()) -> None:
     from stylenat.training.config import parse_config
     from stylenat.training.run import train as run_training
 
-    cli.setup_logging(env_rank())  # first: parsing logs what it reads (init, dataset.resolution=auto)
     config = parse_config(cfg, overrides=overrides)
+    cli.setup_logging(env_rank())
     with cli.console_above_progress():
         run_training(config)
 

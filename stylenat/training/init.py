@@ -147,6 +147,12 @@ def apply_init(config: dict, source: InitSource, overrides: Iterable[str] = ()) 
         config["discriminator"] = _with_overrides(
             "discriminator", disc, config["discriminator"], explicit, source, resolution
         )
+    log.info(
+        "init=%s (%s): the model config %s from the file",
+        source.path,
+        source.kind,
+        "and D's come" if source.discriminator_config is not None else "comes",
+    )
     return config
 
 
