@@ -183,11 +183,13 @@ def _folder(path, count, size):
 
 
 @pytest.mark.slow
-def test_ada_kimg_auto_is_100_with_init_else_500(source_run, tmp_path):
+def test_ada_kimg_auto_is_100_with_init_else_500(source_run, tmp_path, caplog):
     data = _folder(tmp_path / "data", 3, 16)
     base = ["dataset=folder", f"dataset.path={data}", f"run_dir={tmp_path / 'run'}"]
     scratch = prepare_run(compose_config(CONFIG_DIR, [*base, "model=tiny", *MODEL]), CPU).config
-    tuned = prepare_run(compose_config(CONFIG_DIR, [*base, f"init={_state(source_run)}"]), CPU).config
+    with caplog.at_level(logging.INFO):
+        tuned = prepare_run(compose_config(CONFIG_DIR, [*base, f"init={_state(source_run)}"]), CPU).config
+    assert "train.ada_kimg=auto -> 100 (init is set: fine-tuning)" in caplog.text
     assert (scratch.train.augment, scratch.train.ada_kimg) == ("ada", 500)  # 3 images: ADA on
     assert (tuned.train.augment, tuned.train.ada_kimg) == ("ada", 100)
     assert tuned.resolved["train"]["ada_kimg"] == 100 and scratch.resolved["train"]["ada_kimg"] == 500
