@@ -18,13 +18,14 @@ Hydra override syntax: `dataset=ffhq256 dataset.path=/data/ffhq run_dir=runs/x t
 Keys are documented in configs/config.yaml and in each group's YAML files."""
 
 
-def train(cfg) -> None:
-    """Parse the composed config (every check, before any data is read or network built), then train."""
+def train(cfg, overrides: list[str] = ()) -> None:
+    """Parse the composed config (every check, before any data is read or network built), then train.
+    ``overrides``: the command line's (``init`` keeps those that keep its weights' shapes)."""
     from stylenat.distributed import env_rank
     from stylenat.training.config import parse_config
     from stylenat.training.run import train as run_training
 
-    config = parse_config(cfg)
+    config = parse_config(cfg, overrides=overrides)
     cli.setup_logging(env_rank())
     with cli.console_above_progress():
         run_training(config)
@@ -35,7 +36,8 @@ def main(argv: list[str]) -> int:
     from stylenat.training.config import check_moved_keys
 
     check_moved_keys(argv)
-    return cli.main_with_config(argv, USAGE, "config", train, list_groups=True)
+    overrides = [a for a in argv if not a.startswith("-")]
+    return cli.main_with_config(argv, USAGE, "config", lambda cfg: train(cfg, overrides), list_groups=True)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ def main(argv=None) -> None:
     p.add_argument(
         "--training-state",
         action="store_true",
-        help="also convert G, D and G_ema to DST with '.train' before the suffix (weights only: "
-        "optimizer states and counters are not carried over)",
+        help="also convert G, D and G_ema to DST with '.train' before the suffix, to fine-tune from with "
+        "`train.py init=DST.train.pt` (weights only: optimizer states and counters are not carried over; "
+        "init also takes the official file directly)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = p.parse_args(argv)

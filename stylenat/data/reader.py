@@ -49,6 +49,16 @@ def build_dataset(
     return cls(p, resolution, normalize=normalize, xflip=xflip, max_images=max_images)
 
 
+def stored_size(path) -> tuple[int, int, str]:
+    """(width, height, name) of the data set's first image as stored: the resolution StyleGAN2-ADA trains
+    a data set at (``dataset.resolution: auto``). Reads one image."""
+    dataset = build_dataset(path, None, normalize=None, max_images=1)
+    if dataset.num_images == 0:
+        raise DatasetError(f"{path} holds no images")
+    height, width = dataset.load_uint8(0).shape[-2:]
+    return int(width), int(height), dataset.image_name(0)
+
+
 def dataset_fingerprint(dataset) -> str:
     """Stable sha256 hex identifying a data set's content and resolution (see ``ImageDataset.fingerprint``)."""
     fp = getattr(dataset, "fingerprint", None)

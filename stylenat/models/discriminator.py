@@ -267,6 +267,10 @@ class WaveletDiscriminator(nn.Module):
         self.final_conv = ConvLayer(in_channel + stddev_feat, ch[4], 3, sn=sn)
         self.final_linear = _final_linear(ch[4], sn)
 
+    def blocks(self) -> list[list[nn.Module]]:
+        """D's resolution levels from the image side (FreezeD's unit): FromRGB + ConvBlock each."""
+        return [[from_rgb, conv] for from_rgb, conv in zip(self.from_rgbs, self.convs)]
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         _check_input(img, self.resolution)
         x = self.dwt(img)
@@ -336,6 +340,12 @@ class StyleGAN2Discriminator(nn.Module):
         self.stddev_feat = stddev_feat
         self.final_conv = ConvLayer(in_channel + stddev_feat, ch[4], 3, sn=sn)
         self.final_linear = _final_linear(ch[4], sn)
+
+    def blocks(self) -> list[list[nn.Module]]:
+        """D's resolution levels from the image side (FreezeD's unit): a ResBlock each, the first with the
+        1x1 FromRGB before it."""
+        convs = list(self.convs)
+        return [[convs[0], convs[1]], *([c] for c in convs[2:])]
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         _check_input(img, self.resolution)

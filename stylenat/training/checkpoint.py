@@ -28,6 +28,8 @@ _NAME_RE = re.compile(r"^(?P<prefix>[a-z-]+-)(?P<kimg>\d+\.\d{3})\.(?P<ext>pt|pn
 
 # Config sections whose change makes a state unusable (the networks' shapes and meaning).
 COMPATIBILITY_SECTIONS = ("model", "discriminator")
+# Train keys a state cannot change: D's optimizer holds only the parameters train.freeze_d leaves free.
+FIXED_TRAIN_KEYS = {"freeze_d": 0}
 # Run-time settings that states written before they moved out of ``model`` still carry there: ignored.
 LEGACY_RUNTIME_KEYS = {"model.na_backend", "model.checkpoint_blocks"}
 
@@ -182,6 +184,11 @@ def config_differences(saved: Mapping, current: Mapping, sections=COMPATIBILITY_
 def check_compatible(state: Mapping, config: Mapping, path: Path) -> None:
     """Refuse to resume a state trained with another model or discriminator config, naming the key."""
     diffs = config_differences(state.get("config", {}), config)
+    for key, default in FIXED_TRAIN_KEYS.items():
+        old = (state.get("config", {}).get("train") or {}).get(key, default)
+        new = (config.get("train") or {}).get(key, default)
+        if old != new:
+            diffs.append((f"train.{key}", old, new))
     if diffs:
         key, old, new = diffs[0]
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""

@@ -10,6 +10,7 @@ their messages start with the field name, and this module prefixes the group (``
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -18,11 +19,13 @@ from stylenat.ops.checks import is_int, is_power_of_two
 
 if TYPE_CHECKING:  # imported where used: `train.py --help` and config errors answer without torch
     from stylenat.models.generator import GeneratorConfig
+    from stylenat.training.init import InitSource
     from stylenat.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
 GROUPS = ("model", "discriminator", "train", "dataset", "logger")
+AUTO = "auto"
 
 
 class ConfigError(ValueError):
@@ -62,6 +65,7 @@ class RunSettings:
 
     run_dir: str | None
     resume: str | None
+    init: str | None  # the pretrained weights' file (training/init.py)
     seed: int
     device: str
     na_backend: str
@@ -79,6 +83,7 @@ class TrainingConfig:
     logger: LoggerConfig
     run: RunSettings
     resolved: dict = field(repr=False)
+    init: InitSource | None = field(default=None, repr=False)  # the weights of ``init``, read once
 
     def with_train(self, train: TrainOptions) -> TrainingConfig:
         """The config with resolved ``train`` values (``auto`` R1 gamma / augmentation), also in ``resolved``."""
@@ -109,26 +114,38 @@ def check_moved_keys(overrides: list[str]) -> None:
             )
 
 
-def parse_config(cfg, world_size: int | None = None) -> TrainingConfig:
+def parse_config(cfg, world_size: int | None = None, overrides: list[str] | tuple = ()) -> TrainingConfig:
     """A composed (OmegaConf) or plain config -> ``TrainingConfig``; the one place every key is checked.
 
     ``world_size`` (default: env ``WORLD_SIZE``, else 1) is the number of processes ``train.batch`` is
-    divided over. Paths are not opened here: a missing data set is reported by the data set itself.
+    divided over. ``overrides``: the command line's, which ``init`` keeps when they keep its weights'
+    shapes (see training/init.py). Paths are not opened here (a missing data set is reported by the data
+    set itself), but for ``init`` (the model config is in the file) and ``dataset.resolution: auto``.
     """
+    follows_data = _model_follows_data(cfg)
     config = resolve_config(cfg)
     for key in GROUPS:
         if not isinstance(config.get(key), dict):
             raise ConfigError(f"config group {key!r} is missing (compose configs/config.yaml)")
-    data = _parse_data(config["dataset"])
-    model = _parse_model(config["model"], data.resolution)
     run = _parse_run(config)
     from stylenat.training.options import TrainOptions
 
     train = TrainOptions.from_dict(config["train"])
     train.accumulation_rounds(env_world_size() if world_size is None else world_size)
-    discriminator = _parse_discriminator(config["discriminator"], data.resolution)
     logger = _parse_logger(config["logger"])
-    return TrainingConfig(model, discriminator, train, data, logger, run, config)
+    init = None
+    if init_path(config.get("init")) is not None:
+        from stylenat.training.init import apply_init, load_init_source
+
+        init = load_init_source(init_path(config["init"]))
+        config = apply_init(config, init, overrides)
+    config = _resolve_data_resolution(config, follows_data and init is None)  # reads one image
+    data = _parse_data(config["dataset"])
+    model = _parse_model(config["model"], data, init, follows_data)
+    discriminator = _parse_discriminator(config["discriminator"], data.resolution)
+    if train.freeze_d:
+        _check_freeze_d(train.freeze_d, discriminator, data.resolution)
+    return TrainingConfig(model, discriminator, train, data, logger, run, config, init)
 
 
 def resolve_config(cfg) -> dict:
@@ -159,6 +176,61 @@ def env_world_size() -> int:
     return world_size
 
 
+def init_path(value) -> str | None:
+    """The path of a config's ``init`` (a path, or the mapping a run's config.yaml records), or None."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    return None if value in (None, "") else str(value)
+
+
+def _model_follows_data(cfg) -> bool:
+    """Whether ``model.resolution`` is ``${dataset.resolution}`` (dataset=folder): the model follows the data."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return "model" in cfg and OmegaConf.is_interpolation(cfg.model, "resolution")
+    value = (cfg.get("model") or {}).get("resolution")
+    return isinstance(value, str) and value.replace(" ", "") == "${dataset.resolution}"
+
+
+def _resolve_data_resolution(config: dict, model_follows: bool) -> dict:
+    """``dataset.resolution: auto`` -> the side of the data's images, as StyleGAN2-ADA reads it (its first
+    image); the model takes it too when it follows the data (dataset=folder without init)."""
+    if config["dataset"].get("resolution") != AUTO:
+        return config
+    from stylenat.data import DatasetError, dataset_path_or_demo
+    from stylenat.data.reader import stored_size
+
+    path = config["dataset"].get("path")
+    try:
+        width, height, name = stored_size(dataset_path_or_demo(path))
+    except DatasetError as err:
+        raise ConfigError(f"dataset.resolution=auto: {err}") from None
+    if width != height or not is_power_of_two(width, minimum=8):
+        raise ConfigError(
+            f"dataset.resolution=auto: {path} holds {width}x{height} images (e.g. {name}), not a square power "
+            "of two >= 8: pass dataset.resolution=<power of two> to center-crop and resize them"
+        )
+    log.info("dataset.resolution=auto -> %d (%s holds %dx%d images)", width, path or "the demo", width, width)
+    config = {**config, "dataset": {**config["dataset"], "resolution": width}}
+    if model_follows or config["model"].get("resolution") == AUTO:
+        config["model"] = {**config["model"], "resolution": width}
+    return config
+
+
+def _data_note(data: DataConfig) -> str:
+    """What the data holds, for a resolution mismatch message (best effort: one image is read)."""
+    if data.path is None:
+        return "the demo faces"
+    try:
+        from stylenat.data.reader import stored_size
+
+        width, height, _ = stored_size(data.path)
+    except Exception:  # the message must not fail; the data set reports its own problems later
+        return str(data.path)
+    return f"{data.path} holds {width}x{height} images"
+
+
 def _check_resolution(key: str, value) -> int:
     if value is None:
         raise ConfigError(f"{key} is required: pass {key}=<power of two>")
@@ -180,14 +252,29 @@ def _parse_data(data: dict) -> DataConfig:
     return DataConfig(data.get("name"), path, resolution, xflip)
 
 
-def _parse_model(model: dict, data_resolution: int):
+def _parse_model(model: dict, data: DataConfig, init: InitSource | None, follows_data: bool):
     from stylenat.models.generator import GeneratorConfig
 
     model_resolution = _check_resolution("model.resolution", model.get("resolution"))
-    if data_resolution != model_resolution:
+    if init is not None and data.resolution != model_resolution:
         raise ConfigError(
-            f"dataset.resolution={data_resolution} does not match model.resolution={model_resolution}: "
-            "pick a model of that resolution or set dataset.resolution"
+            f"dataset.resolution={data.resolution} ({_data_note(data)}) does not match the model of "
+            f"init={init.path} (model.resolution={model_resolution}): train on {model_resolution}x"
+            f"{model_resolution} images (dataset.resolution={model_resolution} resizes them)"
+        )
+    if data.resolution != model_resolution:
+        raise ConfigError(
+            f"dataset.resolution={data.resolution} does not match model.resolution={model_resolution} "
+            f"({_data_note(data)}): pick a model of that resolution or set dataset.resolution"
+        )
+    channels = model.get("channels")
+    stages = int(math.log2(model_resolution)) - 1
+    if follows_data and isinstance(channels, (list, tuple)) and channels and len(channels) != stages:
+        size = 4 * 2 ** (len(channels) - 1)
+        raise ConfigError(
+            f"dataset.resolution={data.resolution} ({_data_note(data)}) does not fit the model: "
+            f"model.channels={list(channels)} has {len(channels)} stages, a {size}x{size} model "
+            f"(model.resolution follows dataset.resolution): pass dataset.resolution=auto or {size}"
         )
     for key in ("kernels", "dilations", "channels"):  # the shapes from_dict needs to reshape them
         v = model.get(key)
@@ -220,6 +307,21 @@ def _parse_discriminator(disc: dict, resolution: int) -> DiscriminatorConfig:
     return DiscriminatorConfig(str(options.pop("name", "wavelet")), options)
 
 
+def _check_freeze_d(count: int, disc: DiscriminatorConfig, resolution: int) -> None:
+    """train.freeze_d may freeze at most D's blocks (one per resolution level: ``D.blocks()``)."""
+    import torch
+
+    from stylenat.models.build import build_discriminator
+
+    with torch.device("meta"):  # the structure only: no memory, no compute
+        blocks = len(build_discriminator({"name": disc.name, **disc.options}, resolution).blocks())
+    if count > blocks:
+        raise ConfigError(
+            f"train.freeze_d={count}: the {disc.name} discriminator at {resolution} px has {blocks} blocks "
+            "(one per resolution level, from the image side; the 4x4 head is never frozen)"
+        )
+
+
 def _in_group(group: str, err: ValueError) -> str:
     """A model's own message (it starts with the field name) as one naming the Hydra key."""
     message = str(err)
@@ -243,6 +345,7 @@ def _parse_run(config: dict) -> RunSettings:
     return RunSettings(
         run_dir=config.get("run_dir"),
         resume=None if resume in (None, "") else str(resume),
+        init=init_path(config.get("init")),
         seed=seed,
         device=device,
         na_backend=na_backend,

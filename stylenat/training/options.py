@@ -19,7 +19,10 @@ AUTO = "auto"
 # ADA paper's FFHQ subsets gained from ADA up to 70k images and much more below ~30k; above ~50k bCR
 # alone (the paper recipe) is the safer default for the transformer G.
 ADA_AUTO_BELOW_IMAGES = 50_000
-AUTO_KEYS = ("r1_gamma", "augment")  # train keys that accept `auto`, resolved by resolve_auto
+AUTO_KEYS = ("r1_gamma", "augment", "ada_kimg")  # train keys that accept `auto`, resolved by resolve_auto
+# train.ada_kimg=auto: StyleGAN2-ADA's rule, 100 kimg when the run starts from pretrained weights (init=...,
+# its --resume), else its default 500.
+ADA_KIMG_FINE_TUNE, ADA_KIMG_DEFAULT = 100, 500
 
 
 def auto_r1_gamma(resolution: int, batch: int) -> float:
@@ -54,6 +57,7 @@ class TrainOptions:
     ada_kimg: float | None
     ada_ops: tuple
     diffaugment_ops: tuple
+    freeze_d: int
     d_clip_grad: float | None
     g_clip_grad: float | None
     style_mixing: float
@@ -178,7 +182,9 @@ class TrainOptions:
             "expected a value in [0, 1]",
         )
         integer("ada_interval", 1)
-        number("ada_kimg", strict=True, allow_none=True)
+        if self.ada_kimg != AUTO:
+            number("ada_kimg", strict=True, allow_none=True)
+        integer("freeze_d", 0)
         unknown_ada = [o for o in self.ada_ops if o not in ADA_OPS]
         need(
             not unknown_ada, "ada_ops", f"unknown op {unknown_ada[:1]}; expected a subset of {list(ADA_OPS)}"
@@ -250,11 +256,14 @@ class TrainOptions:
 
     # ------------------------------------------------------------------ derived quantities
 
-    def resolve_auto(self, resolution: int, num_images: int | None) -> TrainOptions:
+    def resolve_auto(self, resolution: int, num_images: int | None, fine_tune: bool = False) -> TrainOptions:
         """These options with ``auto`` values replaced: ``r1_gamma`` from the resolution and batch
         (``auto_r1_gamma``), ``augment`` from the data set's size (ADA below ``ADA_AUTO_BELOW_IMAGES``
-        images; none when the size is unknown)."""
+        images; none when the size is unknown), ``ada_kimg`` from whether the run starts from pretrained
+        weights (``fine_tune``: ``init`` is set)."""
         changes = {}
+        if self.ada_kimg == AUTO:
+            changes["ada_kimg"] = ADA_KIMG_FINE_TUNE if fine_tune else ADA_KIMG_DEFAULT
         if self.r1_gamma == AUTO:
             changes["r1_gamma"] = auto_r1_gamma(resolution, self.batch)
         if self.augment == AUTO:

@@ -283,6 +283,7 @@ class RunOutputs:
                     "kimg": self.counters.images_seen / 1000,
                     "step": self.counters.step,
                     "run_dir": str(self.run_dir),
+                    "init": self.config.resolved.get("init"),  # the pretrained weights' path and sha256
                 },
             )
         except OSError as err:

@@ -61,6 +61,10 @@ class Trainer:
         self.counters = Counters()
         if setup.state is not None:
             self.load_state_dict(setup.state)
+        elif self.config.init is not None:
+            from stylenat.training.init import load_init_weights
+
+            load_init_weights(self.gan, self.config.init)
         else:
             self.gan.share_initial_weights()
         if stream is None:

@@ -45,6 +45,8 @@ def prepare_run(config, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
     resume_path, state, unreadable = ckpt.load_resume_state(config.run.resume, run_dir)
     if state is not None:
         ckpt.check_compatible(state, config.resolved, resume_path)
+        if config.init is not None:
+            _log_resume_wins(config, state, resume_path)
     dataset = build_training_dataset(config) if with_data else None
     config = resolve_auto_options(config, dataset)
     return RunSetup(config, env, run_dir, resume_path, state, dataset, unreadable)
@@ -54,13 +56,36 @@ def resolve_auto_options(config: TrainingConfig, dataset) -> TrainingConfig:
     """Replace ``auto`` train values (R1 gamma, augmentation) once the data set's size is known; the
     resolved values go into the run's config (config.yaml, the training state) and the log."""
     num_images = getattr(dataset, "num_images", None)
-    resolution = config.model.resolution
-    resolved = config.train.resolve_auto(resolution, num_images)
+    resolution, fine_tune = config.model.resolution, config.init is not None
+    resolved = config.train.resolve_auto(resolution, num_images, fine_tune=fine_tune)
     for key in AUTO_KEYS:
         before, after = getattr(config.train, key), getattr(resolved, key)
         if before != after:
-            log.info("train.%s=auto -> %s (%s images at %d px)", key, after, num_images, resolution)
+            why = (
+                f"{'init is set: fine-tuning' if fine_tune else 'no init: training from scratch'}"
+                if key == "ada_kimg"
+                else f"{num_images} images at {resolution} px"
+            )
+            log.info("train.%s=auto -> %s (%s)", key, after, why)
     return config.with_train(resolved)
+
+
+def _log_resume_wins(config: TrainingConfig, state: dict, resume_path: Path) -> None:
+    """A run dir that holds a state resumes it: ``init`` only chose the first run's weights."""
+    log.info(
+        "resuming from %s: a training state wins over init=%s (its weights started this run)",
+        resume_path,
+        config.init.path,
+    )
+    recorded = (state.get("config") or {}).get("init") or {}
+    if isinstance(recorded, dict) and recorded.get("sha256") not in (None, config.init.sha256):
+        log.warning(
+            "init=%s (sha256 %s) is not the file this run started from (%s, sha256 %s); the state wins",
+            config.init.path,
+            config.init.sha256[:12],
+            recorded.get("path"),
+            recorded["sha256"][:12],
+        )
 
 
 def build_training_dataset(config: TrainingConfig):

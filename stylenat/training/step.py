@@ -63,6 +63,17 @@ def build_networks(config: TrainingConfig) -> tuple[nn.Module, nn.Module]:
     return G, D
 
 
+def freeze_d_blocks(D: nn.Module, count: int) -> list[nn.Parameter]:
+    """FreezeD: D's first ``count`` blocks (``D.blocks()``, from the image side) lose their gradients and
+    go to eval mode (a spectral norm keeps its power-iteration vectors), so they stay bit-identical.
+    Returns the parameters that still train: the only ones D's optimizer holds (no state for the rest)."""
+    frozen = {id(p) for block in D.blocks()[:count] for module in block for p in module.parameters()}
+    for block in D.blocks()[:count]:
+        for module in block:
+            module.requires_grad_(False).eval()
+    return [p for p in D.parameters() if id(p) not in frozen]
+
+
 def _no_report(name: str, value) -> None:
     pass
 
@@ -89,6 +100,7 @@ class GanStep:
         self.G, self.D = build_networks(config)
         self.G.to(device).train()
         self.D.to(device).train()
+        self.d_trainable = freeze_d_blocks(self.D, opts.freeze_d)
         self.G_ema = make_ema(self.G)
         self.ema_beta = ema_beta(opts.ema_decay, opts.ema_halflife_kimg, opts.batch)
         lr, c = opts.learning_rates(0), opts.lazy_r1_ratio
@@ -97,9 +109,7 @@ class GanStep:
             self.G.parameters(), lr=lr["g"], betas=tuple(opts.betas), eps=opts.adam_eps, **fused
         )
         d_betas = (opts.betas[0] ** c, opts.betas[1] ** c)
-        self.opt_D = torch.optim.Adam(
-            self.D.parameters(), lr=lr["d"], betas=d_betas, eps=opts.adam_eps, **fused
-        )
+        self.opt_D = torch.optim.Adam(self.d_trainable, lr=lr["d"], betas=d_betas, eps=opts.adam_eps, **fused)
         # train.compile compiles G's synthesis (most of the cost). D stays eager: compiled graphs save the
         # legacy spectral norm's in-place-updated weight_u for backward, which breaks the D step's several
         # forwards before one backward; R1's double backward is not supported by torch.compile either.
@@ -127,7 +137,7 @@ class GanStep:
         """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks."""
         opts, step = self.opts, self.index
         self.G.requires_grad_(False)
-        self.D.requires_grad_(True)
+        self._d_requires_grad(True)
         for r, real in enumerate(reals):
             z, g = self._latents(r, "d_latent")
             with torch.no_grad(), self._fakes_precision():
@@ -157,7 +167,7 @@ class GanStep:
 
     def r1_step(self, reals: list[torch.Tensor]) -> None:
         """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D_fwd is the eager D)."""
-        self.D.requires_grad_(True)
+        self._d_requires_grad(True)
         for r, real in enumerate(reals):
             real = real.detach().requires_grad_(True)
             real_logits = self.D_fwd(self._augmented(real, r, "augment_r1"))
@@ -170,7 +180,7 @@ class GanStep:
     def g_step(self) -> None:
         """Non-saturating G loss on fresh fakes; updates the running w_avg."""
         self.G.requires_grad_(True)
-        self.D.requires_grad_(False)
+        self._d_requires_grad(False)
         for r in range(self.rounds):
             z, g = self._latents(r, "g_latent")
             with self._autocast():
@@ -179,9 +189,14 @@ class GanStep:
             (loss / self.rounds).backward()
             self.report("g_loss", loss)
         self._optimizer_step(self.G, self.opt_G, self.opts.g_clip_grad)
-        self.D.requires_grad_(True)
+        self._d_requires_grad(True)
 
     # ------------------------------------------------------------------------------------ the parts
+
+    def _d_requires_grad(self, on: bool) -> None:
+        """Switch D's gradients on or off; its frozen blocks (``train.freeze_d``) stay off."""
+        for p in self.d_trainable:
+            p.requires_grad_(on)
 
     def _latents(self, r: int, purpose: str) -> tuple[torch.Tensor, torch.Generator]:
         g = self.random(self.index, r, purpose)

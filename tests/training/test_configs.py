@@ -37,13 +37,17 @@ def test_the_groups_we_promise_exist():
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_each_dataset_selects_its_recipe(dataset):
-    cfg = compose(f"dataset={dataset}")
+    if dataset == "folder":  # read from the data by default (tests/training/test_init.py)
+        assert compose("dataset=folder")["dataset"]["resolution"] == "auto"
+    cfg = compose(f"dataset={dataset}", *(["dataset.resolution=256"] if dataset == "folder" else []))
     parse_config(cfg)
     TrainOptions.from_dict(cfg["train"])
     GeneratorConfig.from_dict(cfg["model"]).validate()
     model, train, resolution = RECIPES[dataset]
     assert cfg["dataset"]["resolution"] == cfg["model"]["resolution"] == resolution
     reference = compose(f"dataset={dataset}", f"model={model}", f"train={train}")
+    if dataset == "folder":
+        reference = compose("dataset=folder", "dataset.resolution=256", f"model={model}", f"train={train}")
     if dataset != "folder":  # folder adjusts the model's per-stage lists
         assert cfg["model"] == reference["model"]
     assert cfg["train"] == reference["train"]
