@@ -201,8 +201,12 @@ def w_statistics(G, samples: int = 10000, device="cpu") -> tuple[torch.Tensor, f
     """(w_avg [w_dim], w_std): G's running mean w when it has one (all zeros: never tracked, so the mean
     of ``samples`` mapped z), and the RMS distance of mapped z from it (the scale of the noise and the
     regulariser)."""
-    z = np.random.RandomState(W_STATS_SEED).randn(samples, G.z_dim)
-    w = torch.cat([G.mapping_net(chunk) for chunk in torch.from_numpy(z).float().to(device).split(4096)])
+    z = torch.from_numpy(np.random.RandomState(W_STATS_SEED).randn(samples, G.z_dim)).float().to(device)
+    if getattr(G, "c_dim", 0):  # a class-conditional G: the classes in turn (W of all of them)
+        c = torch.nn.functional.one_hot(torch.arange(samples) % G.c_dim, G.c_dim).float().to(device)
+        w = torch.cat([G.mapping_net(zc, cc) for zc, cc in zip(z.split(4096), c.split(4096))])
+    else:
+        w = torch.cat([G.mapping_net(chunk) for chunk in z.split(4096)])
     w_avg = G.w_avg.float() if bool(G.w_avg.any()) else w.mean(0)
     w_std = float((w - w_avg).square().sum(1).mean().sqrt())
     return w_avg, w_std

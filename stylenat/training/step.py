@@ -177,11 +177,7 @@ class GanStep:
         for r, real in enumerate(reals):
             real = real.detach().requires_grad_(True)
             c = None if labels is None else labels[r]
-            logits = (
-                self.D(self._augmented(real, r, "augment_r1"))
-                if c is None
-                else self.D(self._augmented(real, r, "augment_r1"), c)
-            )
+            logits = self._d(self._augmented(real, r, "augment_r1"), c, self.D)
             penalty = r1_penalty(logits, real)
             (self.opts.r1_gamma / 2 * penalty * self.opts.r1_every / len(reals)).backward()
             self.report("r1", penalty)
@@ -224,9 +220,11 @@ class GanStep:
                 ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
 
-    def _d(self, images: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        """D's logits, with the labels when conditional (an unconditional D is called as before)."""
-        return self.D_fwd(images) if c is None else self.D_fwd(images, c)
+    def _d(self, images: torch.Tensor, c: torch.Tensor | None, D: nn.Module | None = None) -> torch.Tensor:
+        """D's logits (``D_fwd``, or the eager ``D`` for R1), with the labels when conditional (an
+        unconditional D is called as before)."""
+        D = self.D_fwd if D is None else D
+        return D(images) if c is None else D(images, c)
 
     # ------------------------------------------------------------------------------------ labels
 
