@@ -59,8 +59,10 @@ def native_snapshot(data):
     if data.get("format") == SNAPSHOT_FORMAT:
         return data
     if "G_ema" in data and "model_config" in data:
-        meta = {"class_names": data["class_names"]} if data.get("class_names") is not None else {}
-        return {"model_config": data["model_config"], "state_dict": data["G_ema"], "meta": meta}
+        snapshot = {"model_config": data["model_config"], "state_dict": data["G_ema"]}
+        if data.get("class_names") is not None:  # a conditional run's state
+            snapshot["meta"] = {"class_names": data["class_names"]}
+        return snapshot
     return None
 
 
