@@ -1,6 +1,7 @@
 """Prepare a training zip (StyleGAN2-ADA dataset_tool layout) from a folder of images.
 
 python scripts/prepare_dataset.py SRC DST.zip --resolution 256 [--filter lanczos|box] [--max-images N]
+    [--class-folders]   # class labels (dataset.json) from one sub-folder of SRC per class
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def main(argv=None) -> None:
     p.add_argument("--max-images", type=int, default=None, help="keep only the first N images (sorted paths)")
     p.add_argument("--compress-level", type=int, default=0, help="PNG compression 0..9 (0: fastest to read)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument(
+        "--class-folders",
+        action="store_true",
+        help="label each image with its top-level sub-folder (one per class, sorted names -> 0, 1, ...); "
+        "without it a dataset.json in SRC is carried over",
+    )
     args = p.parse_args(argv)
 
     from stylenat.data.errors import DatasetError
@@ -36,6 +43,7 @@ def main(argv=None) -> None:
             overwrite=args.overwrite,
             compress_level=args.compress_level,
             progress=True,
+            class_folders=args.class_folders,
         )
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from None

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from stylenat.ops.precision import dtype_name
-from stylenat.sampling import seeded_images_fn
+from stylenat.sampling import resolve_class, seeded_images_fn
 
 logger = logging.getLogger(__name__)
 
@@ -19,15 +19,29 @@ def _real_source(cfg):
     if not dataset:
         raise ValueError("no real data: give ref_stats=<npz> or dataset=<name> dataset.path=<images>")
     path = dataset.get("path")
-    if path is None and dataset.get("name") == "demo":
-        from stylenat.data.demo import demo_dataset_path
+    if path is None and dataset.get("name") in ("demo", "demo_classes"):
+        from stylenat.data.demo import dataset_path_or_demo
 
-        path = demo_dataset_path()
+        path = dataset_path_or_demo(None, dataset.get("name"))
     if path is None:
         raise ValueError(f"dataset {dataset.get('name')!r} has no path: set dataset.path=<images>")
     if not Path(path).exists():
         raise FileNotFoundError(f"dataset path {path} does not exist")
     return {"real_data": str(path)}
+
+
+def data_label_pool(G, real_data):
+    """The labels a conditional G's metrics draw from: the real data set's dataset.json (checked against
+    G's classes); None when it has none (``seeded_images_fn`` then asks for class_idx)."""
+    from stylenat.data.labels import label_pool
+
+    found = label_pool(real_data) if real_data is not None else None
+    if found is None:
+        return None
+    pool, c_dim, _ = found
+    if c_dim != G.c_dim:
+        raise ValueError(f"the data set {real_data} has {c_dim} classes, the generator c_dim={G.c_dim}")
+    return pool
 
 
 def run_metrics(cfg, G, device, rank=0):
@@ -42,7 +56,9 @@ def run_metrics(cfg, G, device, rank=0):
     needs_inception = any(spec.network == "inception" for spec in specs)
     extractor = load_inception(cfg.inception_weights, device=device) if needs_inception else None
 
-    generator_fn = seeded_images_fn(G, device, cfg.truncation_psi)
+    class_idx = resolve_class(G, cfg.get("class_idx"), cfg.get("class_name"))
+    pool = data_label_pool(G, real.get("real_data")) if G.c_dim and class_idx is None else None
+    generator_fn = seeded_images_fn(G, device, cfg.truncation_psi, class_idx=class_idx, label_pool=pool)
 
     results = []
     for spec in specs:
@@ -76,6 +92,9 @@ def run_metrics(cfg, G, device, rank=0):
             dtype=dtype_name(cfg.get("dtype", "fp32")),
             compute_dtype=dtype_name(G.compute_dtype),  # fp32 where bf16 fell back (a CPU without it)
         )
+        if G.c_dim:  # a conditional G: one class, or labels drawn from the data's distribution
+            record["class_idx"] = class_idx
+            record["labels"] = "fixed class" if class_idx is not None else "drawn from the data set's labels"
         if rank == 0:
             out = (
                 Path(cfg.results)

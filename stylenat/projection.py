@@ -219,10 +219,14 @@ def build_distance(vgg16=None, inception_weights=None, device="cpu"):
 @torch.no_grad()
 def w_statistics(G, samples: int = 10000, device="cpu") -> tuple[torch.Tensor, float]:
     """(w_avg [w_dim], w_std), as the reference projector: the mean of ``samples`` z mapped by G's mapping
-    network (not the running mean training kept), and their RMS distance from it (the scale of the noise
-    and of the regulariser)."""
-    z = np.random.RandomState(W_STATS_SEED).randn(samples, G.z_dim)
-    w = torch.cat([G.mapping_net(chunk) for chunk in torch.from_numpy(z).float().to(device).split(4096)])
+    network (not the running mean training kept; a class-conditional G maps the classes in turn), and their
+    RMS distance from it (the scale of the noise and of the regulariser)."""
+    z = torch.from_numpy(np.random.RandomState(W_STATS_SEED).randn(samples, G.z_dim)).float().to(device)
+    if getattr(G, "c_dim", 0):
+        c = torch.nn.functional.one_hot(torch.arange(samples) % G.c_dim, G.c_dim).float().to(device)
+        w = torch.cat([G.mapping_net(zc, cc) for zc, cc in zip(z.split(4096), c.split(4096))])
+    else:
+        w = torch.cat([G.mapping_net(chunk) for chunk in z.split(4096)])
     w_avg = w.mean(0)
     w_std = float((w - w_avg).square().sum(1).mean().sqrt())
     return w_avg, w_std

@@ -1,4 +1,9 @@
-"""Turning a generator into pictures: seeds, grids, per-seed PNGs, style mixing and interpolation figures."""
+"""Turning a generator into pictures: seeds, grids, per-seed PNGs, style mixing and interpolation figures.
+
+A class-conditional generator (``G.c_dim > 0``) takes a class with every call: ``class_idx`` here (or a
+name of ``G.class_names``, ``resolve_class``); the metrics' generator function draws one per seed from the
+data set's labels instead (``seeded_images_fn(label_pool=...)``).
+"""
 
 import math
 import re
@@ -40,11 +45,81 @@ def seed_latents(seeds, z_dim, device="cpu"):
     return torch.from_numpy(z).float().to(device)
 
 
-def seeded_images_fn(G, device, truncation_psi: float = 1.0):
-    """``seeds (int tensor) -> images`` in [-1, 1], float32: the generator function metrics take."""
+def class_onehot(G, class_idx, batch, device="cpu"):
+    """The one-hot labels [batch, c_dim] of class ``class_idx`` for G (None for an unconditional G and no
+    class); one-line ValueErrors for a class out of range, a conditional G without one, or a class given
+    to an unconditional G."""
+    c_dim = getattr(G, "c_dim", 0)
+    if not c_dim:
+        if class_idx is not None:
+            raise ValueError(f"class_idx={class_idx}: this generator is unconditional (no classes)")
+        return None
+    if class_idx is None:
+        raise ValueError(f"this generator is class-conditional: pass class_idx=0..{c_dim - 1}{_named(G)}")
+    if (
+        isinstance(class_idx, bool)
+        or not isinstance(class_idx, (int, np.integer))
+        or not 0 <= class_idx < c_dim
+    ):
+        raise ValueError(f"class_idx={class_idx!r}: expected an integer in 0..{c_dim - 1}{_named(G)}")
+    c = torch.zeros(batch, c_dim, device=device)
+    c[:, int(class_idx)] = 1
+    return c
+
+
+def _named(G) -> str:
+    names = getattr(G, "class_names", None)
+    return f" (classes: {', '.join(f'{i}={n}' for i, n in enumerate(names))})" if names else ""
+
+
+def resolve_class(G, class_idx=None, class_name=None):
+    """class_idx, or the index of ``class_name`` in ``G.class_names`` (one-line errors naming the choices)."""
+    if class_name is None:
+        return class_idx
+    if class_idx is not None:
+        raise ValueError(f"class_idx={class_idx} and class_name={class_name!r}: give one of them")
+    if not getattr(G, "c_dim", 0):
+        raise ValueError(f"class_name={class_name!r}: this generator is unconditional (no classes)")
+    names = getattr(G, "class_names", None)
+    if not names:
+        raise ValueError(
+            f"class_name={class_name!r}: this snapshot stores no class names; use class_idx=0..{G.c_dim - 1}"
+        )
+    if class_name not in names:
+        raise ValueError(f"class_name={class_name!r}: unknown class; the classes are {', '.join(names)}")
+    return list(names).index(class_name)
+
+
+def seed_labels(seeds, label_pool, c_dim, device="cpu"):
+    """One-hot labels, one per seed, each the class of a random item of ``label_pool`` (the data set's
+    labels), drawn from numpy RandomState([1, seed]) (not z's stream): deterministic per seed."""
+    pool = np.asarray(label_pool, dtype=np.int64).ravel()
+    picks = [int(pool[np.random.RandomState([1, int(s)]).randint(len(pool))]) for s in seeds]
+    return torch.nn.functional.one_hot(torch.tensor(picks, dtype=torch.int64), c_dim).float().to(device)
+
+
+def seeded_images_fn(G, device, truncation_psi: float = 1.0, class_idx=None, label_pool=None):
+    """``seeds (int tensor) -> images`` in [-1, 1], float32: the generator function metrics take.
+
+    A conditional G draws each seed's class from ``label_pool`` (the data set's labels, as StyleGAN2-ADA's
+    metrics do), or uses ``class_idx`` for every image."""
+    if getattr(G, "c_dim", 0) and class_idx is None and label_pool is None:
+        raise ValueError(
+            f"a class-conditional generator (c_dim={G.c_dim}) needs labels for metrics: give class_idx=N or "
+            "a labelled data set (its dataset.json)"
+        )
+    if class_idx is not None:
+        class_onehot(G, class_idx, 1, device)  # checks it
 
     def generate(seeds: torch.Tensor) -> torch.Tensor:
-        return G(seed_latents(seeds.tolist(), G.z_dim, device), truncation_psi=truncation_psi).float()
+        seeds = seeds.tolist()
+        if not getattr(G, "c_dim", 0):
+            c = None
+        elif class_idx is not None:
+            c = class_onehot(G, class_idx, len(seeds), device)
+        else:
+            c = seed_labels(seeds, label_pool, G.c_dim, device)
+        return G(seed_latents(seeds, G.z_dim, device), c, truncation_psi=truncation_psi).float()
 
     return generate
 
@@ -72,22 +147,28 @@ def save_image(array, path):
 
 
 @torch.no_grad()
-def generate_images(G, seeds, truncation_psi=1.0, truncation_cutoff=None, batch_size=16, device="cpu"):
-    """Images in [-1, 1] for the given seeds, batch by batch (deterministic per seed, whatever the batch)."""
+def generate_images(
+    G, seeds, truncation_psi=1.0, truncation_cutoff=None, batch_size=16, device="cpu", class_idx=None
+):
+    """Images in [-1, 1] for the given seeds, batch by batch (deterministic per seed, whatever the batch);
+    ``class_idx``: the class of a conditional G (see ``class_onehot``)."""
+    class_onehot(G, class_idx, 1, device)  # one-line errors before any work
     out = []
     for i in range(0, len(seeds), batch_size):
         z = seed_latents(seeds[i : i + batch_size], G.z_dim, device)
-        out.append(G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff).float().cpu())
+        c = class_onehot(G, class_idx, z.shape[0], device)
+        out.append(G(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff).float().cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def style_mixing_figure(G, row_seeds, col_seeds, crossover, truncation_psi=1.0, device="cpu"):
+def style_mixing_figure(G, row_seeds, col_seeds, crossover, truncation_psi=1.0, device="cpu", class_idx=None):
     """StyleGAN's figure: column seeds give layers < crossover (coarse), row seeds give the rest."""
     if not 0 < crossover < G.n_latent:
         raise ValueError(f"style mixing crossover {crossover} must be between 1 and {G.n_latent - 1}")
     all_seeds = list(dict.fromkeys(row_seeds + col_seeds))
-    ws = G.mapping(seed_latents(all_seeds, G.z_dim, device), truncation_psi=truncation_psi)
+    c = class_onehot(G, class_idx, len(all_seeds), device)
+    ws = G.mapping(seed_latents(all_seeds, G.z_dim, device), c, truncation_psi=truncation_psi)
     w_of = dict(zip(all_seeds, ws))
     img = lambda w: to_uint8(G.to_minus_one_one(G.synthesis(w.unsqueeze(0))).float())[0]  # noqa: E731
     size = G.resolution
@@ -104,11 +185,12 @@ def style_mixing_figure(G, row_seeds, col_seeds, crossover, truncation_psi=1.0, 
 
 
 @torch.no_grad()
-def interpolation_frames(G, seeds, steps=8, truncation_psi=1.0, device="cpu"):
+def interpolation_frames(G, seeds, steps=8, truncation_psi=1.0, device="cpu", class_idx=None):
     """Linear interpolation in W between consecutive seeds; returns NHWC uint8 frames."""
     if len(seeds) < 2:
         raise ValueError(f"interpolation needs at least two seeds, got {seeds}")
-    ws = G.mapping(seed_latents(seeds, G.z_dim, device), truncation_psi=truncation_psi)
+    c = class_onehot(G, class_idx, len(seeds), device)
+    ws = G.mapping(seed_latents(seeds, G.z_dim, device), c, truncation_psi=truncation_psi)
     frames = []
     for a, b in zip(ws[:-1], ws[1:]):
         t = torch.linspace(0, 1, steps, device=ws.device)[:, None, None]
@@ -165,8 +247,12 @@ def run_generate(cfg):
         render_projected_w(G, cfg.projected_w, outdir, device)
         return outdir
     seeds = parse_seeds(cfg.seeds)
+    class_idx = resolve_class(G, cfg.get("class_idx"), cfg.get("class_name"))
+    class_onehot(G, class_idx, 1, device)  # a missing or foreign class fails before outdir is made
     outdir.mkdir(parents=True, exist_ok=True)
-    images = to_uint8(generate_images(G, seeds, cfg.truncation_psi, cfg.truncation_cutoff, cfg.batch, device))
+    images = to_uint8(
+        generate_images(G, seeds, cfg.truncation_psi, cfg.truncation_cutoff, cfg.batch, device, class_idx)
+    )
     if cfg.per_seed:
         for seed, img in zip(seeds, images):
             save_image(img, outdir / f"seed{seed:04d}.png")
@@ -180,10 +266,13 @@ def run_generate(cfg):
             cfg.mixing.crossover,
             cfg.truncation_psi,
             device,
+            class_idx,
         )
         save_image(figure, outdir / "mixing.png")
     if cfg.interpolation.enabled:
-        frames = interpolation_frames(G, seeds, cfg.interpolation.steps, cfg.truncation_psi, device)
+        frames = interpolation_frames(
+            G, seeds, cfg.interpolation.steps, cfg.truncation_psi, device, class_idx
+        )
         save_image(make_grid(frames, cols=cfg.interpolation.steps), outdir / "interpolation.png")
         if cfg.interpolation.gif:
             pil = [Image.fromarray(f) for f in frames]

@@ -59,7 +59,10 @@ def native_snapshot(data):
     if data.get("format") == SNAPSHOT_FORMAT:
         return data
     if "G_ema" in data and "model_config" in data:
-        return {"model_config": data["model_config"], "state_dict": data["G_ema"]}
+        snapshot = {"model_config": data["model_config"], "state_dict": data["G_ema"]}
+        if data.get("class_names") is not None:  # a conditional run's state
+            snapshot["meta"] = {"class_names": data["class_names"]}
+        return snapshot
     return None
 
 
@@ -83,8 +86,25 @@ def load_state_dict_strict(module, state_dict, source):
 
 
 def generator_from_snapshot(snapshot, source="snapshot"):
+    """The generator of a snapshot dict, with ``G.class_names`` from its meta (a conditional one's)."""
     from stylenat.models.build import build_generator
 
     G = build_generator(snapshot["model_config"])
     load_state_dict_strict(G, snapshot["state_dict"], source)
+    G.class_names = class_names_of(snapshot, G.c_dim, source)
     return G
+
+
+def class_names_of(snapshot, c_dim: int, source="snapshot"):
+    """The snapshot meta's ``class_names`` (list[str]) of a conditional generator, else None; a list that
+    does not name c_dim classes is one error."""
+    names = (snapshot.get("meta") or {}).get("class_names")
+    if not c_dim or names is None:
+        return None
+    if (
+        not isinstance(names, (list, tuple))
+        or len(names) != c_dim
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise CheckpointError(f"{source}: meta class_names={names!r}: expected {c_dim} names (c_dim={c_dim})")
+    return list(names)

@@ -37,6 +37,8 @@ _EXPORTS = {
     "demo_dataset_path": "demo",
     "dataset_path_or_demo": "demo",
     "prepare_dataset": "prepare",
+    "LABELS_NAME": "labels",
+    "label_pool": "labels",
 }
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "LABELS_NAME",
     "ImageDataset",
     "ImageFolderDataset",
     "InfiniteSampler",
@@ -59,6 +62,7 @@ __all__ = [
     "demo_dataset_path",
     "denormalize",
     "from_minus_one_one",
+    "label_pool",
     "lmdb_key",
     "minus_one_one_to_uint8",
     "normalize",
@@ -86,6 +90,7 @@ if TYPE_CHECKING:
     from stylenat.data.demo import dataset_path_or_demo, demo_dataset_path
     from stylenat.data.errors import DatasetError, DatasetWarning
     from stylenat.data.images import IMAGE_EXTENSIONS
+    from stylenat.data.labels import LABELS_NAME, label_pool
     from stylenat.data.lmdb_dataset import LMDBDataset, lmdb_key
     from stylenat.data.prepare import prepare_dataset
     from stylenat.data.reader import build_dataset, dataset_fingerprint, uint8_batches

@@ -61,6 +61,11 @@ Sizes
   * R = ``None`` (the metrics): every image as stored, no crop, no resize, no size check; an LMDB then
     uses its one stored resolution (several: a ``DatasetError`` asking for one).
 
+Labels (``use_labels``: auto | True | False, default False): StyleGAN2-ADA's ``dataset.json`` of a folder
+or zip (format and faults: ``labels``). With labels in use, ``dataset[i]`` is ``(image, class)`` and
+``labels`` / ``c_dim`` / ``class_names`` describe them; ``auto`` uses them when the data has any, ``True``
+without labels (an LMDB, or no dataset.json) is a ``DatasetError``.
+
 x-flip (StyleGAN2-ADA style, no RNG): with ``xflip=True`` the data set has 2N items and item i >= N is
 the mirror image of item i - N. A shuffling sampler then draws random flips deterministically, which is
 what keeps resumed runs bit-identical.
@@ -90,6 +95,7 @@ from stylenat.data.images import (
     load_image_file,
     to_rgb8,
 )
+from stylenat.data.labels import LABELS_NAME, check_use_labels, match_labels, parse_entries, read_labels_json
 from stylenat.data.transforms import check_normalize, pil_to_uint8_tensor
 from stylenat.data.transforms import normalize as normalize_images
 
@@ -103,11 +109,45 @@ class ImageDataset(torch.utils.data.Dataset):
 
     format = "abstract"
 
-    def __init__(self, path, resolution: int | None, normalize: str | None = "imagenet", xflip: bool = False):
+    def __init__(
+        self,
+        path,
+        resolution: int | None,
+        normalize: str | None = "imagenet",
+        xflip: bool = False,
+        use_labels=False,
+    ):
         self.path = Path(path)
         self.resolution = None if resolution is None else check_resolution(resolution)
         self.normalize = check_normalize(normalize)
         self.xflip = bool(xflip)
+        self.use_labels = check_use_labels(use_labels)
+        self.labels = None  # np.int64 class per stored image, when labels are in use
+        self.c_dim = 0  # number of classes (0: unlabelled)
+        self.class_names = None
+
+    def _open_labels(self) -> None:
+        """Read and check the labels (subclasses call it once their images are indexed)."""
+        if self.use_labels is False:
+            return
+        data, where = self._labels_json()
+        parsed = parse_entries(data, where)
+        if parsed is None:
+            if self.use_labels is True:
+                raise DatasetError(
+                    f"use_labels=true but {self.path} has no class labels (a {LABELS_NAME} with a labels "
+                    "list, e.g. from scripts/prepare_dataset.py --class-folders)"
+                )
+            return
+        self.labels, self.c_dim, self.class_names = match_labels(
+            parsed, self.names, where, str(self.path), self._label_file_exists
+        )
+
+    def _labels_json(self) -> tuple[dict | None, str]:
+        return read_labels_json(self.path)
+
+    def _label_file_exists(self, name: str) -> bool:
+        return (self.path / name).is_file()
 
     # -- subclass interface -------------------------------------------------------------------
     @property
@@ -145,8 +185,11 @@ class ImageDataset(torch.utils.data.Dataset):
         x = pil_to_uint8_tensor(self._load_raw(raw))
         return x.flip(-1) if flip else x
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return normalize_images(self.load_uint8(index), self.normalize)
+    def __getitem__(self, index: int):
+        image = normalize_images(self.load_uint8(index), self.normalize)
+        if self.labels is None:
+            return image
+        return image, int(self.labels[self._resolve(index)[0]])
 
     @property
     def fingerprint(self) -> str:
@@ -177,11 +220,13 @@ class ImageFolderDataset(ImageDataset):
         xflip: bool = False,
         max_images: int | None = None,
         verify: bool = True,
+        use_labels=False,
     ):
-        super().__init__(path, resolution, normalize, xflip)
+        super().__init__(path, resolution, normalize, xflip, use_labels)
         self.names, self.sizes, self._nbytes = index_image_folder(
             self.path, self.resolution, check_max_images(max_images), verify
         )
+        self._open_labels()
 
     @property
     def num_images(self) -> int:
@@ -208,13 +253,15 @@ class _EncodedImageDataset(ImageDataset):
         normalize: str | None = "imagenet",
         xflip: bool = False,
         max_images: int | None = None,
+        use_labels=False,
     ):
-        super().__init__(path, resolution, normalize, xflip)
+        super().__init__(path, resolution, normalize, xflip, use_labels)
         if not self.path.exists():
             raise DatasetError(f"dataset path {self.path} does not exist")
         try:
             self._index(max_images)
             self._decode(0, check_only=True)
+            self._open_labels()
         finally:
             self.close()
 
@@ -296,6 +343,13 @@ class ZipDataset(_EncodedImageDataset):
         if self._handle is None or self._handle_pid != os.getpid():
             self._handle, self._handle_pid = zipfile.ZipFile(self.path), os.getpid()
         return self._handle
+
+    def _label_file_exists(self, name: str) -> bool:
+        try:
+            self._zip().getinfo(name)
+        except KeyError:
+            return False
+        return True
 
     def close(self) -> None:
         """Close this process's zip handle (it re-opens on the next read)."""

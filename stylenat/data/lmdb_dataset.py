@@ -47,6 +47,9 @@ class LMDBDataset(_EncodedImageDataset):
     format = "lmdb"
     _key = None  # the environment's key (the real path), once data.mdb is found
 
+    def _labels_json(self) -> tuple[None, str]:
+        return None, str(self.path)  # an LMDB holds no labels
+
     def _index(self, max_images: int | None) -> None:
         if not (self.path / "data.mdb").is_file():
             raise DatasetError(f"{self.path} is not an LMDB directory (no data.mdb inside)")

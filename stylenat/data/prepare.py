@@ -8,6 +8,11 @@ by default as dataset_tool does (fastest to decode while training), with fixed t
 input and Pillow give the same bytes. ``manifest.json`` goes inside the zip and beside it
 (``DST.manifest.json``): count, resolution, filter, and sha256 over the stored PNG bytes in order.
 Both are written atomically (``stylenat.files``): a failed run leaves no half zip.
+
+Class labels (``dataset.json`` at the zip root, StyleGAN2-ADA's format, see ``labels``): with
+``class_folders`` every image's class is its top-level sub-folder (one per class, classes numbered in
+sorted folder-name order, the names stored as ``class_names``); otherwise a ``dataset.json`` in ``src``
+is carried over (checked as training checks it) with its paths renamed to the archive's.
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ from stylenat.data.images import (
     index_image_folder,
     load_image_file,
     resample_filter,
+)
+from stylenat.data.labels import (
+    LABELS_NAME,
+    class_folder_labels,
+    labels_text,
+    match_labels,
+    parse_entries,
+    read_labels_json,
 )
 from stylenat.files import atomic_write, atomic_write_text
 
@@ -60,8 +73,10 @@ def prepare_dataset(
     overwrite: bool = False,
     compress_level: int = 0,
     progress: bool = False,
+    class_folders: bool = False,
 ) -> dict:
-    """Write the images of folder ``src`` to zip ``dst`` at ``resolution``; return the manifest."""
+    """Write the images of folder ``src`` to zip ``dst`` at ``resolution``; return the manifest (with
+    ``classes``, the number of classes, when it writes labels)."""
     resolution = check_resolution(resolution)
     resample = resample_filter(filter)
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
@@ -85,6 +100,7 @@ def prepare_dataset(
     if not dst.parent.is_dir():
         raise DatasetError(f"destination folder {dst.parent} does not exist")
     names, _, _ = index_image_folder(src, resolution, max_images)
+    labels, class_names = _source_labels(src, names, class_folders)
 
     digest = hashlib.sha256()
     manifest = {}
@@ -107,8 +123,27 @@ def prepare_dataset(
                 filter=filter,
                 sha256=digest.hexdigest(),
             )
+            if labels is not None:
+                entries = [[archive_name(i), int(c)] for i, c in enumerate(labels)]
+                zf.writestr(
+                    zipfile.ZipInfo(LABELS_NAME, date_time=_ZIP_DATE), labels_text(entries, class_names)
+                )
+                manifest["classes"] = len(class_names) if class_names else int(max(labels)) + 1
             zf.writestr(zipfile.ZipInfo(MANIFEST_NAME, date_time=_ZIP_DATE), _manifest_text(manifest))
 
     atomic_write(dst, write_zip)
     atomic_write_text(manifest_path(dst), _manifest_text(manifest))
     return manifest
+
+
+def _source_labels(src: Path, names: list[str], class_folders: bool):
+    """(class per image or None, class names or None): from the sub-folders, or src's own dataset.json."""
+    if class_folders:
+        entries, class_names = class_folder_labels(names, src)
+        return [c for _, c in entries], class_names
+    data, where = read_labels_json(src)
+    parsed = parse_entries(data, where)
+    if parsed is None:
+        return None, None
+    labels, _, class_names = match_labels(parsed, names, where, str(src), lambda n: (src / n).is_file())
+    return labels.tolist(), class_names

@@ -26,10 +26,12 @@ def build_dataset(
     normalize: str | None = "imagenet",
     xflip: bool = False,
     max_images: int | None = None,
+    use_labels=False,
 ) -> ImageDataset:
     """Open ``path`` as an LMDB (directory with data.mdb), a zip (.zip file) or an image folder.
 
-    ``resolution`` None opens the images as stored (see ``datasets``), what the metrics read."""
+    ``resolution`` None opens the images as stored (see ``datasets``), what the metrics read.
+    ``use_labels`` (auto | True | False): its dataset.json class labels (``labels``)."""
     check_normalize(normalize)
     if resolution is not None:
         check_resolution(resolution)
@@ -46,7 +48,7 @@ def build_dataset(
         raise DatasetError(
             f"unsupported dataset path {p}: expected an image folder, a .zip archive or an LMDB directory"
         )
-    return cls(p, resolution, normalize=normalize, xflip=xflip, max_images=max_images)
+    return cls(p, resolution, normalize=normalize, xflip=xflip, max_images=max_images, use_labels=use_labels)
 
 
 def stored_size(path) -> tuple[int, int, str]:

@@ -25,10 +25,13 @@ def build_generator(
     return Generator(config, na_backend=na_backend, checkpoint_blocks=checkpoint_blocks)
 
 
-def build_discriminator(disc_cfg: Mapping, resolution: int):
-    """Build a discriminator from the Hydra `discriminator` group: `name` picks the architecture."""
+def build_discriminator(disc_cfg: Mapping, resolution: int, c_dim: int = 0):
+    """Build a discriminator from the Hydra `discriminator` group: `name` picks the architecture; `c_dim`
+    (the number of classes, from the data) > 0 makes it class-conditional (projection)."""
     from stylenat.models.discriminator import build_discriminator as _build
 
     cfg = _plain(disc_cfg)
     name = cfg.pop("name", "wavelet")
+    if c_dim:
+        cfg["c_dim"] = c_dim
     return _build(name, resolution, **cfg)

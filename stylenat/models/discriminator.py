@@ -1,6 +1,7 @@
 """Discriminators: StyleSwin's wavelet D (the reference's) and the plain StyleGAN2 residual D.
 
-Both map ``img [B, 3, R, R] -> logits [B, 1]``. Module and attribute names mirror the reference code
+Both map ``img [B, 3, R, R] -> logits [B, 1]``; with ``c_dim > 0`` they take a one-hot label c too and
+condition by projection (``stylenat.models.conditioning``). Module and attribute names mirror the reference code
 (rosinality / StyleSwin / StyleNAT) so that released state dicts load with at most a key rename:
 spectral-normed layers are plain ``nn.Conv2d``/``nn.Linear`` wrapped by the legacy
 ``torch.nn.utils.spectral_norm`` (keys ``weight_orig``, ``weight_u``, ``weight_v``), activated convs have
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
 
+from stylenat.models.conditioning import LabelMapping, check_labels, project
 from stylenat.models.layers import EqualConv2d, EqualLinear, fused_leaky_relu
 from stylenat.ops.checks import is_int, is_number, is_power_of_two
 from stylenat.ops.upfirdn import Blur, Downsample
@@ -72,12 +74,13 @@ def _check_resolution(resolution, minimum: int, what: str) -> int:
     return resolution
 
 
-def _check_input(x: torch.Tensor, resolution: int) -> None:
+def _check_input(x: torch.Tensor, resolution: int, c=None, c_dim: int = 0) -> None:
     expected = (3, resolution, resolution)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise ValueError(
             f"discriminator expected input of shape [B, 3, {resolution}, {resolution}], got {list(x.shape)}"
         )
+    check_labels(c, c_dim, x.shape[0], "this discriminator")
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_features: int = 1) -> torch.Tensor:
@@ -164,18 +167,35 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
 
 
-def _final_linear(channels: int, sn: bool) -> nn.Sequential:
+def _final_linear(channels: int, sn: bool, out: int = 1) -> nn.Sequential:
+    """The epilogue's two linear layers; ``out`` = 1 logit, or cmap_dim features when conditional."""
     if sn:
         # The reference keeps the Linear's own bias *and* an activation bias here (counted in the 26.2M).
         return nn.Sequential(
             spectral_norm(nn.Linear(channels * 4 * 4, channels)),
             FusedLeakyReLU(channels),
-            spectral_norm(nn.Linear(channels, 1)),
+            spectral_norm(nn.Linear(channels, out)),
         )
     return nn.Sequential(
         EqualLinear(channels * 4 * 4, channels, activation="fused_lrelu"),
-        EqualLinear(channels, 1),
+        EqualLinear(channels, out),
     )
+
+
+class _Conditional(nn.Module):
+    """What both Ds share: projection conditioning on c (c_dim > 0; cmap_dim = channels at 4x4)."""
+
+    def _init_conditioning(self, c_dim, channels: int, sn: bool) -> None:
+        if not is_int(c_dim) or c_dim < 0:
+            raise ValueError(f"c_dim={c_dim!r}: expected an integer >= 0 (0 = unconditional)")
+        self.c_dim = c_dim
+        self.final_linear = _final_linear(channels, sn, channels if c_dim else 1)
+        if c_dim:
+            self.mapping = LabelMapping(c_dim, channels)
+
+    def _logits(self, features: torch.Tensor, c) -> torch.Tensor:
+        x = self.final_linear(features.reshape(features.shape[0], -1))
+        return x if not self.c_dim else project(x, self.mapping(c))
 
 
 # --------------------------------------------------------------------------------------------- wavelet D
@@ -221,7 +241,7 @@ class FromRGB(nn.Module):
         return x, out
 
 
-class WaveletDiscriminator(nn.Module):
+class WaveletDiscriminator(_Conditional):
     """StyleSwin's wavelet discriminator (the one StyleNAT trains with).
 
     The image is Haar-transformed (R/2 x R/2, 12 channels); each stage adds a FromRGB of the wavelet
@@ -239,6 +259,7 @@ class WaveletDiscriminator(nn.Module):
         channel_max: int | None = None,
         stddev_group: int = 4,
         stddev_feat: int = 1,
+        c_dim: int = 0,
     ):
         super().__init__()
         # At 8 the last FromRGB would reach 2x2 features: the reference layout needs >= 16.
@@ -265,14 +286,14 @@ class WaveletDiscriminator(nn.Module):
         self.stddev_group = stddev_group
         self.stddev_feat = stddev_feat
         self.final_conv = ConvLayer(in_channel + stddev_feat, ch[4], 3, sn=sn)
-        self.final_linear = _final_linear(ch[4], sn)
+        self._init_conditioning(c_dim, ch[4], sn)
 
     def blocks(self) -> list[list[nn.Module]]:
         """D's resolution levels from the image side (FreezeD's unit): FromRGB + ConvBlock each."""
         return [[from_rgb, conv] for from_rgb, conv in zip(self.from_rgbs, self.convs)]
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        _check_input(img, self.resolution)
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(img, self.resolution, c, self.c_dim)
         x = self.dwt(img)
         out = None
         for from_rgb, conv in zip(self.from_rgbs, self.convs):
@@ -280,8 +301,7 @@ class WaveletDiscriminator(nn.Module):
             out = conv(out)
         _, out = self.from_rgbs[-1](x, out)
         out = minibatch_stddev(out, self.stddev_group, self.stddev_feat)
-        out = self.final_conv(out)
-        return self.final_linear(out.reshape(out.shape[0], -1))
+        return self._logits(self.final_conv(out), c)
 
 
 # --------------------------------------------------------------------------------------------- StyleGAN2 D
@@ -309,7 +329,7 @@ class ResBlock(nn.Module):
         return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
 
 
-class StyleGAN2Discriminator(nn.Module):
+class StyleGAN2Discriminator(_Conditional):
     """rosinality's StyleGAN2 residual discriminator (equalized lr; optional spectral norm)."""
 
     def __init__(
@@ -322,6 +342,7 @@ class StyleGAN2Discriminator(nn.Module):
         channel_max: int | None = None,
         stddev_group: int = 4,
         stddev_feat: int = 1,
+        c_dim: int = 0,
     ):
         super().__init__()
         self.resolution = _check_resolution(resolution, 8, "StyleGAN2Discriminator")
@@ -339,7 +360,7 @@ class StyleGAN2Discriminator(nn.Module):
         self.stddev_group = stddev_group
         self.stddev_feat = stddev_feat
         self.final_conv = ConvLayer(in_channel + stddev_feat, ch[4], 3, sn=sn)
-        self.final_linear = _final_linear(ch[4], sn)
+        self._init_conditioning(c_dim, ch[4], sn)
 
     def blocks(self) -> list[list[nn.Module]]:
         """D's resolution levels from the image side (FreezeD's unit): a ResBlock each, the first with the
@@ -347,12 +368,11 @@ class StyleGAN2Discriminator(nn.Module):
         convs = list(self.convs)
         return [[convs[0], convs[1]], *([c] for c in convs[2:])]
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        _check_input(img, self.resolution)
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(img, self.resolution, c, self.c_dim)
         out = self.convs(img)
         out = minibatch_stddev(out, self.stddev_group, self.stddev_feat)
-        out = self.final_conv(out)
-        return self.final_linear(out.reshape(out.shape[0], -1))
+        return self._logits(self.final_conv(out), c)
 
 
 # --------------------------------------------------------------------------------------------- factory

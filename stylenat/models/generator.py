@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB, check_backend
+from stylenat.models.conditioning import check_labels, normalize_2nd_moment
 from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
 from stylenat.ops import fused_cpu
 from stylenat.ops.checks import is_int, is_number, is_odd_kernel, is_power_of_two
@@ -56,6 +57,7 @@ class GeneratorConfig:
     )
     use_rpb: bool = True
     output_normalization: str = "imagenet"  # pixel space of synthesis(): what D sees in training
+    c_dim: int = 0  # number of classes (class-conditional; set from the data's labels); 0 = unconditional
 
     @classmethod
     def from_dict(cls, cfg):
@@ -75,7 +77,11 @@ class GeneratorConfig:
         return cls(**values)
 
     def to_dict(self):
-        return asdict(self)
+        """The plain config; ``c_dim`` only when conditional, so unconditional configs stay as they were."""
+        values = asdict(self)
+        if not values["c_dim"]:
+            del values["c_dim"]
+        return values
 
     @property
     def num_stages(self):
@@ -99,6 +105,8 @@ class GeneratorConfig:
             v = getattr(self, key)
             if not is_int(v) or v < 1:
                 raise ValueError(f"{key}={v!r}: expected an integer >= 1")
+        if not is_int(self.c_dim) or self.c_dim < 0:
+            raise ValueError(f"c_dim={self.c_dim!r}: expected an integer >= 0 (0 = unconditional)")
         for key in ("lr_mlp", "mlp_ratio"):
             v = getattr(self, key)
             if not is_number(v) or v <= 0:
@@ -168,18 +176,27 @@ class GeneratorConfig:
 
 
 class MappingNetwork(nn.Module):
-    """z -> w: PixelNorm then n_mlp equalized layers at lr_mul 0.01."""
+    """z -> w: PixelNorm then n_mlp equalized layers at lr_mul 0.01.
 
-    def __init__(self, z_dim, w_dim, n_mlp, lr_mlp):
+    With c_dim > 0 (StyleGAN2-ADA): ``embed`` maps the one-hot c to w_dim; z and embed(c) are each
+    normalised by their second moment and concatenated (the first layer is z_dim + w_dim wide)."""
+
+    def __init__(self, z_dim, w_dim, n_mlp, lr_mlp, c_dim=0):
         super().__init__()
         self.norm = PixelNorm()
-        dims = [z_dim] + [w_dim] * n_mlp
+        self.c_dim = c_dim
+        if c_dim:
+            self.embed = EqualLinear(c_dim, w_dim)
+        dims = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * n_mlp
         self.layers = nn.Sequential(
             *[EqualLinear(i, o, lr_mul=lr_mlp, activation="fused_lrelu") for i, o in zip(dims[:-1], dims[1:])]
         )
 
-    def forward(self, z):
-        return self.layers(self.norm(z))
+    def forward(self, z, c=None):
+        if not self.c_dim:
+            return self.layers(self.norm(z))
+        y = normalize_2nd_moment(self.embed(c.to(z.dtype)))
+        return self.layers(torch.cat([normalize_2nd_moment(z), y], dim=1))
 
 
 class TransformerBlock(nn.Module):
@@ -291,10 +308,12 @@ class Generator(nn.Module):
             raise ValueError(f"checkpoint_blocks={checkpoint_blocks!r}: expected true or false")
         self.cfg = cfg
         self.z_dim, self.w_dim, self.resolution = cfg.z_dim, cfg.w_dim, cfg.resolution
+        self.c_dim = cfg.c_dim
+        self.class_names = None  # list[str] of a conditional G, from its snapshot (load_generator)
         channels = cfg.stage_channels()
         n = cfg.num_stages
         self.n_latent = 2 * n
-        self.mapping_net = MappingNetwork(cfg.z_dim, cfg.w_dim, cfg.n_mlp, cfg.lr_mlp)
+        self.mapping_net = MappingNetwork(cfg.z_dim, cfg.w_dim, cfg.n_mlp, cfg.lr_mlp, cfg.c_dim)
         self.const = nn.Parameter(torch.randn(1, 4, 4, channels[0]))
         self.stages = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
@@ -341,11 +360,15 @@ class Generator(nn.Module):
         for stage in self.stages:
             stage.checkpoint_blocks = enabled
 
-    def mapping(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False, w_avg_beta=0.995):
-        """z [B, z_dim] -> per-layer ws [B, n_latent, w_dim], with optional truncation toward w_avg."""
+    def mapping(
+        self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False, w_avg_beta=0.995
+    ):
+        """z [B, z_dim] (and, when conditional, the one-hot c [B, c_dim]) -> per-layer ws
+        [B, n_latent, w_dim], with optional truncation toward w_avg (one average over all classes)."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"expected z of shape [batch, {self.z_dim}], got {list(z.shape)}")
-        w = self.mapping_net(z)
+        check_labels(c, self.c_dim, z.shape[0], "this generator")
+        w = self.mapping_net(z) if c is None else self.mapping_net(z, c)
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, w_avg_beta))
@@ -378,8 +401,8 @@ class Generator(nn.Module):
             return (img * self.out_std.to(img.dtype) + self.out_mean.to(img.dtype)) * 2 - 1
         return img
 
-    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None):
-        ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+    def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None):
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.to_minus_one_one(self.synthesis(ws))
 
 

@@ -40,6 +40,8 @@ class DataConfig:
     path: str | None  # folder, .zip or LMDB; None = the bundled demo faces
     resolution: int
     xflip: bool
+    use_labels: str | bool = "auto"  # auto | True | False: the data set's dataset.json class labels
+    class_names: tuple | None = None  # set from the data (``with_labels``), not a config key
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,18 @@ class TrainingConfig:
         for key in AUTO_KEYS:
             resolved["train"][key] = getattr(train, key)
         return replace(self, train=train, resolved=resolved)
+
+    def with_labels(self, c_dim: int, class_names) -> TrainingConfig:
+        """The config of a class-conditional run: ``model.c_dim`` (also in ``resolved``, so a resume checks
+        it) and the class names, both from the data set."""
+        resolved = {**self.resolved, "model": {**self.resolved["model"], "c_dim": c_dim}}
+        names = None if class_names is None else tuple(class_names)
+        return replace(
+            self,
+            model=replace(self.model, c_dim=c_dim),
+            data=replace(self.data, class_names=names),
+            resolved=resolved,
+        )
 
     def with_run_dir(self, run_dir: str) -> TrainingConfig:
         return replace(
@@ -249,7 +263,10 @@ def _parse_data(data: dict) -> DataConfig:
     xflip = data.get("xflip", False)
     if not isinstance(xflip, bool):
         raise ConfigError(f"dataset.xflip={xflip!r}: expected true or false")
-    return DataConfig(data.get("name"), path, resolution, xflip)
+    use_labels = data.get("use_labels", "auto")
+    if not (use_labels == "auto" or isinstance(use_labels, bool)):
+        raise ConfigError(f"dataset.use_labels={use_labels!r}: expected auto, true or false")
+    return DataConfig(data.get("name"), path, resolution, xflip, use_labels)
 
 
 def _parse_model(model: dict, data: DataConfig, init: InitSource | None, follows_data: bool):

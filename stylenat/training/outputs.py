@@ -53,6 +53,14 @@ def grid_latents(seed: int, count: int, z_dim: int) -> torch.Tensor:
     return torch.randn(count, z_dim, generator=g)
 
 
+def grid_labels(cols: int, rows: int, c_dim: int) -> torch.Tensor | None:
+    """One-hot labels of a conditional run's sample grid: row r shows class r mod c_dim (None: unconditional)."""
+    if not c_dim:
+        return None
+    classes = (torch.arange(cols * rows) // cols) % c_dim
+    return torch.nn.functional.one_hot(classes, c_dim).float()
+
+
 class RunOutputs:
     """The periodic work between steps: log records, sample grids, snapshots, training states, metrics."""
 
@@ -73,7 +81,7 @@ class RunOutputs:
         self.sinks: list = []
         self.progress = None
         self._handler = None
-        self.grid_z = None
+        self.grid_z = self.grid_c = None
         self.saved_state_at: int | None = None
         self.stopped = False  # a stop signal ended the run early
 
@@ -107,6 +115,7 @@ class RunOutputs:
             )
             cols, rows = self.opts.sample_grid
             self.grid_z = grid_latents(self.config.run.seed, cols * rows, self.gan.G.z_dim)
+            self.grid_c = grid_labels(cols, rows, self.gan.c_dim)
             if self.setup.state is None:
                 self._save_reals()
                 self._save_samples()
@@ -244,9 +253,11 @@ class RunOutputs:
 
         from stylenat.data import denormalize
 
-        images = []
-        for z in self.grid_z.split(self.gan.batch_gpu):
-            images.append(self.gan.G_ema(z.to(self.env.device)).float().cpu())
+        images, device = [], self.env.device
+        labels = [None] * len(self.grid_z) if self.grid_c is None else self.grid_c.split(self.gan.batch_gpu)
+        for z, c in zip(self.grid_z.split(self.gan.batch_gpu), labels):
+            c = None if c is None else c.to(device)
+            images.append(self.gan.G_ema(z.to(device), c).float().cpu())
         path = ckpt.artifact_path(self.run_dir, ckpt.SAMPLES_PREFIX, self.counters.images_seen, "png")
         save_image(
             denormalize(torch.cat(images), "minus_one_one"), path, nrow=self.opts.sample_grid[0], padding=0
@@ -263,7 +274,8 @@ class RunOutputs:
             return
         cols, rows = self.opts.sample_grid
         n = min(cols * rows, len(self.setup.dataset))
-        reals = torch.stack([self.setup.dataset[i] for i in range(n)])
+        items = [self.setup.dataset[i] for i in range(n)]
+        reals = torch.stack([x[0] if isinstance(x, tuple) else x for x in items])
         save_image(
             denormalize(reals, self.config.model.output_normalization),
             self.run_dir / "reals.png",
@@ -284,6 +296,7 @@ class RunOutputs:
                     "step": self.counters.step,
                     "run_dir": str(self.run_dir),
                     "init": self.config.resolved.get("init"),  # the pretrained weights' path and sha256
+                    **self._class_meta(),
                 },
             )
         except OSError as err:
@@ -291,6 +304,13 @@ class RunOutputs:
                 f"{err.strerror or err}; earlier snapshots and states are intact: free space in {self.run_dir} and resume"
             ) from None
         log.info("saved %s", path.name)
+
+    def _class_meta(self) -> dict:
+        """A conditional run's snapshot meta: the class names (from the data), so samplers can name them."""
+        if not self.gan.c_dim:
+            return {}
+        names = self.config.data.class_names
+        return {"class_names": list(names) if names is not None else None}
 
     def _save_state(self) -> Path | None:
         """Collective: every rank contributes its RNG states; rank 0 writes and prunes. A failed write
@@ -361,8 +381,11 @@ class RunOutputs:
 
         if getattr(self, "_extractor", None) is None:
             self._extractor = metrics.load_inception(device=self.env.device)
-        real = dataset_path_or_demo(self.config.data.path)
-        generate = seeded_images_fn(self.gan.G_ema, self.env.device)
+        real = dataset_path_or_demo(self.config.data.path, self.config.data.name)
+        pool = (
+            self.gan.label_pool if self.gan.c_dim else None
+        )  # a conditional G: the data's label distribution
+        generate = seeded_images_fn(self.gan.G_ema, self.env.device, label_pool=pool)
         for name in self.opts.metrics:
             result = metrics.compute_metric(
                 name,

@@ -58,6 +58,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.stats = Reporter(self.device)
         self.gan = GanStep(self.config, self.device, self.stats.report, self.env.rank, self.env.world_size)
+        if self.gan.c_dim and getattr(setup.dataset, "labels", None) is not None:
+            self.gan.set_label_pool(setup.dataset.labels)
         self.counters = Counters()
         if setup.state is not None:
             self.load_state_dict(setup.state)
@@ -95,6 +97,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "model_config": self.gan.G.model_config,
             "config": self.config.resolved,
+            **({"class_names": _names(self.config.data.class_names)} if self.gan.c_dim else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -120,10 +123,14 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def next_reals(self) -> torch.Tensor:
-        batch = next(self.stream)
+        return self.next_batch()[0]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images on the device, their class indices or None): a labelled data set yields both."""
+        batch, labels = next(self.stream), None
         if isinstance(batch, (list, tuple)):
-            batch = batch[0]
-        return batch.to(self.device, non_blocking=True)
+            batch, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+        return batch.to(self.device, non_blocking=True), labels
 
     def step(self) -> None:
         """One optimisation step on ``batch`` images (the schedule's lr, ADA's p), then the counters."""
@@ -132,7 +139,9 @@ class Trainer:
         if self.rollback is not None:
             self.rollback.capture()
         self.gan.set_learning_rates(self.opts.learning_rates(c.images_seen))
-        self.gan.run(c.step, [self.next_reals() for _ in range(self.gan.rounds)])
+        batches = [self.next_batch() for _ in range(self.gan.rounds)]
+        labels = [b[1] for b in batches] if self.gan.c_dim else None
+        self.gan.run(c.step, [b[0] for b in batches], labels)
         c.step += 1
         c.images_seen += self.opts.batch
 
@@ -228,6 +237,10 @@ class Trainer:
             f"saved {path.name if path else 'the state'} from before that step: resume it with a lower "
             "learning rate, or with train.nonfinite=rollback to skip such batches"
         )
+
+
+def _names(class_names) -> list[str] | None:
+    return None if class_names is None else list(class_names)
 
 
 def train(config) -> Path:

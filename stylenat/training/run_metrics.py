@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from stylenat.data import dataset_path_or_demo
+from stylenat.evaluation import data_label_pool
 from stylenat.sampling import seeded_images_fn
 from stylenat.training.sinks import metric_record
 
@@ -21,9 +22,10 @@ def run_real_data(run_dir: Path) -> str:
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} does not exist: is {run_dir} a training run directory?")
-    path = OmegaConf.select(OmegaConf.load(config_path), "dataset.path", default=None)
+    config = OmegaConf.load(config_path)
+    path = OmegaConf.select(config, "dataset.path", default=None)
     if path is None:
-        return str(dataset_path_or_demo(None))
+        return str(dataset_path_or_demo(None, OmegaConf.select(config, "dataset.name", default=None)))
     if not Path(path).exists():
         raise FileNotFoundError(f"dataset path {path} (from {config_path}) does not exist")
     return str(path)
@@ -106,10 +108,11 @@ def evaluate_run(
                     raise CheckpointError(f"{path} is not a stylenat inference snapshot")
                 G = generator_from_snapshot(snapshot, source=str(path)).eval().requires_grad_(False).to(dev)
                 meta = snapshot.get("meta") or {}
+                pool = data_label_pool(G, real) if G.c_dim else None  # as the loop: the data's labels
                 for name in missing:
                     result = registry.compute_metric(
                         name,
-                        seeded_images_fn(G, dev),
+                        seeded_images_fn(G, dev, label_pool=pool),
                         extractor=extractor,
                         real_data=real,
                         num_gen=num_gen,

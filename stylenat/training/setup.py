@@ -43,13 +43,41 @@ def prepare_run(config, env: dist.DistEnv, with_data: bool = True) -> RunSetup:
     config = config.with_run_dir(str(run_dir))
     run_dir = Path(run_dir).expanduser()
     resume_path, state, unreadable = ckpt.load_resume_state(config.run.resume, run_dir)
-    if state is not None:
+    dataset = build_training_dataset(config) if with_data else None
+    config = resolve_labels(config, dataset)
+    if state is not None:  # after the labels: model.c_dim comes from the data
         ckpt.check_compatible(state, config.resolved, resume_path)
         if config.init is not None:
             _log_resume_wins(config, state, resume_path)
-    dataset = build_training_dataset(config) if with_data else None
     config = resolve_auto_options(config, dataset)
     return RunSetup(config, env, run_dir, resume_path, state, dataset, unreadable)
+
+
+def resolve_labels(config: TrainingConfig, dataset) -> TrainingConfig:
+    """``model.c_dim`` (and the class names) from the data set's labels: a class-conditional run when it
+    uses labels (``dataset.use_labels``), unconditional and unchanged otherwise."""
+    c_dim = getattr(dataset, "c_dim", 0) if dataset is not None else 0
+    if config.init is not None and dataset is not None and config.model.c_dim != c_dim:
+        raise ValueError(
+            f"model.c_dim={config.model.c_dim} (from init={config.init.path}): the data set {dataset.path} "
+            f"has {c_dim} classes; fine-tune on data with the same classes"
+            + (" or set dataset.use_labels=false" if not config.model.c_dim else "")
+        )
+    if config.model.c_dim and config.model.c_dim != c_dim:
+        raise ValueError(
+            f"model.c_dim={config.model.c_dim}: the data set has {c_dim} classes (c_dim is set from its "
+            "labels; leave it out)"
+        )
+    if not c_dim:
+        return config
+    names = dataset.class_names
+    log.info(
+        "class-conditional: %d classes from %s (%s)",
+        c_dim,
+        dataset.path,
+        ", ".join(names) if names else "unnamed",
+    )
+    return config.with_labels(c_dim, names)
 
 
 def resolve_auto_options(config: TrainingConfig, dataset) -> TrainingConfig:
@@ -93,8 +121,11 @@ def build_training_dataset(config: TrainingConfig):
     from stylenat.data import build_dataset, dataset_path_or_demo
 
     return build_dataset(
-        dataset_path_or_demo(config.data.path),  # the demo is built concurrency-safely by every rank
+        dataset_path_or_demo(
+            config.data.path, config.data.name
+        ),  # the demo is built concurrency-safely by every rank
         config.data.resolution,
         normalize=config.model.output_normalization,
         xflip=config.data.xflip,
+        use_labels=config.data.use_labels,
     )

@@ -13,6 +13,10 @@ seen ``batch`` images over all processes. Every random draw (latents, style-mixi
 augmentation) comes from a CPU ``torch.Generator`` seeded by (seed, step, rank, micro-batch, purpose),
 so a step is a pure function of the state before it and the step's reals: N steps + resume + M steps
 equals N+M steps.
+
+Class-conditional (``model.c_dim > 0``, StyleGAN2-ADA's loop): D sees the reals with their labels, and
+every fake is drawn with the label of a random data set item (``label_pool``), from its own generator
+(purpose ``..._labels``). An unconditional step draws nothing more and calls G and D as before.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stylenat import distributed as dist
@@ -58,7 +63,9 @@ def build_networks(config: TrainingConfig) -> tuple[nn.Module, nn.Module]:
         checkpoint_blocks=config.train.checkpoint_blocks,
     )
     D = build_discriminator(
-        {"name": config.discriminator.name, **config.discriminator.options}, config.data.resolution
+        {"name": config.discriminator.name, **config.discriminator.options},
+        config.data.resolution,
+        c_dim=config.model.c_dim,
     )
     return G, D
 
@@ -96,6 +103,9 @@ class GanStep:
         self.batch_gpu = opts.per_gpu_batch(world_size)
         self.random = StepRandom(config.run.seed, rank)
         self.index = 0  # the step being run: part of every random draw's seed
+        self.c_dim = config.model.c_dim
+        # the class of every data set item, fakes' labels are drawn from (set_label_pool; default uniform)
+        self.label_pool = torch.arange(self.c_dim)
 
         self.G, self.D = build_networks(config)
         self.G.to(device).train()
@@ -121,40 +131,44 @@ class GanStep:
 
     # ------------------------------------------------------------------------------------ one step
 
-    def run(self, index: int, reals: list[torch.Tensor]) -> None:
-        """One D step (+ lazy R1) and one G step on the step's reals, then the G_ema update."""
+    def run(self, index: int, reals: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> None:
+        """One D step (+ lazy R1) and one G step on the step's reals (and, when conditional, their class
+        indices), then the G_ema update."""
         self.index = index
-        self.d_step(reals)
+        labels = self.real_labels(labels)
+        self.d_step(reals, labels)
         if self.opts.r1_gamma > 0 and index % self.opts.r1_every == 0:
-            self.r1_step(reals)
+            self.r1_step(reals, labels)
         self.g_step()
         dist.sync_buffers(self.G)
         update_ema(self.G_ema, self.G, self.ema_beta)
         if self.augment is not None:
             self.report("augment_p", self.augment.p)
 
-    def d_step(self, reals: list[torch.Tensor]) -> None:
-        """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks."""
+    def d_step(self, reals: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> None:
+        """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks.
+        ``labels``: the reals' one-hot labels (conditional)."""
         opts, step = self.opts, self.index
         self.G.requires_grad_(False)
         self._d_requires_grad(True)
         for r, real in enumerate(reals):
             z, g = self._latents(r, "d_latent")
+            c_fake, c_real = self.fake_labels(r, "d_latent"), None if labels is None else labels[r]
             with torch.no_grad(), self._fakes_precision():
-                fake = self.G_fwd(self._mapping(z, g, update_w_avg=False))
+                fake = self.G_fwd(self._mapping(z, g, update_w_avg=False, c=c_fake))
             with self._autocast():
                 fake = self._augmented(fake, r, "augment_fake")
                 real = self._augmented(real, r, "augment_real")
-                fake_logits = self.D_fwd(fake)
-                real_logits = self.D_fwd(real)
+                fake_logits = self._d(fake, c_fake)
+                real_logits = self._d(real, c_real)
                 loss = total = d_logistic_loss(real_logits, fake_logits)
                 if opts.bcr_real > 0 or opts.bcr_fake > 0:
                     g_aug = self.random(step, r, "bcr_augment")
                     bcr = opts.bcr_real * bcr_loss(
-                        real_logits, self.D_fwd(diff_augment(real, opts.bcr_augment, g_aug))
+                        real_logits, self._d(diff_augment(real, opts.bcr_augment, g_aug), c_real)
                     )
                     bcr = bcr + opts.bcr_fake * bcr_loss(
-                        fake_logits, self.D_fwd(diff_augment(fake, opts.bcr_augment, g_aug))
+                        fake_logits, self._d(diff_augment(fake, opts.bcr_augment, g_aug), c_fake)
                     )
                     total = total + bcr
                     self.report("bcr", bcr)
@@ -165,12 +179,13 @@ class GanStep:
             self.report("ada_rt", self._count_signs(real_logits))
         self._optimizer_step(self.D, self.opt_D, opts.d_clip_grad)
 
-    def r1_step(self, reals: list[torch.Tensor]) -> None:
-        """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D_fwd is the eager D)."""
+    def r1_step(self, reals: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> None:
+        """Lazy R1 on the step's reals, weighted gamma/2 * r1_every (in fp32: D is eager here)."""
         self._d_requires_grad(True)
         for r, real in enumerate(reals):
             real = real.detach().requires_grad_(True)
-            real_logits = self.D_fwd(self._augmented(real, r, "augment_r1"))
+            c = None if labels is None else labels[r]
+            real_logits = self._d(self._augmented(real, r, "augment_r1"), c, self.D)
             penalty = r1_penalty(real_logits, real)
             (self.opts.r1_gamma / 2 * penalty * self.opts.r1_every / len(reals)).backward()
             self.report("r1", penalty)
@@ -183,9 +198,10 @@ class GanStep:
         self._d_requires_grad(False)
         for r in range(self.rounds):
             z, g = self._latents(r, "g_latent")
+            c = self.fake_labels(r, "g_latent")
             with self._autocast():
-                ws = self._mapping(z, g, update_w_avg=True)
-                loss = g_nonsaturating_loss(self.D_fwd(self._augmented(self.G_fwd(ws), r, "augment_g")))
+                ws = self._mapping(z, g, update_w_avg=True, c=c)
+                loss = g_nonsaturating_loss(self._d(self._augmented(self.G_fwd(ws), r, "augment_g"), c))
             (loss / self.rounds).backward()
             self.report("g_loss", loss)
         self._optimizer_step(self.G, self.opt_G, self.opts.g_clip_grad)
@@ -203,17 +219,57 @@ class GanStep:
         z = to_device(torch.randn(self.batch_gpu, self.G.z_dim, generator=g), self.device)
         return z, g
 
-    def _mapping(self, z: torch.Tensor, g: torch.Generator, update_w_avg: bool) -> torch.Tensor:
-        """z -> per-layer ws, with style mixing (one random cut-off per batch) at ``train.style_mixing``."""
-        ws = self.G.mapping(z, update_w_avg=update_w_avg, w_avg_beta=self.opts.w_avg_beta)
+    def _mapping(
+        self, z: torch.Tensor, g: torch.Generator, update_w_avg: bool, c: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """z (and c) -> per-layer ws, with style mixing (one random cut-off per batch, the same labels) at
+        ``train.style_mixing``."""
+        ws = self.G.mapping(z, c, update_w_avg=update_w_avg, w_avg_beta=self.opts.w_avg_beta)
         if self.opts.style_mixing > 0:
             cutoff = int(torch.randint(1, ws.shape[1], (), generator=g))
             mix = float(torch.rand((), generator=g)) < self.opts.style_mixing
             z2 = to_device(torch.randn(z.shape, generator=g), z.device)
             if mix:
-                ws2 = self.G.mapping(z2)
+                ws2 = self.G.mapping(z2, c)
                 ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
+
+    def _d(self, images: torch.Tensor, c: torch.Tensor | None, D: nn.Module | None = None) -> torch.Tensor:
+        """D's logits (``D_fwd``, or the eager ``D`` for R1), with the labels when conditional (an
+        unconditional D is called as before)."""
+        D = self.D_fwd if D is None else D
+        return D(images) if c is None else D(images, c)
+
+    # ------------------------------------------------------------------------------------ labels
+
+    def set_label_pool(self, labels) -> None:
+        """The class of every data set item: fakes' labels are drawn from it (StyleGAN2-ADA draws the
+        label of a random data set item), so G learns the classes in the data's proportions."""
+        pool = torch.as_tensor(labels, dtype=torch.int64).flatten()
+        if self.c_dim and (pool.numel() == 0 or pool.min() < 0 or pool.max() >= self.c_dim):
+            raise ValueError(
+                f"label pool: expected class indices in [0, {self.c_dim}), got {pool.unique().tolist()}"
+            )
+        self.label_pool = pool
+
+    def fake_labels(self, r: int, purpose: str) -> torch.Tensor | None:
+        """One-hot labels of a micro-batch of fakes (None when unconditional: nothing is drawn)."""
+        if not self.c_dim:
+            return None
+        g = self.random(self.index, r, f"{purpose}_labels")
+        picks = self.label_pool[torch.randint(len(self.label_pool), (self.batch_gpu,), generator=g)]
+        return to_device(F.one_hot(picks, self.c_dim).float(), self.device)
+
+    def real_labels(self, labels: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        """The reals' class indices as one-hot [B, c_dim] on the device (None when unconditional)."""
+        if not self.c_dim:
+            return None
+        if labels is None:
+            raise ValueError(f"a class-conditional step (c_dim={self.c_dim}) needs the reals' labels")
+        return [
+            to_device(F.one_hot(torch.as_tensor(l).long().cpu(), self.c_dim).float(), self.device)
+            for l in labels
+        ]
 
     def _augmented(self, images: torch.Tensor, r: int, purpose: str) -> torch.Tensor:
         """``images`` as D sees them: through ``train.augment`` (ADA / DiffAugment), differentiably."""

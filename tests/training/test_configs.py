@@ -18,6 +18,7 @@ LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml"))
 
 RECIPES = {
     "demo": ("tiny", "demo", 32),
+    "demo_classes": ("tiny", "demo", 32),
     "ffhq256": ("stylenat_256", "ffhq256", 256),
     "ffhq1024": ("stylenat_1024", "ffhq1024", 1024),
     "church256": ("stylenat_256", "church256", 256),
