@@ -185,7 +185,7 @@ class GanStep:
         for r, real in enumerate(reals):
             real = real.detach().requires_grad_(True)
             c = None if labels is None else labels[r]
-            real_logits = self._d(self._augmented(real, r, "augment_r1"), c, self.D)
+            real_logits = self._d(self._augmented(real, r, "augment_r1"), c)
             penalty = r1_penalty(real_logits, real)
             (self.opts.r1_gamma / 2 * penalty * self.opts.r1_every / len(reals)).backward()
             self.report("r1", penalty)
@@ -234,11 +234,10 @@ class GanStep:
                 ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
 
-    def _d(self, images: torch.Tensor, c: torch.Tensor | None, D: nn.Module | None = None) -> torch.Tensor:
-        """D's logits (``D_fwd``, or the eager ``D`` for R1), with the labels when conditional (an
-        unconditional D is called as before)."""
-        D = self.D_fwd if D is None else D
-        return D(images) if c is None else D(images, c)
+    def _d(self, images: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """D's logits (``D_fwd``: the eager D, so R1's double backward works too), with the labels when
+        conditional (an unconditional D is called as before)."""
+        return self.D_fwd(images) if c is None else self.D_fwd(images, c)
 
     # ------------------------------------------------------------------------------------ labels
 
