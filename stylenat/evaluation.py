@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from stylenat.ops.precision import dtype_name
-from stylenat.sampling import resolve_class, seeded_images_fn
+from stylenat.sampling import resolve_class, seeded_images_fn, seeded_labels_fn
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,16 @@ def run_metrics(cfg, G, device, rank=0):
     for spec in specs:
         if spec.kind == "ppl":  # PPL: fp32 only, and G itself (no real data, no truncation)
             check_ppl_dtype(spec.name, cfg.get("dtype", "fp32"))
-    real = _real_source(cfg) if any(spec.kind != "ppl" for spec in specs) else {}
+    class_idx = resolve_class(G, cfg.get("class_idx"), cfg.get("class_name"))
+    # real data for the feature metrics, and for the labels a conditional G draws when no class is given
+    needs_real = any(spec.kind != "ppl" for spec in specs) or (G.c_dim and class_idx is None)
+    real = _real_source(cfg) if needs_real else {}
     needs_inception = any(spec.network == "inception" for spec in specs)
     extractor = load_inception(cfg.inception_weights, device=device) if needs_inception else None
 
-    class_idx = resolve_class(G, cfg.get("class_idx"), cfg.get("class_name"))
     pool = data_label_pool(G, real.get("real_data")) if G.c_dim and class_idx is None else None
     generator_fn = seeded_images_fn(G, device, cfg.truncation_psi, class_idx=class_idx, label_pool=pool)
+    labels_fn = seeded_labels_fn(G, device, class_idx=class_idx, label_pool=pool)
 
     results = []
     for spec in specs:
@@ -71,6 +74,7 @@ def run_metrics(cfg, G, device, rank=0):
                 batch_size=cfg.batch,
                 device=device,
                 seed_start=cfg.seed_start,
+                labels=labels_fn if G.c_dim else None,
             )
         else:
             record = compute_metric(

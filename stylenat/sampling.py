@@ -98,28 +98,32 @@ def seed_labels(seeds, label_pool, c_dim, device="cpu"):
     return torch.nn.functional.one_hot(torch.tensor(picks, dtype=torch.int64), c_dim).float().to(device)
 
 
-def seeded_images_fn(G, device, truncation_psi: float = 1.0, class_idx=None, label_pool=None):
-    """``seeds (int tensor) -> images`` in [-1, 1], float32: the generator function metrics take.
-
-    A conditional G draws each seed's class from ``label_pool`` (the data set's labels, as StyleGAN2-ADA's
-    metrics do), or uses ``class_idx`` for every image."""
-    if getattr(G, "c_dim", 0) and class_idx is None and label_pool is None:
+def seeded_labels_fn(G, device, class_idx=None, label_pool=None):
+    """``seeds (list of int) -> one-hot labels`` [N, c_dim] (None for an unconditional G): a conditional G
+    draws each seed's class from ``label_pool`` (the data set's labels, as StyleGAN2-ADA's metrics do), or
+    uses ``class_idx`` for every sample."""
+    if not getattr(G, "c_dim", 0):
+        class_onehot(G, class_idx, 1, device)  # a class for an unconditional G: one line
+        return lambda seeds: None
+    if class_idx is None and label_pool is None:
         raise ValueError(
             f"a class-conditional generator (c_dim={G.c_dim}) needs labels for metrics: give class_idx=N or "
             "a labelled data set (its dataset.json)"
         )
     if class_idx is not None:
         class_onehot(G, class_idx, 1, device)  # checks it
+        return lambda seeds: class_onehot(G, class_idx, len(seeds), device)
+    return lambda seeds: seed_labels(seeds, label_pool, G.c_dim, device)
+
+
+def seeded_images_fn(G, device, truncation_psi: float = 1.0, class_idx=None, label_pool=None):
+    """``seeds (int tensor) -> images`` in [-1, 1], float32: the generator function metrics take (labels of
+    a conditional G as :func:`seeded_labels_fn`)."""
+    labels = seeded_labels_fn(G, device, class_idx, label_pool)
 
     def generate(seeds: torch.Tensor) -> torch.Tensor:
         seeds = seeds.tolist()
-        if not getattr(G, "c_dim", 0):
-            c = None
-        elif class_idx is not None:
-            c = class_onehot(G, class_idx, len(seeds), device)
-        else:
-            c = seed_labels(seeds, label_pool, G.c_dim, device)
-        return G(seed_latents(seeds, G.z_dim, device), c, truncation_psi=truncation_psi).float()
+        return G(seed_latents(seeds, G.z_dim, device), labels(seeds), truncation_psi=truncation_psi).float()
 
     return generate
 

@@ -124,19 +124,21 @@ def sample_latents(seeds, z_dim: int, sampling: str) -> tuple[np.ndarray, np.nda
     return np.stack(z0), np.stack(z1), np.asarray(t)
 
 
-def path_lengths(G, embed, z0, z1, t, spec: PPLSpec) -> torch.Tensor:
+def path_lengths(G, embed, z0, z1, t, spec: PPLSpec, c=None) -> torch.Tensor:
     """The per-sample distances [N] for latents ``z0``, ``z1`` [N, z_dim] and ``t`` [N] (in their dtype).
 
     ``G`` has ``mapping(z)`` -> ws, ``synthesis(ws)`` and ``to_minus_one_one``; ``embed(pixels)`` is the LPIPS
-    embedding of [0, 255] images (``VGG16.lpips_features``)."""
+    embedding of [0, 255] images (``VGG16.lpips_features``). ``c``: a conditional G's one-hot labels [N,
+    c_dim], one per sample, the same at both ends of its path (as stylegan3)."""
     eps = spec.epsilon
     t = t.view(-1, 1)
+    label = {} if c is None else {"c": torch.cat([c, c]).to(z0.dtype)}
     if spec.space == "w":
-        w0, w1 = G.mapping(torch.cat([z0, z1])).chunk(2)
+        w0, w1 = G.mapping(torch.cat([z0, z1]), **label).chunk(2)
         tw = t.view(-1, *[1] * (w0.ndim - 1))
         ws = torch.cat([w0.lerp(w1, tw), w0.lerp(w1, tw + eps)])
     else:
-        ws = G.mapping(torch.cat([slerp(z0, z1, t), slerp(z0, z1, t + eps)]))
+        ws = G.mapping(torch.cat([slerp(z0, z1, t), slerp(z0, z1, t + eps)]), **label)
     images = G.to_minus_one_one(G.synthesis(ws))
     if spec.crop:
         images = face_crop(images)
@@ -178,10 +180,17 @@ def compute_ppl(
     device=None,
     seed_start: int = 0,
     progress: bool = True,
+    labels=None,
 ) -> dict:
     """``metric`` (a PPL name) of generator ``G``; ``vgg16`` is a loaded :class:`VGG16` (or anything with
     ``lpips_features``) or a path (None: env ``STYLENAT_VGG16``, then the cache). Under torch.distributed
-    every rank computes a contiguous slice of the samples; the value is on every rank."""
+    every rank computes a contiguous slice of the samples; the value is on every rank. ``labels``: a
+    conditional G's ``seeds -> one-hot labels`` (``stylenat.sampling.seeded_labels_fn``)."""
+    if getattr(G, "c_dim", 0) and labels is None:
+        raise ValueError(
+            f"PPL of a class-conditional generator (c_dim={G.c_dim}) needs labels: give class_idx=N "
+            "or a labelled data set"
+        )
     t0 = time.perf_counter()
     spec = metric if isinstance(metric, PPLSpec) else PPL_METRICS[metric]
     check_ppl_dtype(spec.name, getattr(G, "compute_dtype", torch.float32))
@@ -208,7 +217,8 @@ def compute_ppl(
             z0, z1, t = (
                 torch.from_numpy(a).to(device, dtype) for a in sample_latents(chunk, G.z_dim, spec.sampling)
             )
-            out.append(path_lengths(G, net.lpips_features, z0, z1, t, spec).double().cpu().numpy())
+            c = None if labels is None else labels(chunk.tolist())
+            out.append(path_lengths(G, net.lpips_features, z0, z1, t, spec, c).double().cpu().numpy())
             bar.update(len(chunk))
     distances = _gather(np.concatenate(out) if out else np.zeros(0), world)
     value = trimmed_mean(distances)

@@ -209,3 +209,49 @@ def test_evaluate_runs_ppl_on_the_generator_and_records_it(tmp_path, monkeypatch
     assert saved["metric"] == "ppl2_wend" and saved["value"] > 0 and saved["num_gen"] == 6
     assert "published: 50000" in saved["label"] and saved["weights_sha256"] == "stand-in"
     assert (saved["tf32"], saved["dtype"], saved["truncation_psi"]) == (False, "fp32", 1.0)
+
+
+class ConditionalLinearG(LinearG):
+    """LinearG with a class offset in w: w = z M + c C (before the optional tanh)."""
+
+    c_dim = 2
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.C = torch.randn(2, Z_DIM, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 3
+
+    def mapping(self, z, c=None):
+        if c is None:
+            raise ValueError("c missing")
+        w = z @ self.M + c.to(z.dtype) @ self.C
+        return (torch.tanh(w) if self.nonlinear else w).unsqueeze(1).repeat(1, 2, 1)
+
+
+def _class_labels(class_idx):
+    return lambda seeds: F.one_hot(torch.full((len(seeds),), class_idx), 2).double()
+
+
+def test_a_conditional_generator_keeps_each_samples_label_at_both_ends_of_its_path():
+    """w_end - w_start cancels the class offset only when both ends carry the same label: a linear G's
+    ppl_wend then equals the unconditional closed form, whatever the class."""
+    n, embed = 100, LinearEmbedding(RES // 2)
+    plain = compute_ppl("ppl_wend", LinearG(), vgg16=embed, num_gen=n, progress=False)["value"]
+    for k in (0, 1):
+        cond = compute_ppl(
+            "ppl_wend", ConditionalLinearG(), vgg16=embed, num_gen=n, progress=False, labels=_class_labels(k)
+        )
+        assert cond["value"] == pytest.approx(plain, rel=1e-9)
+    nonlinear = [
+        compute_ppl(
+            "ppl_wend",
+            ConditionalLinearG(nonlinear=True),
+            vgg16=embed,
+            num_gen=n,
+            progress=False,
+            labels=_class_labels(k),
+        )["value"]
+        for k in (0, 1)
+    ]
+    assert nonlinear[0] != pytest.approx(nonlinear[1], rel=1e-3)  # the label reaches the mapping
+    with pytest.raises(ValueError, match="class-conditional"):
+        compute_ppl("ppl_wend", ConditionalLinearG(), vgg16=embed, num_gen=n, progress=False)
