@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from stylenat.files import atomic_write
-from stylenat.sampling import make_grid, parse_seeds, seed_latents, to_uint8
+from stylenat.sampling import class_onehot, make_grid, parse_seeds, seed_latents, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +33,13 @@ WRAPS = 2  # keyframe copies on each side of the loop, so the spline is periodic
 
 
 def class_condition(G, class_idx, batch: int, device) -> dict:
-    """``{"c": one-hot [batch, c_dim]}`` for a conditional generator (``G.c_dim`` > 0), ``{}`` for an
-    unconditional one; the keyword arguments G and G.mapping take. One-line ValueError naming class_idx."""
-    c_dim = int(getattr(G, "c_dim", 0) or 0)
-    if c_dim == 0:
-        if class_idx is not None:
-            raise ValueError(f"class_idx={class_idx}: this generator is unconditional (no classes)")
-        return {}
-    idx = 0 if class_idx is None else class_idx
-    if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < c_dim:
-        raise ValueError(f"class_idx={class_idx!r}: expected an integer in [0, {c_dim - 1}]")
-    c = torch.zeros(batch, c_dim, device=device)
-    c[:, idx] = 1
-    return {"c": c}
+    """``{"c": one-hot [batch, c_dim]}`` for a conditional generator (class 0 when none is chosen: the
+    viewer's and the video's default), ``{}`` for an unconditional one; the keyword arguments G and
+    G.mapping take. One-line ValueError naming class_idx (``stylenat.sampling.class_onehot``)."""
+    if getattr(G, "c_dim", 0) and class_idx is None:
+        class_idx = 0
+    c = class_onehot(G, class_idx, batch, device)
+    return {} if c is None else {"c": c}
 
 
 def parse_grid(grid) -> tuple[int, int]:
