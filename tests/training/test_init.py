@@ -253,3 +253,27 @@ def test_one_line_errors(cli, source_run, tmp_path):  # noqa: F811
         "error: train.freeze_d=3: the stylegan2 discriminator at 16 px has 2 blocks (one per resolution "
         "level, from the image side; the 4x4 head is never frozen)"
     ]
+
+
+@pytest.mark.slow
+def test_init_from_an_unconditional_model_on_labelled_data_is_one_line(source_run, tmp_path):
+    """The model (c_dim included) comes from the init file: labelled data must match its classes."""
+    import json
+
+    data = _folder(tmp_path / "labelled", 4, 16)
+    (data / "dataset.json").write_text(json.dumps({"labels": [[f"{i}.png", i % 2] for i in range(4)]}))
+    base = [
+        "dataset=folder",
+        f"dataset.path={data}",
+        f"run_dir={tmp_path / 'run'}",
+        f"init={_state(source_run)}",
+    ]
+    with pytest.raises(ValueError) as err:
+        prepare_run(compose_config(CONFIG_DIR, base), CPU)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(
+        f"model.c_dim=0 (from init={_state(source_run)}): the data set"
+    )
+    assert "has 2 classes" in text and "dataset.use_labels=false" in text
+    config = prepare_run(compose_config(CONFIG_DIR, [*base, "dataset.use_labels=false"]), CPU).config
+    assert config.model.c_dim == 0
