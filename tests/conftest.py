@@ -14,3 +14,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def restore_tf32():
+    """Tests that switch TF32 leave the process's switches as they found them."""
+    matmul, cpu_matmul = torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision
+    cudnn = torch.backends.cudnn.allow_tf32
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    torch.backends.mkldnn.matmul.fp32_precision = cpu_matmul
+    torch.backends.cudnn.allow_tf32 = cudnn

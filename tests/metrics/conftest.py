@@ -33,16 +33,3 @@ def fid_helper_path():
 @pytest.fixture(scope="session")
 def real_inception(fid_helper_path):
     return load_inception(fid_helper_path)
-
-
-@pytest.fixture
-def restore_tf32():
-    """Tests that turn TF32 on leave the process's switches as they found them."""
-    import torch
-
-    matmul, cpu_matmul = torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision
-    cudnn = torch.backends.cudnn.allow_tf32
-    yield
-    torch.set_float32_matmul_precision(matmul)
-    torch.backends.mkldnn.matmul.fp32_precision = cpu_matmul
-    torch.backends.cudnn.allow_tf32 = cudnn

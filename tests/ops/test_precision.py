@@ -23,18 +23,8 @@ def _flags():
     }
 
 
-@pytest.fixture
-def restore_precision():
-    matmul, cpu_matmul = torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision
-    cudnn = torch.backends.cudnn.allow_tf32
-    yield
-    torch.set_float32_matmul_precision(matmul)
-    torch.backends.mkldnn.matmul.fp32_precision = cpu_matmul
-    torch.backends.cudnn.allow_tf32 = cudnn
-
-
 @pytest.mark.parametrize("sequence", [(True,), (False,), (True, False), (False, True, True)])
-def test_every_getter_answers_and_agrees_after_set_tf32(restore_precision, sequence):
+def test_every_getter_answers_and_agrees_after_set_tf32(restore_tf32, sequence):
     cpu_matmul = torch.backends.mkldnn.matmul.fp32_precision
     for enabled in sequence:
         set_tf32(enabled)
