@@ -134,7 +134,9 @@ def test_labels_set_c_dim_and_snapshots_carry_the_class_names(two_colours, tmp_p
     assert (G.c_dim, G.class_names) == (2, ["yellow", "blue"])
     state = next(run_dir.glob("training-state-*.pt"))
     assert stylenat.load_generator(state).class_names == ["yellow", "blue"]
-    resumed = trainer_for(two_colours, tmp_path)  # the same command resumes (model.c_dim checked from the data)
+    resumed = trainer_for(
+        two_colours, tmp_path
+    )  # the same command resumes (model.c_dim checked from the data)
     assert resumed.counters.step == 1 and resumed.gan.c_dim == 2
     for a, b in zip(resumed.gan.G_ema.state_dict().values(), trainer.gan.G_ema.state_dict().values()):
         assert torch.equal(a, b)
