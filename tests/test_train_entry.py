@@ -121,4 +121,7 @@ def test_empty_data_folder_and_missing_resume(tmp_path):
 
 def test_help():
     proc = run_train(["--help"])
-    assert proc.returncode == 0 and "dataset: church256 | demo | demo_classes | ffhq1024 | ffhq256 | folder" in proc.stdout
+    assert (
+        proc.returncode == 0
+        and "dataset: church256 | demo | demo_classes | ffhq1024 | ffhq256 | folder" in proc.stdout
+    )

@@ -12,11 +12,13 @@ Every path here runs only when c_dim > 0: an unconditional network has none of t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from stylenat.models.layers import EqualLinear
+from stylenat.ops.checks import is_int
 
 D_MAPPING_LAYERS = 8  # StyleGAN2-ADA's D mapping depth (its MappingNetwork default)
 D_MAPPING_LR_MUL = 0.01
@@ -66,3 +68,21 @@ class LabelMapping(nn.Module):
 def project(x: torch.Tensor, cmap: torch.Tensor) -> torch.Tensor:
     """The projection logit [B, 1]: sum(x * cmap) / sqrt(cmap_dim)."""
     return (x * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(cmap.shape[1]))
+
+
+class ProjectionConditioned(nn.Module):
+    """What both Ds share: their epilogue's last layers (``final_linear``), widened to cmap_dim features
+    and projected on ``mapping(c)`` when c_dim > 0 (cmap_dim = D's channels at 4x4), one logit otherwise."""
+
+    def _init_conditioning(self, c_dim, channels: int, final_linear: Callable[[int], nn.Module]) -> None:
+        """``final_linear(out)`` builds the epilogue's linear layers with ``out`` outputs."""
+        if not is_int(c_dim) or c_dim < 0:
+            raise ValueError(f"c_dim={c_dim!r}: expected an integer >= 0 (0 = unconditional)")
+        self.c_dim = c_dim
+        self.final_linear = final_linear(channels if c_dim else 1)
+        if c_dim:
+            self.mapping = LabelMapping(c_dim, channels)
+
+    def _logits(self, features: torch.Tensor, c) -> torch.Tensor:
+        x = self.final_linear(features.reshape(features.shape[0], -1))
+        return x if not self.c_dim else project(x, self.mapping(c))

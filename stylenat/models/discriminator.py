@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from stylenat.models.conditioning import LabelMapping, check_labels, project
+from stylenat.models.conditioning import ProjectionConditioned, check_labels
 from stylenat.models.layers import EqualConv2d, EqualLinear, fused_leaky_relu
 from stylenat.ops.checks import is_int, is_number, is_power_of_two
 from stylenat.ops.upfirdn import Blur, Downsample
@@ -182,22 +182,6 @@ def _final_linear(channels: int, sn: bool, out: int = 1) -> nn.Sequential:
     )
 
 
-class _Conditional(nn.Module):
-    """What both Ds share: projection conditioning on c (c_dim > 0; cmap_dim = channels at 4x4)."""
-
-    def _init_conditioning(self, c_dim, channels: int, sn: bool) -> None:
-        if not is_int(c_dim) or c_dim < 0:
-            raise ValueError(f"c_dim={c_dim!r}: expected an integer >= 0 (0 = unconditional)")
-        self.c_dim = c_dim
-        self.final_linear = _final_linear(channels, sn, channels if c_dim else 1)
-        if c_dim:
-            self.mapping = LabelMapping(c_dim, channels)
-
-    def _logits(self, features: torch.Tensor, c) -> torch.Tensor:
-        x = self.final_linear(features.reshape(features.shape[0], -1))
-        return x if not self.c_dim else project(x, self.mapping(c))
-
-
 # --------------------------------------------------------------------------------------------- wavelet D
 
 
@@ -241,7 +225,7 @@ class FromRGB(nn.Module):
         return x, out
 
 
-class WaveletDiscriminator(_Conditional):
+class WaveletDiscriminator(ProjectionConditioned):
     """StyleSwin's wavelet discriminator (the one StyleNAT trains with).
 
     The image is Haar-transformed (R/2 x R/2, 12 channels); each stage adds a FromRGB of the wavelet
@@ -286,7 +270,7 @@ class WaveletDiscriminator(_Conditional):
         self.stddev_group = stddev_group
         self.stddev_feat = stddev_feat
         self.final_conv = ConvLayer(in_channel + stddev_feat, ch[4], 3, sn=sn)
-        self._init_conditioning(c_dim, ch[4], sn)
+        self._init_conditioning(c_dim, ch[4], lambda out: _final_linear(ch[4], sn, out))
 
     def blocks(self) -> list[list[nn.Module]]:
         """D's resolution levels from the image side (FreezeD's unit): FromRGB + ConvBlock each."""
@@ -329,7 +313,7 @@ class ResBlock(nn.Module):
         return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
 
 
-class StyleGAN2Discriminator(_Conditional):
+class StyleGAN2Discriminator(ProjectionConditioned):
     """rosinality's StyleGAN2 residual discriminator (equalized lr; optional spectral norm)."""
 
     def __init__(
@@ -360,7 +344,7 @@ class StyleGAN2Discriminator(_Conditional):
         self.stddev_group = stddev_group
         self.stddev_feat = stddev_feat
         self.final_conv = ConvLayer(in_channel + stddev_feat, ch[4], 3, sn=sn)
-        self._init_conditioning(c_dim, ch[4], sn)
+        self._init_conditioning(c_dim, ch[4], lambda out: _final_linear(ch[4], sn, out))
 
     def blocks(self) -> list[list[nn.Module]]:
         """D's resolution levels from the image side (FreezeD's unit): a ResBlock each, the first with the

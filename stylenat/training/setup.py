@@ -120,10 +120,9 @@ def build_training_dataset(config: TrainingConfig):
     """The data set of ``dataset.*`` (the demo faces when dataset.path is null), in G's pixel space."""
     from stylenat.data import build_dataset, dataset_path_or_demo
 
+    # the demo (or the two-class demo) is built concurrency-safely by every rank
     return build_dataset(
-        dataset_path_or_demo(
-            config.data.path, config.data.name
-        ),  # the demo is built concurrency-safely by every rank
+        dataset_path_or_demo(config.data.path, config.data.name),
         config.data.resolution,
         normalize=config.model.output_normalization,
         xflip=config.data.xflip,

@@ -170,3 +170,18 @@ def test_a_zip_listing_a_missing_member_names_it(tmp_path):
         DatasetError, match=r"dataset.json in .*z.zip: entry 2 \['img2.png', 1\]: img2.png does not exist"
     ):
         build_dataset(dst, 8, use_labels="auto")
+
+
+def test_the_two_class_demo_is_the_demo_faces_then_the_non_faces(tmp_path):
+    from stylenat.data.demo import demo_classes_dataset_path, demo_dataset_path
+
+    path = demo_classes_dataset_path(tmp_path)
+    ds = build_dataset(path, 32, use_labels="auto", normalize=None)
+    assert (ds.num_images, ds.c_dim, ds.class_names) == (200, 2, ["faces", "nonfaces"])
+    assert ds.labels.tolist() == [0] * 100 + [1] * 100
+    faces = build_dataset(demo_dataset_path(tmp_path), 32, normalize=None)
+    assert all(
+        np.array_equal(ds.load_uint8(i), faces.load_uint8(i)) for i in (0, 57, 99)
+    )  # class 0 = the demo set
+    assert not np.array_equal(ds.load_uint8(100), faces.load_uint8(0))
+    assert demo_classes_dataset_path(tmp_path) == path  # built once

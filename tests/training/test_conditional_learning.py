@@ -134,7 +134,9 @@ def test_labels_set_c_dim_and_snapshots_carry_the_class_names(two_colours, tmp_p
     assert (G.c_dim, G.class_names) == (2, ["yellow", "blue"])
     state = next(run_dir.glob("training-state-*.pt"))
     assert stylenat.load_generator(state).class_names == ["yellow", "blue"]
-    resumed = trainer_for(two_colours, tmp_path)  # the same command resumes (model.c_dim checked from the data)
+    resumed = trainer_for(
+        two_colours, tmp_path
+    )  # the same command resumes (model.c_dim checked from the data)
     assert resumed.counters.step == 1 and resumed.gan.c_dim == 2
     for a, b in zip(resumed.gan.G_ema.state_dict().values(), trainer.gan.G_ema.state_dict().values()):
         assert torch.equal(a, b)
@@ -145,3 +147,35 @@ def test_labels_set_c_dim_and_snapshots_carry_the_class_names(two_colours, tmp_p
         and plain.gan.G.c_dim == 0
         and "c_dim" not in plain.config.resolved["model"]
     )
+
+
+def test_a_resumed_conditional_run_equals_an_uninterrupted_one(two_colours, tmp_path):
+    quiet = [
+        "train.metrics=[]",
+        "logger.plots=false",
+        "train.image_every_kimg=null",
+        "train.state_every_kimg=0.008",
+    ]
+
+    def fit(run_dir, kimg):
+        cfg = compose_config(
+            CONFIG_DIR,
+            [
+                *LEARNING,
+                *quiet,
+                f"dataset.path={two_colours}",
+                f"run_dir={run_dir}",
+                f"train.total_kimg={kimg}",
+            ],
+        )
+        trainer = run.Trainer(run.prepare_run(cfg, CPU))
+        trainer.fit()
+        return trainer
+
+    straight = fit(tmp_path / "a", 0.024)
+    fit(tmp_path / "b", 0.008)
+    resumed = fit(tmp_path / "b", 0.024)
+    assert resumed.counters.step == straight.counters.step == 3
+    for name in ("G", "D", "G_ema"):
+        a, b = straight.gan.state_dict()[name], resumed.gan.state_dict()[name]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
