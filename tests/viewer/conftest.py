@@ -47,6 +47,9 @@ class ConditionalStandIn(torch.nn.Module):
     def to_minus_one_one(self, img):
         return self.G.to_minus_one_one(img)
 
+    def using_inference_path(self, path):
+        return self.G.using_inference_path(path)
+
     def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None):
         return self.to_minus_one_one(self.synthesis(self.mapping(z, c, truncation_psi, truncation_cutoff)))
 
