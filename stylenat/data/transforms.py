@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from stylenat.data.errors import DatasetError
+from stylenat.ops.constants import IMAGENET_MEAN, IMAGENET_STD  # re-exported (stylenat.data)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("imagenet", "minus_one_one")
 
 

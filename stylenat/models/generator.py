@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.models import fused
 from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB, check_backend
 from stylenat.models.conditioning import check_labels, normalize_2nd_moment
 from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
 from stylenat.ops.checks import is_int, is_number, is_odd_kernel, is_power_of_two
+from stylenat.ops.constants import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.ops.precision import INFERENCE_DTYPES, autocast, dtype_name
 from stylenat.ops.upfirdn import make_kernel, upfirdn2d
 
