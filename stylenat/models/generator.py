@@ -5,9 +5,8 @@ upsample and the RGB skip path switch to NCHW. The modules' forwards are the pla
 runs each Stage through ``stylenat.models.fused`` instead (the same maths in cache-sized fused kernels)
 while the generator's inference path is "fused" (the default; ``Generator.set_inference_path``), decided
 at one point, ``Stage.forward``; "modules" always takes the modules' own forwards (so hooks on them fire).
-A reduced compute dtype (``Generator.set_compute_dtype``) is
-handed to the fused path there, or else entered there as an autocast: the stages' outputs, and with them
-the RGB skip path, stay float32.
+A reduced compute dtype (``Generator.set_compute_dtype``) is handed to the fused path there, or else
+entered there as an autocast: the stages' outputs, and with them the RGB skip path, stay float32.
 """
 
 import contextlib
