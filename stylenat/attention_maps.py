@@ -207,18 +207,10 @@ def proxy_map(attn: HydraNeighborhoodAttention, qkv) -> torch.Tensor:
 
 @contextlib.contextmanager
 def module_forwards(G):
-    """Run G through its modules' own forwards, so hooks on them fire. The CPU inference path
-    (``ops.fused_cpu``, taken with grad mode off) uses the projections' weights directly; grad mode on with
-    every parameter frozen takes the module path and still records no graph."""
-    flags = [(p, p.requires_grad) for p in G.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    """Run G through its modules' own forwards, so hooks on them fire: its "modules" inference path (the
+    fused CPU path uses the projections' weights directly), without autograd."""
+    with torch.no_grad(), G.using_inference_path("modules"):
+        yield
 
 
 def attention_maps(G, seeds, queries, layers=None, truncation_psi: float = 1.0, proxy: bool = False):

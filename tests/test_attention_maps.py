@@ -197,7 +197,7 @@ def test_generator_maps_match_the_layers_own_qkv(generator):
             if isinstance(block.attn, HydraNeighborhoodAttention):
                 hook = lambda m, i, o, key=(stage.size, j): captured.setdefault(key, []).append(o)  # noqa: E731
                 handles.append(block.attn.qkv.register_forward_hook(hook))
-    with torch.enable_grad():
+    with torch.no_grad(), generator.using_inference_path("modules"):
         for seed in (0, 3):
             z = torch.from_numpy(np.random.RandomState(seed).randn(1, 16)).float()
             generator(z)

@@ -550,10 +550,12 @@ def test_load_generator_on_snapshot_and_raw_reference_file(tmp_path, tiny_legacy
 
 def small_reference_d(resolution=32, seed=0):
     """A reference-layout wavelet D (spectral norm: weight_orig/_u/_v); ours mirrors its module names."""
-    from stylenat.models.discriminator import build_discriminator
+    from stylenat.models.build import build_discriminator
 
     torch.manual_seed(seed)
-    D = build_discriminator("wavelet", resolution, channel_multiplier=2, sn=True, channel_max=32)
+    D = build_discriminator(
+        {"name": "wavelet", "channel_multiplier": 2, "sn": True, "channel_max": 32}, resolution
+    )
     return {k: v.clone() for k, v in D.state_dict().items()}
 
 
@@ -648,9 +650,9 @@ def test_training_weights_include_the_discriminator():
     assert set(out["G"]) == set(out["G_ema"])
     assert torch.equal(out["G"]["const"], g_train["input.input"].permute(0, 2, 3, 1))
     assert torch.equal(out["G_ema"]["const"], sd["input.input"].permute(0, 2, 3, 1))
-    from stylenat.models.discriminator import build_discriminator
+    from stylenat.models.build import build_discriminator
 
-    D = build_discriminator(**{"resolution": 32, **out["discriminator_config"]})
+    D = build_discriminator(out["discriminator_config"], 32)
     D.load_state_dict(out["D"])
     bad = dict(d_sd)
     bad["dwt.ll"] = torch.ones(2, 2)

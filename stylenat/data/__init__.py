@@ -28,7 +28,7 @@ _EXPORTS = {
     "NORMALIZATIONS": "transforms",
     "normalize": "transforms",
     "denormalize": "transforms",
-    "to_uint8": "transforms",
+    "denormalize_to_uint8": "transforms",
     "minus_one_one_to_uint8": "transforms",
     "from_minus_one_one": "transforms",
     "InfiniteSampler": "sampler",
@@ -61,13 +61,13 @@ __all__ = [
     "dataset_path_or_demo",
     "demo_dataset_path",
     "denormalize",
+    "denormalize_to_uint8",
     "from_minus_one_one",
     "label_pool",
     "lmdb_key",
     "minus_one_one_to_uint8",
     "normalize",
     "prepare_dataset",
-    "to_uint8",
     "uint8_batches",
 ]
 
@@ -100,8 +100,8 @@ if TYPE_CHECKING:
         IMAGENET_STD,
         NORMALIZATIONS,
         denormalize,
+        denormalize_to_uint8,
         from_minus_one_one,
         minus_one_one_to_uint8,
         normalize,
-        to_uint8,
     )

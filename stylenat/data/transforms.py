@@ -2,11 +2,12 @@
 
 "imagenet": ((x / 255) - mean) / std, the space the reference code trained in and its released
 checkpoints produce; "minus_one_one": x / 127.5 - 1; ``None``: uint8 kept as is.
-``to_uint8(normalize(x, n), n) == x`` exactly for uint8 ``x``.
+``denormalize_to_uint8(normalize(x, n), n) == x`` exactly for uint8 ``x``.
 
-Generator output in [-1, 1] has its own two conversions, one definition each: ``minus_one_one_to_uint8``
-(StyleGAN2-ADA's quantisation, for images and the stylegan metric protocol) and ``from_minus_one_one``
-(into a normalisation space, e.g. what D sees).
+One quantisation to uint8, ``minus_one_one_to_uint8`` (StyleGAN2-ADA's: ``x * 127.5 + 128``, clamped,
+truncated), for generator output (``sampling.to_uint8``'s images, the stylegan metric protocol) and for
+the inverse of a normalisation (``denormalize_to_uint8``). Generator output goes into a normalisation
+space (e.g. what D sees) through ``from_minus_one_one``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import torch
 from PIL import Image
 
 from stylenat.data.errors import DatasetError
+from stylenat.ops.constants import IMAGENET_MEAN, IMAGENET_STD  # re-exported (stylenat.data)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("imagenet", "minus_one_one")
 
 
@@ -69,11 +69,13 @@ def denormalize(x: torch.Tensor, normalize: str | None, clamp: bool = True) -> t
     return y.clamp(0.0, 1.0) if clamp else y
 
 
-def to_uint8(x: torch.Tensor, normalize: str | None) -> torch.Tensor:
-    """Images in the named space -> uint8 (rounded, clamped)."""
+def denormalize_to_uint8(x: torch.Tensor, normalize: str | None) -> torch.Tensor:
+    """Images in the named space -> uint8, clamped and rounded half up (``minus_one_one_to_uint8``)."""
     if normalize is None and x.dtype == torch.uint8:
         return x
-    return (denormalize(x, normalize) * 255.0).round().to(torch.uint8)
+    if normalize == "minus_one_one" and x.is_floating_point():
+        return minus_one_one_to_uint8(x)
+    return minus_one_one_to_uint8(denormalize(x, normalize) * 2 - 1)
 
 
 def minus_one_one_to_uint8(x: torch.Tensor) -> torch.Tensor:

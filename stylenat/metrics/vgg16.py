@@ -20,14 +20,13 @@ from torch import nn
 
 from stylenat.files import cache_root, sha256_file
 from stylenat.metrics.inception_weights import is_torchscript_archive
+from stylenat.ops.constants import IMAGENET_MEAN, IMAGENET_STD
 
 ENV_VGG16 = "STYLENAT_VGG16"
 CACHE_FILE = "vgg16.pt"
 NVIDIA_VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 FEATURE_DIM = 4096
 TORCHVISION_INPUT = 224  # the side torchvision's VGG16 was trained at
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's vgg16 "features": channels per conv, "M" a 2x2 max pool (configuration D of the paper)
 _VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 

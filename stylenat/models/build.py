@@ -26,12 +26,19 @@ def build_generator(
 
 
 def build_discriminator(disc_cfg: Mapping, resolution: int, c_dim: int = 0):
-    """Build a discriminator from the Hydra `discriminator` group: `name` picks the architecture; `c_dim`
-    (the number of classes, from the data) > 0 makes it class-conditional (projection)."""
-    from stylenat.models.discriminator import build_discriminator as _build
+    """Build a discriminator from the Hydra `discriminator` group (or a converted checkpoint's
+    ``discriminator_config``): `name` picks the architecture (default "wavelet"), the other keys go to its
+    constructor; `c_dim` (the number of classes, from the data) > 0 makes it class-conditional
+    (projection)."""
+    from stylenat.models.discriminator import DISCRIMINATORS
 
     cfg = _plain(disc_cfg)
     name = cfg.pop("name", "wavelet")
     if c_dim:
         cfg["c_dim"] = c_dim
-    return _build(name, resolution, **cfg)
+    try:
+        cls = DISCRIMINATORS[name]
+    except (KeyError, TypeError):
+        allowed = ", ".join(repr(k) for k in sorted(DISCRIMINATORS))
+        raise ValueError(f"unknown discriminator {name!r}; expected one of {allowed}") from None
+    return cls(resolution, **cfg)

@@ -34,7 +34,6 @@ __all__ = [
     "ScaledLeakyReLU",
     "StyleGAN2Discriminator",
     "WaveletDiscriminator",
-    "build_discriminator",
     "channel_table",
     "check_discriminator_config",
     "minibatch_stddev",
@@ -367,16 +366,6 @@ DISCRIMINATORS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_discriminator(name: str, resolution: int, channel_multiplier: int = 2, **kw) -> nn.Module:
-    """Build a discriminator by name ("wavelet" or "stylegan2"); ``kw`` goes to its constructor."""
-    try:
-        cls = DISCRIMINATORS[name]
-    except (KeyError, TypeError):
-        allowed = ", ".join(repr(k) for k in sorted(DISCRIMINATORS))
-        raise ValueError(f"unknown discriminator {name!r}; expected one of {allowed}") from None
-    return cls(resolution, channel_multiplier=channel_multiplier, **kw)
-
-
 # Smallest resolution of each architecture (the wavelet D's last FromRGB needs 16, see its __init__).
 MIN_RESOLUTION = {"stylegan2": 8, "wavelet": 16}
 _CONFIG_KEYS = (
@@ -392,7 +381,7 @@ _CONFIG_KEYS = (
 
 
 def check_discriminator_config(cfg: Mapping, resolution) -> None:
-    """Check a discriminator config (the keys of ``build_discriminator``) for a D of ``resolution`` before
+    """Check a discriminator config (the keys of ``models.build.build_discriminator``) for a D of ``resolution`` before
     anything is built. Each error (ValueError) is one line that starts with the key as written in the
     config and its value (``channel_max=0: ...``): a config parser can prefix its own key path."""
 

@@ -2,12 +2,14 @@
 
 Tokens stay channels-last ([B, H, W, C]) from the constant input to the last ToRGB; only the bilinear
 upsample and the RGB skip path switch to NCHW. The modules' forwards are the plain maths; CPU inference
-runs each Stage through ``stylenat.ops.fused_cpu`` instead (the same maths in cache-sized fused kernels),
-decided at one point, ``Stage.forward``. A reduced compute dtype (``Generator.set_compute_dtype``) is
-handed to the fused path there, or else entered there as an autocast: the stages' outputs, and with them
-the RGB skip path, stay float32.
+runs each Stage through ``stylenat.models.fused`` instead (the same maths in cache-sized fused kernels)
+while the generator's inference path is "fused" (the default; ``Generator.set_inference_path``), decided
+at one point, ``Stage.forward``; "modules" always takes the modules' own forwards (so hooks on them fire).
+A reduced compute dtype (``Generator.set_compute_dtype``) is handed to the fused path there, or else
+entered there as an autocast: the stages' outputs, and with them the RGB skip path, stay float32.
 """
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -16,16 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from stylenat.models import fused
 from stylenat.models.attention import HydraNeighborhoodAttention, MultiHeadSelfAttentionRPB, check_backend
 from stylenat.models.conditioning import check_labels, normalize_2nd_moment
 from stylenat.models.layers import AdaptiveInstanceNorm, EqualLinear, Mlp, PixelNorm, sinusoidal_grid_2d
-from stylenat.ops import fused_cpu
 from stylenat.ops.checks import is_int, is_number, is_odd_kernel, is_power_of_two
+from stylenat.ops.constants import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.ops.precision import INFERENCE_DTYPES, autocast, dtype_name
 from stylenat.ops.upfirdn import make_kernel, upfirdn2d
 
 OUTPUT_NORMALIZATIONS = ("imagenet", "minus_one_one")
+# How the stages run: "fused" takes the fused CPU kernels wherever they apply (CPU, no autograd, float32 or
+# float64; see fused.applies) and the modules' forwards elsewhere; "modules" always the modules' forwards.
+INFERENCE_PATHS = ("fused", "modules")
 # Runtime settings older snapshots stored in their model config; now Generator arguments (from_dict
 # drops them).
 LEGACY_RUNTIME_KEYS = ("na_backend", "checkpoint_blocks")
@@ -280,11 +285,12 @@ class Stage(nn.Module):
         self.upsample = BilinearUpsample(dim, next_dim, 2 * size) if next_dim is not None else None
         self.checkpoint_blocks = False  # activation checkpointing per block in training (Generator sets it)
         self.compute_dtype = torch.float32  # the matrix products' dtype (Generator.set_compute_dtype)
+        self.inference_path = "fused"  # Generator.set_inference_path
 
     def forward(self, x, w0, w1, inplace=False):
         """inplace: the caller owns x, so CPU inference may overwrite it (the synthesis loop does)."""
-        if fused_cpu.applies(x):  # CPU inference: the same maths through cache-sized fused kernels
-            return fused_cpu.stage(self, x, w0, w1, inplace, self.compute_dtype)
+        if self.inference_path == "fused" and fused.applies(x):  # the same maths, cache-sized kernels
+            return fused.stage(self, x, w0, w1, inplace, self.compute_dtype)
         with autocast(x.device, self.compute_dtype):
             for block, w in zip(self.blocks, (w0, w1)):
                 if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
@@ -333,6 +339,7 @@ class Generator(nn.Module):
         self.apply(_init_weights)
         self.na_backend = na_backend
         self.compute_dtype = torch.float32
+        self.inference_path = "fused"
         self.set_checkpoint_blocks(checkpoint_blocks)
 
     @property
@@ -353,6 +360,26 @@ class Generator(nn.Module):
         self.compute_dtype = INFERENCE_DTYPES[dtype_name(dtype)]
         for stage in self.stages:
             stage.compute_dtype = self.compute_dtype
+
+    def set_inference_path(self, path: str) -> str:
+        """Run the stages on inference path ``path``: "fused" (the default) takes the fused CPU kernels
+        where they apply (CPU, no autograd: sampling) and the modules' forwards elsewhere; "modules" always
+        the modules' forwards (hooks on them fire). A runtime setting; returns the previous path."""
+        if path not in INFERENCE_PATHS:
+            raise ValueError(f"inference_path={path!r}: expected one of {', '.join(INFERENCE_PATHS)}")
+        previous, self.inference_path = self.inference_path, path
+        for stage in self.stages:
+            stage.inference_path = path
+        return previous
+
+    @contextlib.contextmanager
+    def using_inference_path(self, path: str):
+        """Inside the block the stages run on ``path`` (see set_inference_path); the previous path after."""
+        previous = self.set_inference_path(path)
+        try:
+            yield self
+        finally:
+            self.set_inference_path(previous)
 
     def set_checkpoint_blocks(self, enabled: bool) -> None:
         """Turn activation checkpointing per transformer block (training only) on or off."""

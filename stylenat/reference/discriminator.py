@@ -32,7 +32,8 @@ def convert_discriminator_state(d_state_dict, resolution, channel_multiplier=2):
 
     Every key and shape is checked, and the constant buffers (Haar filters, blur kernels) must equal ours.
     """
-    from stylenat.models.discriminator import build_discriminator, channel_table
+    from stylenat.models.build import build_discriminator
+    from stylenat.models.discriminator import channel_table
 
     d_cfg = {"name": "wavelet", "channel_multiplier": int(channel_multiplier), "sn": True}
     sd = d_state_dict
@@ -41,7 +42,7 @@ def convert_discriminator_state(d_state_dict, resolution, channel_multiplier=2):
     if any(default.get(k) != v for k, v in channels.items()):
         d_cfg["channels"] = channels
     try:
-        D = build_discriminator("wavelet", resolution, **{k: v for k, v in d_cfg.items() if k != "name"})
+        D = build_discriminator(d_cfg, resolution)
     except ValueError as err:
         raise CheckpointError(f"cannot build the discriminator for resolution {resolution}: {err}") from None
     ours = D.state_dict()

@@ -10,10 +10,10 @@ from stylenat.data import (
     IMAGENET_STD,
     DatasetError,
     denormalize,
+    denormalize_to_uint8,
     from_minus_one_one,
     minus_one_one_to_uint8,
     normalize,
-    to_uint8,
 )
 from stylenat.data.images import fit_square, to_rgb8
 
@@ -23,8 +23,8 @@ def test_normalize_round_trip_is_exact_on_uint8(mode):
     x = torch.arange(256, dtype=torch.uint8).repeat(3, 4, 1).reshape(2, 3, 16, 32)
     y = normalize(x, mode)
     assert y.dtype == (torch.uint8 if mode is None else torch.float32)
-    assert torch.equal(to_uint8(y, mode), x)
-    assert torch.equal(to_uint8(y[0], mode), x[0])  # CHW as well as NCHW
+    assert torch.equal(denormalize_to_uint8(y, mode), x)
+    assert torch.equal(denormalize_to_uint8(y[0], mode), x[0])  # CHW as well as NCHW
     z = denormalize(y, mode)
     assert z.min() >= 0 and z.max() <= 1
     assert (z - x.float() / 255).abs().max() < 1e-6  # torch.testing imports slowly
@@ -44,6 +44,9 @@ def test_generator_output_conversions():
     x = torch.tensor([-1.5, -1.0, 0.0, 1 / 255, 1.0, 2.0]).view(1, 1, 1, 6).expand(1, 3, 1, 6)
     assert minus_one_one_to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 128, 255, 255]
     assert minus_one_one_to_uint8(x.double()).dtype == torch.uint8
+    assert torch.equal(
+        denormalize_to_uint8(x, "minus_one_one"), minus_one_one_to_uint8(x)
+    )  # one quantisation
     u = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     y = normalize(u, "minus_one_one")
     assert from_minus_one_one(y, "minus_one_one") is y

@@ -9,7 +9,7 @@ import torch
 
 import stylenat
 from stylenat.models.build import build_generator
-from stylenat.ops import fused_cpu, precision
+from stylenat.ops import buffers, precision
 from tests.test_convert import TINY, make_reference_g
 
 # The accuracy target: relative L2 error of bf16 images against fp32 on the same latents.
@@ -117,11 +117,11 @@ def test_cached_bf16_weights_follow_load_state_dict_and_optimizer_steps():
 
     # An in-place update (what an optimizer step does) is seen too, and an unchanged weight is cast once.
     weight = G.stages[1].blocks[0].mlp.fc1.weight
-    first = fused_cpu.cast_weight(weight, torch.bfloat16)
-    assert fused_cpu.cast_weight(weight, torch.bfloat16) is first
+    first = buffers.cast_weight(weight, torch.bfloat16)
+    assert buffers.cast_weight(weight, torch.bfloat16) is first
     with torch.no_grad():
         weight.mul_(2)
-    second = fused_cpu.cast_weight(weight, torch.bfloat16)
+    second = buffers.cast_weight(weight, torch.bfloat16)
     assert second is not first
     torch.testing.assert_close(second.float(), weight, rtol=1e-2, atol=0)
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from stylenat.models.build import build_discriminator
 from stylenat.models.discriminator import (
     StyleGAN2Discriminator,
     WaveletDiscriminator,
-    build_discriminator,
     channel_table,
     check_discriminator_config,
     minibatch_stddev,
@@ -24,7 +24,7 @@ CONFIGS = [
 def _build(name, res, sn, seed=0):
     torch.manual_seed(seed)
     return build_discriminator(
-        name, res, sn=sn, **{k: v for k, v in TINY.items() if k != "channel_multiplier"}
+        {"name": name, "sn": sn, **{k: v for k, v in TINY.items() if k != "channel_multiplier"}}, res
     )
 
 
@@ -129,13 +129,13 @@ def test_stylegan2_state_dict_layout():
 
 def test_unknown_name():
     with pytest.raises(ValueError, match="'nope'.*'stylegan2', 'wavelet'"):
-        build_discriminator("nope", 32)
+        build_discriminator({"name": "nope"}, 32)
 
 
 @pytest.mark.parametrize("name,res", [("wavelet", 48), ("stylegan2", 4), ("wavelet", 8), ("stylegan2", 100)])
 def test_bad_resolution(name, res):
     with pytest.raises(ValueError, match=str(res)):
-        build_discriminator(name, res)
+        build_discriminator({"name": name}, res)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 64, 64), (2, 1, 32, 32), (3, 32, 32)])

@@ -9,8 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from stylenat.models import fused
 from stylenat.models.build import build_generator
-from stylenat.ops import fused_cpu, precision
+from stylenat.ops import buffers, precision
 from stylenat.ops.na import na2d
 from tests.tiny import TINY_G16
 
@@ -51,20 +52,18 @@ def test_na2d_bf16_forward_and_backward_match_fp32(dilation, with_rpb):
 
 def test_cast_weight_is_cached_and_follows_changes():
     layer = torch.nn.Linear(8, 8)
-    first = fused_cpu.cast_weight(layer.weight, torch.bfloat16)
-    assert first.dtype == torch.bfloat16 and fused_cpu.cast_weight(layer.weight, torch.bfloat16) is first
-    assert fused_cpu.cast_weight(layer.weight, torch.float32) is layer.weight  # no cast: the parameter
+    first = buffers.cast_weight(layer.weight, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and buffers.cast_weight(layer.weight, torch.bfloat16) is first
+    assert buffers.cast_weight(layer.weight, torch.float32) is layer.weight  # no cast: the parameter
     layer.load_state_dict({"weight": torch.ones(8, 8), "bias": torch.zeros(8)})
-    assert torch.equal(fused_cpu.cast_weight(layer.weight, torch.bfloat16), torch.ones(8, 8).bfloat16())
+    assert torch.equal(buffers.cast_weight(layer.weight, torch.bfloat16), torch.ones(8, 8).bfloat16())
     layer.weight.data = torch.full((8, 8), 2.0)  # new storage, version counter of a fresh tensor
-    assert torch.equal(
-        fused_cpu.cast_weight(layer.weight, torch.bfloat16), torch.full((8, 8), 2.0).bfloat16()
-    )
+    assert torch.equal(buffers.cast_weight(layer.weight, torch.bfloat16), torch.full((8, 8), 2.0).bfloat16())
     opt = torch.optim.SGD(layer.parameters(), lr=1.0)
     layer(torch.ones(1, 8)).sum().backward()
     opt.step()
     torch.testing.assert_close(
-        fused_cpu.cast_weight(layer.weight, torch.bfloat16).float(), layer.weight.detach()
+        buffers.cast_weight(layer.weight, torch.bfloat16).float(), layer.weight.detach()
     )
 
 
@@ -76,8 +75,8 @@ def test_fused_stage_in_bf16_matches_fp32_and_keeps_fp32_maps():
     x = torch.randn(2, 8, 8, 32)
     w = torch.randn(2, 16)
     with torch.no_grad():
-        reference = fused_cpu.stage(stage, x.clone(), w, w)
-        out = fused_cpu.stage(stage, x.clone(), w, w, dtype=torch.bfloat16)
+        reference = fused.stage(stage, x.clone(), w, w)
+        out = fused.stage(stage, x.clone(), w, w, dtype=torch.bfloat16)
     assert out.dtype == torch.float32 and relative_error(out, reference) <= 1e-2
     assert relative_error(out, reference) > 0
 

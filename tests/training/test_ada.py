@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stylenat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from stylenat.ops.constants import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.training.augment import (
     ADA_OPS,
     AdaptiveAugment,

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from stylenat.ops.fused_cpu import CPU_CHUNK_ELEMS
+from stylenat.ops.buffers import CPU_CHUNK_ELEMS
 from stylenat.ops.na.windows import group_length, start_in_group
 
 # Logits per chunk on accelerators (fewer, larger launches win there); the CPU's chunks are cache-sized
-# (fused_cpu.CPU_CHUNK_ELEMS, bound at import so that patching it for a test cannot leak into cached plans).
+# (buffers.CPU_CHUNK_ELEMS, bound at import so that patching it for a test cannot leak into cached plans).
 GPU_CHUNK_ELEMS = 1 << 27
 _CPU_CHUNK_ELEMS = CPU_CHUNK_ELEMS
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stylenat.ops.fused_cpu import pool_for
+from stylenat.ops.buffers import pool_for
 from stylenat.ops.na.tiling import (
     Piece,
     Plan,
@@ -78,7 +78,7 @@ def _flat(x: Tensor) -> Tensor | None:
 
 def _scratch(like: Tensor):
     """Scratch space for the chunks of one call: ``scratch(name, shape)`` -> an uninitialised tensor, reused
-    by every chunk (and, on the CPU, every call: see fused_cpu.pool_for)."""
+    by every chunk (and, on the CPU, every call: see ops.buffers.pool_for)."""
     pool = pool_for(like)
     return lambda name, shape: pool.get("na." + name, shape, like)
 
