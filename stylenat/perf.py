@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch._ops import HigherOrderOperator
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # ----------------------------------------------------------------------------------------------------------
@@ -107,23 +108,32 @@ def count_flops(fn: Callable[[], object]) -> float:
 
 # Matrix products: on the CPU their speed is the machine's, set by the BLAS library and shapes; the rest
 # (gathers, softmax, elementwise work, Python) is what the code around them costs.
-# Fused attention kernels (matrix products with the softmax between them) are counted with them.
+# Fused attention kernels (matrix products with the softmax between them) are counted with them, the
+# flex_attention higher-order op (``STYLENAT_NA_BACKEND=flex``) too.
 GEMM_OPS = frozenset(
     f"aten.{name}.{overload}"
     for name in ("mm", "addmm", "bmm", "baddbmm", "addbmm")
     for overload in ("default", "out")
-) | {"aten._scaled_dot_product_flash_attention_for_cpu.default"}
+) | {"aten._scaled_dot_product_flash_attention_for_cpu.default", "flex_attention"}
+
+
+def _op_name(func) -> str:
+    return func.name() if isinstance(func, HigherOrderOperator) else str(func)
 
 
 class _GemmTimer(TorchDispatchMode):
-    """Wall time spent inside matrix-product ops (CPU: ops run synchronously, so timing each call works)."""
+    """Wall time spent inside matrix-product ops (CPU: ops run synchronously, so timing each call works).
+    Higher-order ops (flex_attention) pass through it like any op: without this, torch refuses to run them
+    under the mode."""
+
+    supports_higher_order_operators = True
 
     def __init__(self):
         super().__init__()
         self.seconds = 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func) not in GEMM_OPS:
+        if _op_name(func) not in GEMM_OPS:
             return func(*args, **(kwargs or {}))
         start = time.perf_counter()
         try:
