@@ -1,4 +1,6 @@
-"""Named metrics and the one function that computes any of them for a generator.
+"""Named metrics and the one function that computes any of them for a generator: a table of specs, one
+small function per kind (``fid``, ``kid``, ``pr``, registered in ``METRIC_KINDS`` by ``register_kind``) over
+the one sharded generate-and-extract loop of :mod:`stylenat.metrics.loop`.
 
 ================  ====  =======  ===========  ===================================================
 name              kind  num_gen  protocol     real images
@@ -17,7 +19,8 @@ PPL (``ppl_zfull``, ``ppl_wfull``, ``ppl_zend``, ``ppl_wend``, ``ppl2_wend``) ne
 seeds -> images: :func:`stylenat.metrics.ppl.compute_ppl` (``get_metric`` knows the names). Every metric runs in
 full fp32: TF32 off (``stylenat.ops.precision.full_fp32``), recorded as ``"tf32": false``.
 
-FID and KID measure with Inception; precision/recall (``pr``, :mod:`stylenat.metrics.precision_recall`) with
+A new kind is a spec's ``kind`` and a ``@register_kind`` function of the measured features (``Measured``)
+returning the record's values. FID and KID measure with Inception; precision/recall (``pr``, :mod:`stylenat.metrics.precision_recall`) with
 the network its spec names (``network``): a ``pr`` result's ``value`` is the precision, ``recall`` beside it.
 """
 
@@ -51,7 +54,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    kind: str  # "fid" | "kid" | "pr"
+    kind: str  # a key of METRIC_KINDS: "fid" | "kid" | "pr"
     num_gen: int
     protocol: str
     max_real: int | None = None  # None: every real image
