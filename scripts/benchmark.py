@@ -13,7 +13,7 @@ tensors, with the ratios pipeline / network), ``viewer`` (the browser viewer's s
 attention click, ``stylenat.viewer.bench``).
 Add a mode by writing ``bench_<mode>(args)`` and registering its parser in ``build_parser``. The
 measuring itself is the library's: timers, memory, FLOPs and the fresh-process runner in
-``stylenat.perf``, the benchmark records and figures in ``stylenat.bench`` (``na``, ``throughput``).
+``stylenat.perf``, the benchmark records and figures in ``stylenat.bench`` (``na``, ``generator``, ``inception``).
 
     OMP_NUM_THREADS=2 python scripts/benchmark.py generator --model stylenat_256 --batch 4 --dtype fp32 bf16
     python scripts/benchmark.py scaling --resolutions 32 64 128 256 --batch 4
@@ -223,7 +223,7 @@ def bench_generator(args) -> None:
     """Sampling images/s of a freshly initialised generator (mapping + synthesis) and its FLOP-bound fraction;
     with --compile also torch.compile's first call (compile) time and its steady-state speed-up over eager,
     measured in the same process right after the eager figures."""
-    from stylenat.bench import throughput
+    from stylenat.bench import generator as throughput
     from stylenat.models.build import build_generator
 
     if args.threads:
@@ -248,15 +248,15 @@ def bench_generator(args) -> None:
 
 
 def _config_at(model: str, resolution: int) -> tuple[dict, str]:
-    """configs/model/<model>.yaml at another output resolution (see ``throughput.config_at_resolution``)."""
-    from stylenat.bench.throughput import config_at_resolution
+    """configs/model/<model>.yaml at another output resolution (see ``stylenat.bench.generator.config_at_resolution``)."""
+    from stylenat.bench.generator import config_at_resolution
 
     cfg, note = config_at_resolution(_model_config(model), resolution)
     return cfg, f"configs/model/{model}.yaml with resolution={resolution}{note}"
 
 
 def _scaling_measure(args, resolution: int) -> dict:
-    from stylenat.bench.throughput import scaling_figures
+    from stylenat.bench.generator import scaling_figures
     from stylenat.models.build import build_generator
 
     if args.threads:
@@ -274,7 +274,7 @@ def _scaling_error(args, resolution, err) -> dict:
 
 def bench_scaling(args) -> None:
     """Generator cost per image against the output resolution, one line per resolution, then growth ratios."""
-    from stylenat.bench.throughput import scaling_growth
+    from stylenat.bench.generator import scaling_growth
 
     device = torch.device(args.device)
     resolutions = list(args.resolutions)
@@ -320,7 +320,7 @@ def bench_viewer(args) -> None:
 
 
 def _inception_measure(args) -> dict:
-    from stylenat.bench.throughput import inception_pipeline_figures
+    from stylenat.bench.inception import inception_pipeline_figures
     from stylenat.metrics.inception import build_inception
     from stylenat.metrics.inception_weights import load_inception
 

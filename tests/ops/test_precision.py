@@ -50,6 +50,6 @@ def test_every_getter_answers_and_agrees_after_set_tf32(restore_precision, seque
 
 
 def test_throughput_uses_the_shared_set_tf32():
-    from stylenat.bench import throughput
+    from stylenat.bench import generator as throughput
 
     assert throughput.set_tf32 is set_tf32
