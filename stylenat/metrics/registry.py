@@ -256,20 +256,21 @@ def compute_metric(
         values = kind.fn(Measured(spec, proto, real, gen, gen_features, device, kid_seed))
     else:
         values = dict.fromkeys(kind.outputs, float("nan"))
-    record = _record(spec, proto, real, extractor, values, num_gen, seed_start, world_size)
-    record.update(time_s=round(time.perf_counter() - t0, 3), time_real_s=round(t_real - t0, 3))
-    record["time_gen_s"] = round(t_gen - t_real, 3)
+    t_end = time.perf_counter()
+    times = {"time_s": t_end - t0, "time_real_s": t_real - t0, "time_gen_s": t_gen - t_real}
+    record = _record(spec, proto, real, extractor, values, num_gen, seed_start, world_size, times)
     logger.info(
         "%s = %.4f (%s, %d gen vs %d real)", spec.name, values["value"], proto.name, num_gen, real.num_images
     )
     return record
 
 
-def _record(spec, proto, real, extractor, values, num_gen, seed_start, world_size) -> dict:
+def _record(spec, proto, real, extractor, values, num_gen, seed_start, world_size, times) -> dict:
+    """The JSON-able record: what was measured, against what, with which weights, how long it took."""
     record = {
         "metric": spec.name,
         "kind": spec.kind,
-        **values,
+        "value": values["value"],
         "protocol": proto.name,
         "num_gen": num_gen,
         "num_real": int(real.num_images),
@@ -280,10 +281,12 @@ def _record(spec, proto, real, extractor, values, num_gen, seed_start, world_siz
         "seed_start": seed_start,
         "world_size": world_size,
         "tf32": False,
+        **{key: round(seconds, 3) for key, seconds in times.items()},
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": asdict(spec),
         "feature_network": spec.network,
     }
+    record.update((key, v) for key, v in values.items() if key != "value")  # e.g. pr's precision, recall
     if spec.kind == "pr":
         record["k"] = spec.k
     if real.mismatch:
