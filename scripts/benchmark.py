@@ -13,7 +13,7 @@ tensors, with the ratios pipeline / network), ``viewer`` (the browser viewer's s
 attention click, ``stylenat.viewer.bench``).
 Add a mode by writing ``bench_<mode>(args)`` and registering its parser in ``build_parser``. The
 measuring itself is the library's: timers, memory, FLOPs and the fresh-process runner in
-``stylenat.perf``, the generator and Inception figures in ``stylenat.metrics.throughput``.
+``stylenat.perf``, the benchmark records and figures in ``stylenat.bench`` (``na``, ``generator``, ``inception``).
 
     OMP_NUM_THREADS=2 python scripts/benchmark.py generator --model stylenat_256 --batch 4 --dtype fp32 bf16
     python scripts/benchmark.py scaling --resolutions 32 64 128 256 --batch 4
@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stylenat import perf  # noqa: E402
+from stylenat.bench import na as na_bench  # noqa: E402
 from stylenat.cli import tune_cpu_allocator  # noqa: E402
 from stylenat.ops.precision import DTYPE_CHOICES  # noqa: E402
 from stylenat.perf import gemm_split  # noqa: E402, F401  (the tests time through the script)
@@ -90,7 +91,7 @@ def _bench_na_dtype(args) -> dict:
     """One dtype's records (on the CPU each in a fresh process: its own max RSS); the op's ms per pass."""
     settings = _na_settings(args)
     # Skip the oracle when it would exceed --oracle-max-gb rather than swamp a shared machine.
-    oracle_gb = perf.na_oracle_gb(settings)
+    oracle_gb = na_bench.na_oracle_gb(settings)
     run_oracle = not args.no_oracle and oracle_gb <= args.oracle_max_gb
     if not args.no_oracle and not run_oracle:
         emit(
@@ -103,11 +104,11 @@ def _bench_na_dtype(args) -> dict:
     results, isolate = {}, torch.device(args.device).type != "cuda"
     for pass_ in ("fwd", "fwd+bwd"):
         for impl in ("op", "oracle") if run_oracle else ("op",):
-            record = _measure(isolate, perf.na_record, perf.na_error_record, impl, pass_, settings)
+            record = _measure(isolate, na_bench.na_record, na_bench.na_error_record, impl, pass_, settings)
             results[impl, pass_] = record.get("median_ms")
             emit(record)
     if run_oracle and None not in results.values():
-        emit(perf.na_speedup_record(settings, results))
+        emit(na_bench.na_speedup_record(settings, results))
     return {pass_: results.get(("op", pass_)) for pass_ in ("fwd", "fwd+bwd")}
 
 
@@ -222,7 +223,7 @@ def bench_generator(args) -> None:
     """Sampling images/s of a freshly initialised generator (mapping + synthesis) and its FLOP-bound fraction;
     with --compile also torch.compile's first call (compile) time and its steady-state speed-up over eager,
     measured in the same process right after the eager figures."""
-    from stylenat.metrics import throughput
+    from stylenat.bench import generator as throughput
     from stylenat.models.build import build_generator
 
     if args.threads:
@@ -247,15 +248,15 @@ def bench_generator(args) -> None:
 
 
 def _config_at(model: str, resolution: int) -> tuple[dict, str]:
-    """configs/model/<model>.yaml at another output resolution (see ``throughput.config_at_resolution``)."""
-    from stylenat.metrics.throughput import config_at_resolution
+    """configs/model/<model>.yaml at another output resolution (see ``stylenat.bench.generator.config_at_resolution``)."""
+    from stylenat.bench.generator import config_at_resolution
 
     cfg, note = config_at_resolution(_model_config(model), resolution)
     return cfg, f"configs/model/{model}.yaml with resolution={resolution}{note}"
 
 
 def _scaling_measure(args, resolution: int) -> dict:
-    from stylenat.metrics.throughput import scaling_figures
+    from stylenat.bench.generator import scaling_figures
     from stylenat.models.build import build_generator
 
     if args.threads:
@@ -273,7 +274,7 @@ def _scaling_error(args, resolution, err) -> dict:
 
 def bench_scaling(args) -> None:
     """Generator cost per image against the output resolution, one line per resolution, then growth ratios."""
-    from stylenat.metrics.throughput import scaling_growth
+    from stylenat.bench.generator import scaling_growth
 
     device = torch.device(args.device)
     resolutions = list(args.resolutions)
@@ -319,9 +320,9 @@ def bench_viewer(args) -> None:
 
 
 def _inception_measure(args) -> dict:
+    from stylenat.bench.inception import inception_pipeline_figures
     from stylenat.metrics.inception import build_inception
     from stylenat.metrics.inception_weights import load_inception
-    from stylenat.metrics.throughput import inception_pipeline_figures
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--kernel", type=int, default=7)
     na.add_argument("--dilation", type=_dilation_arg, default="split", help="int or 'split'")
     na.add_argument("--reps", type=int, default=5)
-    na.add_argument("--dtype", nargs="+", choices=sorted(perf.DTYPES), default=["float32"], help=SIDE_BY_SIDE)
+    na.add_argument("--dtype", nargs="+", choices=sorted(na_bench.DTYPES), default=["float32"], help=SIDE_BY_SIDE)
     na.add_argument("--backend", choices=("auto", "torch", "natten", "flex"), default="auto")
     na.add_argument("--no-rpb", action="store_true", help="no relative position bias (lets natten run)")
     na.add_argument("--no-oracle", action="store_true")

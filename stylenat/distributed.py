@@ -147,6 +147,34 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int, bool]:
+    """(rank, world_size, distributed): from the process group when one is joined (explicit values win),
+    else 0 / 1; a world over one process without a group, or a rank outside the world, raises ValueError."""
+    initialised = dist.is_available() and dist.is_initialized()
+    if initialised:
+        rank = dist.get_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    else:
+        rank = 0 if rank is None else rank
+        world_size = 1 if world_size is None else world_size
+        if world_size != 1:
+            raise ValueError(f"world_size={world_size} needs an initialised torch.distributed process group")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    return rank, world_size, initialised and world_size > 1
+
+
+def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's tensor ``t`` (same shape on each), in rank order, on the CPU; ``[t]`` in one process."""
+    if not _active():
+        return [t]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    t = t.to(device).contiguous()
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.cpu() for o in out]
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Average a tensor over ranks (returns a new tensor; the input is untouched)."""
     out = values.clone()

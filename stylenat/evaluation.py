@@ -124,7 +124,7 @@ def run_evaluate(cfg):
     try:
         G = load_generator(cfg.checkpoint, device=device, dtype=cfg.dtype)
         if cfg.mode == "throughput":
-            from stylenat.metrics.throughput import measure_generator_throughput
+            from stylenat.bench.generator import measure_generator_throughput
 
             t = cfg.throughput
             record = measure_generator_throughput(

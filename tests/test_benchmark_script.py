@@ -150,3 +150,38 @@ def test_inception_mode_reports_every_figure(bench, capsys):
         else:
             assert (row["n"], row["resolution"], row["batch"]) == (2, 16, 2)
             assert row["ratio_to_network"] > 0 and row["ratio_to_network_fp32"] > 0
+
+
+def test_gemm_split_passes_flex_attention_through(bench):
+    """STYLENAT_NA_BACKEND=flex on the CPU: the GEMM timer (a TorchDispatchMode) used to refuse flex_attention's
+    higher-order op (and torch.compile under it); now the attention runs, is timed as a fused product, and
+    gives the same attention as the torch backend."""
+    from stylenat.ops.na import flex_backend
+    from stylenat.ops.na.dispatch import na2d
+
+    if not flex_backend.available("cpu"):
+        pytest.skip("no flex attention in this torch")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 12, 12, 16, generator=gen) for _ in range(3))
+    rpb = torch.randn(2, 5, 5, generator=gen)
+    out = []
+    with torch.no_grad():
+        ms, share = bench.gemm_split(lambda: out.append(na2d(q, k, v, 3, 2, rpb=rpb, backend="flex")), reps=1)
+        expected = na2d(q, k, v, 3, 2, rpb=rpb, backend="torch")
+    assert ms > 0 and 0 < share <= 1
+    torch.testing.assert_close(out[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_generator_mode_with_the_flex_backend(bench, capsys, monkeypatch):
+    """The reported crash: ``STYLENAT_NA_BACKEND=flex scripts/benchmark.py generator`` on the CPU."""
+    from stylenat.ops.na import flex_backend
+
+    if not flex_backend.available("cpu"):
+        pytest.skip("no flex attention in this torch")
+    monkeypatch.setenv("STYLENAT_NA_BACKEND", "flex")
+    bench.main(
+        ["generator", "--model", "tiny", "--batch", "1", "--reps", "1", "--warmup", "1", "--threads", "1"]
+    )
+    (record,) = _lines(capsys)
+    assert record["mode"] == "generator" and "error" not in record
+    assert record["gemm_s_per_batch"] > 0 and 0 < record["gemm_share"] <= 1

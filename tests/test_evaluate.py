@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from stylenat.bench.generator import measure_generator_throughput
 from stylenat.data.demo import demo_dataset_path
-from stylenat.metrics.throughput import measure_generator_throughput
 from stylenat.models.build import build_generator
 from stylenat.snapshot import save_snapshot
 

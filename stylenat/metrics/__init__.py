@@ -33,7 +33,6 @@ from stylenat.metrics.statistics import (
     reference_statistics,
     select_indices,
 )
-from stylenat.metrics.throughput import measure_inception_throughput
 from stylenat.metrics.vgg16 import VGG16WeightsError, load_vgg16
 
 __all__ = [
@@ -60,7 +59,6 @@ __all__ = [
     "kernel_inception_distance",
     "load_inception",
     "load_vgg16",
-    "measure_inception_throughput",
     "open_real_images",
     "precision_recall",
     "reference_statistics",

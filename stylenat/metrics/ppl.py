@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stylenat.distributed import all_gather_object, rank_world
 from stylenat.ops.precision import dtype_name, full_fp32
 
 logger = logging.getLogger(__name__)
@@ -161,14 +162,6 @@ def _load_lpips(vgg16, device):
     return net
 
 
-def _gather(values: np.ndarray, world_size: int) -> np.ndarray:
-    if world_size == 1:
-        return values
-    parts = [None] * world_size
-    torch.distributed.all_gather_object(parts, values)
-    return np.concatenate(parts)
-
-
 @full_fp32()
 def compute_ppl(
     metric: str | PPLSpec,
@@ -199,10 +192,7 @@ def compute_ppl(
         raise ValueError(f"num_gen must be >= 2, got {num_gen}")
     device = torch.device(device) if device is not None else G.w_avg.device
     net = _load_lpips(vgg16, device)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank, world = (
-        (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-    )
+    rank, world, _ = rank_world()
     per_rank = math.ceil(num_gen / world)
     seeds = np.arange(seed_start, seed_start + num_gen)[rank * per_rank : (rank + 1) * per_rank]
     dtype = G.w_avg.dtype  # fp32 for every real generator (float64 stand-ins in the tests)
@@ -220,7 +210,7 @@ def compute_ppl(
             c = None if labels is None else labels(chunk.tolist())
             out.append(path_lengths(G, net.lpips_features, z0, z1, t, spec, c).double().cpu().numpy())
             bar.update(len(chunk))
-    distances = _gather(np.concatenate(out) if out else np.zeros(0), world)
+    distances = np.concatenate(all_gather_object(np.concatenate(out) if out else np.zeros(0)))
     value = trimmed_mean(distances)
     record = {
         "metric": spec.name,

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stylenat.models.generator import LEGACY_RUNTIME_KEYS
+
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "stylenat-training-state"
@@ -31,7 +33,7 @@ COMPATIBILITY_SECTIONS = ("model", "discriminator")
 # Train keys a state cannot change: D's optimizer holds only the parameters train.freeze_d leaves free.
 FIXED_TRAIN_KEYS = {"freeze_d": 0}
 # Run-time settings that states written before they moved out of ``model`` still carry there: ignored.
-LEGACY_RUNTIME_KEYS = {"model.na_backend", "model.checkpoint_blocks"}
+_LEGACY_STATE_KEYS = {f"model.{key}" for key in LEGACY_RUNTIME_KEYS}
 
 
 class ResumeError(ValueError):
@@ -173,7 +175,7 @@ def config_differences(saved: Mapping, current: Mapping, sections=COMPATIBILITY_
     missing = object()
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in LEGACY_RUNTIME_KEYS:
+        if key in _LEGACY_STATE_KEYS:
             continue
         va, vb = a.get(key, missing), b.get(key, missing)
         if va != vb:

@@ -3,7 +3,7 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stylenat.metrics import throughput
+from stylenat.bench import generator as throughput
 from stylenat.models.generator import Generator, GeneratorConfig
 
 

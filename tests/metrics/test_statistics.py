@@ -250,7 +250,7 @@ def test_an_lmdb_with_several_resolutions_needs_one_chosen(tmp_path):
 
 
 def test_throughput_measurement_reports_images_per_second():
-    from stylenat.metrics import measure_inception_throughput
+    from stylenat.bench.inception import measure_inception_throughput
 
     r = measure_inception_throughput(FakeExtractor(), "pytorch_fid", batch_size=2, resolution=32, iters=1)
     assert r["images_per_s"] > 0 and (r["protocol"], r["batch_size"], r["resolution"]) == (

@@ -40,6 +40,6 @@ def test_every_getter_answers_and_agrees_after_set_tf32(restore_tf32, sequence):
 
 
 def test_throughput_uses_the_shared_set_tf32():
-    from stylenat.metrics import throughput
+    from stylenat.bench import generator as throughput
 
     assert throughput.set_tf32 is set_tf32

@@ -155,7 +155,7 @@ def test_run_end_plots_and_sends_the_figure_to_the_sinks(tmp_path, caplog):
     write_log(tmp_path, [full_tick(s) for s in range(1, 4)])
     (tmp_path / "samples-000000.012.png").write_bytes(b"")
     out = outputs_for(tmp_path)
-    with caplog.at_level(logging.INFO, logger="stylenat.training.outputs"):
+    with caplog.at_level(logging.INFO, logger="stylenat.training.run_log"):
         out.__exit__(None, None, None)
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert out.sinks[0].figures == [(tmp_path / "curves.png", 3)] and out.sinks[0].closed is False
@@ -169,7 +169,7 @@ def test_run_end_plots_and_sends_the_figure_to_the_sinks(tmp_path, caplog):
 def test_run_end_without_plots_or_after_a_failure(tmp_path, caplog):
     write_log(tmp_path, [full_tick(s) for s in range(1, 4)])
     out = outputs_for(tmp_path, plots=False)
-    with caplog.at_level(logging.INFO, logger="stylenat.training.outputs"):
+    with caplog.at_level(logging.INFO, logger="stylenat.training.run_log"):
         out.__exit__(None, None, None)
     assert not (tmp_path / "curves.png").exists() and out.sinks[0].figures == []
     assert "curves off (logger.plots=false" in caplog.records[-1].getMessage()
@@ -188,7 +188,7 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(tmp_path, caplog, monk
     monkeypatch.setattr(curves, "plot_run", broken)
     write_log(tmp_path, [full_tick(1)])
     out = outputs_for(tmp_path)
-    with caplog.at_level(logging.INFO, logger="stylenat.training.outputs"):
+    with caplog.at_level(logging.INFO, logger="stylenat.training.run_log"):
         out.__exit__(None, None, None)  # does not raise
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["could not plot the learning curves: RuntimeError: no fonts"]

@@ -122,7 +122,7 @@ def test_a_run_ends_its_bar_at_the_real_end_and_plots_when_asked(tmp_path, capsy
     assert "0.008/0.008 kimg" in err and "/0.006" not in err
     assert not [w for w in caught if issubclass(w.category, TqdmWarning)]
     assert (run / "curves.png").is_file() == plots
-    last = [r.getMessage() for r in caplog.records if r.name == "stylenat.training.outputs"][-1]
+    last = [r.getMessage() for r in caplog.records if r.name == "stylenat.training.run_log"][-1]
     assert last.startswith(
         f"finished at 0.008 kimg: run dir {run}; final grid {run / 'samples-000000.008.png'}"
     )

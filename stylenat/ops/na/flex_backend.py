@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from stylenat.ops.na.windows import BackendUnavailable, axis_windows, check_na_args, needs_grad
 
@@ -79,9 +80,26 @@ def _compiled(device_type: str):
     return _compiled_flex[dynamic]
 
 
+def _run_eager_under_mode(*args, **kwargs) -> Tensor:
+    """flex_attention without torch.compile, for calls under a user TorchDispatchMode (e.g.
+    ``stylenat.perf.gemm_split``'s timer): torch.compile finds no frame it may compile there and raises, even
+    flex's own internal one. The higher-order op then reaches the mode (which must pass it through) and
+    runs torch's unfused implementation: the same attention, not the compiled kernel's speed or bits."""
+    module = _flex_module()
+    flag = "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG"
+    saved = getattr(module, flag, False)
+    setattr(module, flag, True)
+    try:
+        return module.flex_attention(*args, **kwargs)
+    finally:
+        setattr(module, flag, saved)
+
+
 def _run_compiled(device_type: str, *args, **kwargs) -> Tensor:
     if torch.compiler.is_compiling():  # inside a caller's torch.compile: let it trace flex itself
         return _flex_module().flex_attention(*args, **kwargs)
+    if _get_current_dispatch_mode() is not None:
+        return _run_eager_under_mode(*args, **kwargs)
     attend = _compiled(device_type)
     try:
         import torch._dynamo.config as dynamo_config

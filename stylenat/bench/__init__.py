@@ -1,0 +1,3 @@
+"""Benchmarking, not metrics: throughput figures of the generator and of the Inception pipeline
+(:mod:`stylenat.bench.generator`, :mod:`stylenat.bench.inception`) and the neighborhood-attention records (:mod:`stylenat.bench.na`), what
+``scripts/benchmark.py`` sits on. The timers, memory and FLOP counters are :mod:`stylenat.perf`'s."""
