@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from stylenat import cli  # noqa: E402
+from stylenat import cli
 
 USAGE = """\
 usage: python scripts/project.py checkpoint=<snapshot> target=<image> [outdir=projection] [steps=1000]
