@@ -202,7 +202,7 @@ def translate_argv(argv: list[str], positional=(), flags: dict | None = None) ->
 
     ``positional``: the keys the bare words (no ``=``, no leading ``-``) fill, in order. ``flags``: ``--flag``
     -> ``(key, kind)``, kind ``SWITCH`` (``key=true``), ``VALUE`` (the next word), ``LIST`` (the words up to
-    the next flag, as a list) or ``TEXT`` (those words joined by spaces, as one string); ``--flag=value``
+    the next flag or ``key=value``, as a list) or ``TEXT`` (those words joined by spaces, as one string); ``--flag=value``
     also works. ``--help``, ``--cfg`` and unknown flags pass through (main_with_config reports the latter).
     """
     flags = flags or {}
@@ -220,7 +220,11 @@ def translate_argv(argv: list[str], positional=(), flags: dict | None = None) ->
                 continue
             words = [inline] if eq else []
             if not eq:
-                while i < len(argv) and not (argv[i].startswith("-") and not _is_number(argv[i])):
+                while (
+                    i < len(argv)
+                    and "=" not in argv[i]
+                    and not (argv[i].startswith("-") and not _is_number(argv[i]))
+                ):
                     words.append(argv[i])
                     i += 1
                     if kind == VALUE:

@@ -92,3 +92,75 @@ def test_a_missing_required_key_is_one_line(entry, key):
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines() == [f"error: {key} is required: pass {key}=<value> (see --help)"]
+
+
+# ------------------------------------------------------------------------- one command line for every script
+
+SCRIPTS = sorted(p.stem for p in (REPO / "scripts").glob("*.py"))
+
+
+def test_flags_and_positionals_become_keys():
+    from stylenat.cli import LIST, SWITCH, TEXT, VALUE, ConfigError, translate_argv
+
+    flags = {
+        "--out": ("out", VALUE),
+        "--sizes": ("sizes", LIST),
+        "--dil": ("dil", TEXT),
+        "--x": ("x", SWITCH),
+    }
+    argv = ["a b", "--sizes", "16", "32", "--x", "--out=o.png", "--dil", "1", "1,2", "k=1", "dst", "--cfg"]
+    assert translate_argv(argv, ("src", "dst"), flags) == [
+        "sizes=[16,32]",
+        "x=true",
+        "out=o.png",
+        "dil='1 1,2'",
+        "k=1",
+        "--cfg",
+        "src='a b'",
+        "dst=dst",
+    ]
+    assert translate_argv(["--out", "-1"], (), flags) == ["out=-1"]  # a negative number is a value
+    with pytest.raises(ConfigError, match="one RUN_DIR expected, got 2"):
+        translate_argv(["a", "b"], ("run_dir",))
+    with pytest.raises(ConfigError, match="--out needs a value"):
+        translate_argv(["--out", "--x"], (), flags)
+    assert translate_argv(["--unknown", "a"], ("src",), flags) == ["--unknown", "src=a"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_is_on_the_common_command_line(script, capsys):
+    """No argparse, no sys.path insertion; --help prints the usage (and its YAML in configs/ composes)."""
+    from stylenat.cli import compose_config, default_config_dir
+    from stylenat.cli_entry import run_file
+
+    source = (REPO / "scripts" / f"{script}.py").read_text()
+    assert "argparse" not in source and "sys.path" not in source
+    assert run_file(f"scripts/{script}.py", ["--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: python scripts/{script}.py")
+    compose_config(default_config_dir(), [], script)
+
+
+def test_console_scripts_name_existing_entry_points():
+    import tomllib
+
+    from stylenat import cli_entry
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"stylenat-train", "stylenat-generate", "stylenat-evaluate"} <= set(scripts)
+    assert {f"stylenat-{s.replace('_', '-')}" for s in SCRIPTS} <= set(scripts)
+    for target in scripts.values():
+        module, _, name = target.partition(":")
+        assert module == "stylenat.cli_entry" and callable(getattr(cli_entry, name))
+
+
+def test_a_script_error_is_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "scripts/convert_checkpoint.py", str(tmp_path / "in.pt"), "--frobnicate"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: unknown option --frobnicate (see --help)"
+    ]
