@@ -26,15 +26,15 @@ features (offline). Keys (Hydra override syntax) are documented in configs/proje
 
 
 def project(cfg) -> None:
-    from stylenat.projection import run_projection
+    from stylenat.projection import parse_project_config, run_projection
     from stylenat.training.config import resolve_config
 
-    cfg = resolve_config(cfg)
+    config = parse_project_config(resolve_config(cfg))
     cli.setup_logging(0)
-    record = run_projection(cfg)
+    record = run_projection(config)
     final = {"perceptual_distance": record["perceptual_distance"], **record["distances"]}
     print(json.dumps(final))
-    print(f"wrote {Path(cfg['outdir']) / 'projected_w.npz'}")
+    print(f"wrote {Path(config.outdir) / 'projected_w.npz'}")
 
 
 @cli.user_errors_to_exit

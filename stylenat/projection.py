@@ -341,25 +341,65 @@ def write_outputs(outdir, projection: Projection, target: torch.Tensor, record: 
     return record
 
 
-def run_projection(cfg: dict) -> dict:
-    """scripts/project.py's body (``cfg`` as configs/project.yaml, resolved): the record it writes."""
+@dataclass(frozen=True)
+class ProjectConfig:
+    """scripts/project.py's keys (configs/project.yaml), typed and checked; the optimisation's keys are
+    ProjectionOptions' (``gif_every`` becomes its ``frame_every`` with ``gif``)."""
+
+    checkpoint: object
+    target: object
+    outdir: object = "projection"
+    allow_upscale: bool = False
+    steps: int = 1000
+    w_plus: bool = False
+    initial_learning_rate: float = 0.1
+    lr_rampup_length: float = 0.05
+    lr_rampdown_length: float = 0.25
+    initial_noise_factor: float = 0.05
+    noise_ramp_length: float = 0.75
+    perceptual_weight: float = 1.0
+    pixel_weight: float = 0.0
+    w_reg_weight: float = 0.0
+    w_avg_samples: int = 10000
+    vgg16: str | None = None
+    inception_weights: str | None = None
+    seed: int = 0
+    gif: bool = False
+    gif_every: int = 10
+    device: str = "auto"
+
+    def options(self) -> ProjectionOptions:
+        keys = {f.name for f in fields(ProjectionOptions)} - {"frame_every"}
+        return ProjectionOptions(
+            **{k: getattr(self, k) for k in keys}, frame_every=self.gif_every if self.gif else 0
+        )
+
+
+def parse_project_config(cfg) -> ProjectConfig:
+    """The composed (or plain) project config -> ProjectConfig; one line naming the key on a bad value."""
+    from stylenat.config_checks import typed
+
+    return cfg if isinstance(cfg, ProjectConfig) else typed(ProjectConfig, dict(cfg))
+
+
+def run_projection(cfg) -> dict:
+    """scripts/project.py's body (``cfg``: configs/project.yaml's keys, or a ProjectConfig): the record it
+    writes."""
     from stylenat.distributed import resolve_device
     from stylenat.reference import load_generator
 
-    device = resolve_device(cfg["device"])
-    G = load_generator(cfg["checkpoint"], device=device)
-    target = load_target(cfg["target"], G.resolution, cfg["allow_upscale"])
-    keys = {f.name for f in fields(ProjectionOptions)} - {"frame_every"}
-    options = ProjectionOptions(
-        **{k: cfg[k] for k in keys}, frame_every=cfg["gif_every"] if cfg["gif"] else 0
-    )
+    cfg = parse_project_config(cfg)
+    device = resolve_device(cfg.device)
+    G = load_generator(cfg.checkpoint, device=device)
+    target = load_target(cfg.target, G.resolution, cfg.allow_upscale)
+    options = cfg.options()
     distance = None
     if options.perceptual_weight > 0:
-        distance = build_distance(cfg["vgg16"], cfg["inception_weights"], device)
+        distance = build_distance(cfg.vgg16, cfg.inception_weights, device)
     projection = project(G, target, options, distance)
     record = {
-        "checkpoint": str(cfg["checkpoint"]),
-        "target": str(cfg["target"]),
+        "checkpoint": str(cfg.checkpoint),
+        "target": str(cfg.target),
         "resolution": G.resolution,
         "space": "w_plus" if options.w_plus else "w",
         "perceptual_distance": distance.name if distance is not None else None,
@@ -368,4 +408,4 @@ def run_projection(cfg: dict) -> dict:
         "distances": projection.distances,
         "losses": projection.losses,
     }
-    return write_outputs(cfg["outdir"], projection, target, record, cfg["gif"])
+    return write_outputs(cfg.outdir, projection, target, record, cfg.gif)

@@ -164,3 +164,32 @@ def test_a_script_error_is_one_line(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: unknown option --frobnicate (see --help)"
     ]
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ("generate", ["checkpoint=x", "batch=abc"], "batch must be int, got 'abc'"),
+        ("generate", ["checkpoint=x", "mixing.crossover=1.5"], "mixing.crossover must be int, got 1.5"),
+        ("evaluate", ["checkpoint=x", "mode=bogus"], "mode must be metrics or throughput, got 'bogus'"),
+        ("evaluate", ["checkpoint=x", "throughput.tf32=3"], "throughput.tf32 must be bool, got 3"),
+        ("project", ["checkpoint=x", "target=y", "steps=none"], "steps must be int, got 'none'"),
+    ],
+)
+def test_inference_configs_parse_into_typed_objects(config, overrides, message):
+    """generate / evaluate / project configs become dataclasses before any work; a bad value names its key."""
+    from stylenat.cli import ConfigError, compose_config, default_config_dir
+    from stylenat.evaluation import EvaluateConfig, parse_evaluate_config
+    from stylenat.projection import ProjectConfig, parse_project_config
+    from stylenat.sampling import GenerateConfig, parse_generate_config
+
+    parse, cls = {
+        "generate": (parse_generate_config, GenerateConfig),
+        "evaluate": (parse_evaluate_config, EvaluateConfig),
+        "project": (parse_project_config, ProjectConfig),
+    }[config]
+    good = [o for o in overrides if o.split("=")[0] in ("checkpoint", "target")]
+    assert isinstance(parse(compose_config(default_config_dir(), good, config)), cls)
+    with pytest.raises(ConfigError) as err:
+        parse(compose_config(default_config_dir(), overrides, config))
+    assert str(err.value) == message
