@@ -23,8 +23,8 @@ from stylenat.models.attention import HydraNeighborhoodAttention
 from stylenat.models.build import build_generator
 from stylenat.sampling import generate_images
 from stylenat.snapshot import save_snapshot
-from tests.test_convert import TINY as REFERENCE_TINY
-from tests.test_convert import make_reference_g
+from tests.reference_model import TINY as REFERENCE_TINY
+from tests.reference_model import make_reference_g
 
 ROOT = Path(__file__).resolve().parents[1]
 # demo-like (configs/model/tiny.yaml, smaller): MHSA at 4x4, one NA group at 8x8, two groups at 16 and 32,

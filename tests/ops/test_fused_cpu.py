@@ -8,7 +8,7 @@ import torch
 from stylenat.models.layers import AdaptiveInstanceNorm
 from stylenat.ops import fused_cpu, na2d
 from tests.fakes import fake_cuda
-from tests.models.test_generator import tiny
+from tests.tiny import tiny_g32 as tiny
 
 
 def test_fast_path_only_on_the_cpu():
