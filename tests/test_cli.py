@@ -43,6 +43,42 @@ def test_tuned_allocator_reuses_freed_memory():
     assert int(out[1]) <= 256, out
 
 
+# An 8 MB block in a fresh interpreter: where glibc serves it and how far the heap grows for it.
+HEAP_GROWTH = """
+import ctypes
+from stylenat.cli import tune_cpu_allocator
+applied = tune_cpu_allocator()
+libc = ctypes.CDLL(None)
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+before = libc.mallinfo2()
+block = libc.malloc(8 << 20)
+after = libc.mallinfo2()
+print(applied, (after.arena - before.arena) >> 20, after.hblks - before.hblks)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-only")
+@pytest.mark.parametrize("tuning", ["1", "0"])
+def test_tuned_and_untuned_allocators_differ(tuning):
+    """Tuned: an 8 MB block comes from the heap (mmap threshold 32 MB), which grows by the block plus the
+    64 MB top pad. Untuned (glibc's defaults): the block is its own mmap and the heap does not grow."""
+    if not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"):
+        pytest.skip("glibc < 2.33 has no mallinfo2")
+    env = {**os.environ, "STYLENAT_MALLOC_TUNING": tuning}
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP_GROWTH], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    applied, heap_growth_mb, new_mmaps = out[0] == "True", int(out[1]), int(out[2])
+    if tuning == "1":
+        assert applied and heap_growth_mb >= 64 and new_mmaps == 0, out
+    else:
+        assert not applied and heap_growth_mb < 8 and new_mmaps == 1, out
+
+
 def test_tuning_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("STYLENAT_MALLOC_TUNING", "0")
     assert tune_cpu_allocator() is False
