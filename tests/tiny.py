@@ -40,3 +40,45 @@ def tiny_g32(*, na_backend="auto", checkpoint_blocks=False, **overrides):
 
     torch.manual_seed(0)
     return build_generator({**TINY_G32, **overrides}, na_backend=na_backend, checkpoint_blocks=checkpoint_blocks)
+
+# tests/test_attention_maps.py's, demo-like (configs/model/tiny.yaml, smaller): MHSA at 4x4, one NA group at 8x8, two groups at 16 and 32,
+# two heads per group at 32x32 so the head average is exercised
+TINY_ATTENTION32 = dict(
+    resolution=32,
+    z_dim=16,
+    w_dim=16,
+    n_mlp=2,
+    channels=[32, 32, 32, 64],
+    min_heads=2,
+    head_channels=16,
+    kernels=[[3], [3], [3], [5]],
+    dilations=[[1], [1], [1, 2], [1, 4]],
+    output_normalization="minus_one_one",
+)
+
+# tests/test_evaluate.py's: 32x32, four stages of 32 channels.
+TINY_EVAL32 = dict(
+    resolution=32,
+    z_dim=16,
+    w_dim=16,
+    n_mlp=2,
+    channels=[32, 32, 32, 32],
+    min_heads=2,
+    head_channels=16,
+    kernels=[[3], [3], [3], [3]],
+    dilations=[[1], [1], [1, 2], [1, 4]],
+    output_normalization="minus_one_one",
+)
+
+# tests/test_snapshot.py's: 8x8, two stages.
+TINY_G8 = dict(
+    resolution=8,
+    z_dim=8,
+    w_dim=8,
+    n_mlp=1,
+    channels=[16, 16],
+    min_heads=2,
+    head_channels=8,
+    kernels=[[3], [3]],
+    dilations=[[1], [1]],
+)
