@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -341,38 +341,33 @@ def write_outputs(outdir, projection: Projection, target: torch.Tensor, record: 
     return record
 
 
-@dataclass(frozen=True)
-class ProjectConfig:
-    """scripts/project.py's keys (configs/project.yaml), typed and checked; the optimisation's keys are
-    ProjectionOptions' (``gif_every`` becomes its ``frame_every`` with ``gif``)."""
+def _options(self) -> ProjectionOptions:
+    """The optimisation's options (``gif_every`` becomes ``frame_every`` with ``gif``)."""
+    keys = {f.name for f in fields(ProjectionOptions)} - {"frame_every"}
+    frame_every = self.gif_every if self.gif else 0
+    return ProjectionOptions(**{k: getattr(self, k) for k in keys}, frame_every=frame_every)
 
-    checkpoint: object
-    target: object
-    outdir: object = "projection"
-    allow_upscale: bool = False
-    steps: int = 1000
-    w_plus: bool = False
-    initial_learning_rate: float = 0.1
-    lr_rampup_length: float = 0.05
-    lr_rampdown_length: float = 0.25
-    initial_noise_factor: float = 0.05
-    noise_ramp_length: float = 0.75
-    perceptual_weight: float = 1.0
-    pixel_weight: float = 0.0
-    w_reg_weight: float = 0.0
-    w_avg_samples: int = 10000
-    vgg16: str | None = None
-    inception_weights: str | None = None
-    seed: int = 0
-    gif: bool = False
-    gif_every: int = 10
-    device: str = "auto"
 
-    def options(self) -> ProjectionOptions:
-        keys = {f.name for f in fields(ProjectionOptions)} - {"frame_every"}
-        return ProjectionOptions(
-            **{k: getattr(self, k) for k in keys}, frame_every=self.gif_every if self.gif else 0
-        )
+# scripts/project.py's keys (configs/project.yaml), typed and checked: the photo, the outputs and the distance
+# networks around ProjectionOptions' own keys (the same names and defaults).
+ProjectConfig = make_dataclass(
+    "ProjectConfig",
+    [
+        ("checkpoint", "object"),
+        ("target", "object"),
+        ("outdir", "object", field(default="projection")),
+        ("allow_upscale", "bool", field(default=False)),
+        *((f.name, f.type, field(default=f.default)) for f in fields(ProjectionOptions) if f.name != "frame_every"),
+        ("vgg16", "str | None", field(default=None)),
+        ("inception_weights", "str | None", field(default=None)),
+        ("gif", "bool", field(default=False)),
+        ("gif_every", "int", field(default=10)),
+        ("device", "str", field(default="auto")),
+    ],
+    frozen=True,
+    namespace={"options": _options},
+)
+ProjectConfig.__module__ = __name__
 
 
 def parse_project_config(cfg) -> ProjectConfig:
