@@ -41,21 +41,10 @@ usage: python scripts/compute_ref_stats.py DATA OUT.npz --protocol {stylegan,pyt
 Writes OUT.npz: the Inception statistics of DATA under the protocol, with their provenance. Keys and their
 flag aliases are documented in configs/compute_ref_stats.yaml."""
 
-FLAGS = {
-    f"--{key.replace('_', '-')}": (key, kind)
-    for key, kind in (
-        ("protocol", cli.VALUE),
-        ("max_images", cli.VALUE),
-        ("subset", cli.VALUE),
-        ("seed", cli.VALUE),
-        ("features", cli.SWITCH),
-        ("weights", cli.VALUE),
-        ("batch", cli.VALUE),
-        ("device", cli.VALUE),
-        ("resolution", cli.VALUE),
-        ("quiet", cli.SWITCH),
-    )
-}
+FLAGS = cli.flag_aliases(
+    values=("protocol", "max_images", "subset", "seed", "weights", "batch", "device", "resolution"),
+    switches=("features", "quiet"),
+)
 
 
 @cli.user_errors_to_exit

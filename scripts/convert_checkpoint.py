@@ -23,13 +23,9 @@ Writes DST, an inference snapshot of the reference g_ema (and with --training-st
 G_ema weights to fine-tune from with train.py init=...). Keys and their flag aliases are documented in
 configs/convert_checkpoint.yaml."""
 
-FLAGS = {
-    "--dilations": ("dilations", cli.TEXT),
-    "--w-avg-samples": ("w_avg_samples", cli.VALUE),
-    "--seed": ("seed", cli.VALUE),
-    "--training-state": ("training_state", cli.SWITCH),
-    "--overwrite": ("overwrite", cli.SWITCH),
-}
+FLAGS = cli.flag_aliases(
+    values=("w_avg_samples", "seed"), switches=("training_state", "overwrite"), texts=("dilations",)
+)
 
 
 def parse_dilations(text):

@@ -431,14 +431,9 @@ STAGES = {
     "train": stage_train,
     "throughput": stage_throughput,
 }
-FLAGS = {
-    "--dry-run": ("dry_run", cli.SWITCH),
-    "--sizes": ("sizes", cli.LIST),
-    "--backends": ("backends", cli.LIST),
-    "--variants": ("variants", cli.LIST),
-    "--compile": ("compile", cli.VALUE),
-    "--dtypes": ("dtypes", cli.LIST),
-}
+FLAGS = cli.flag_aliases(
+    values=("compile",), switches=("dry_run",), lists=("sizes", "backends", "variants", "dtypes")
+)
 
 
 def _choices(key: str, values, allowed) -> list:

@@ -21,14 +21,9 @@ usage: python scripts/prepare_dataset.py SRC DST.zip --resolution R [--filter la
 Writes DST.zip (images resized to R x R, a manifest inside and DST.manifest.json beside it) and prints the
 manifest. Keys and their flag aliases are documented in configs/prepare_dataset.yaml."""
 
-FLAGS = {
-    "--resolution": ("resolution", cli.VALUE),
-    "--filter": ("filter", cli.VALUE),
-    "--max-images": ("max_images", cli.VALUE),
-    "--compress-level": ("compress_level", cli.VALUE),
-    "--overwrite": ("overwrite", cli.SWITCH),
-    "--class-folders": ("class_folders", cli.SWITCH),
-}
+FLAGS = cli.flag_aliases(
+    values=("resolution", "filter", "max_images", "compress_level"), switches=("overwrite", "class_folders")
+)
 
 
 def prepare(cfg) -> None:

@@ -197,6 +197,12 @@ def _override_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def flag_aliases(values=(), switches=(), lists=(), texts=(), prefix: str = "") -> dict:
+    """``--key-name`` -> ``(prefix + key, kind)`` for translate_argv, '-' in the flag for '_' in the key."""
+    kinds = ((values, VALUE), (switches, SWITCH), (lists, LIST), (texts, TEXT))
+    return {f"--{key.replace('_', '-')}": (prefix + key, kind) for keys, kind in kinds for key in keys}
+
+
 def translate_argv(argv: list[str], positional=(), flags: dict | None = None) -> list[str]:
     """``argv`` with positionals and flags turned into ``key=value`` overrides.
 

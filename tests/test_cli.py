@@ -136,7 +136,7 @@ SCRIPTS = sorted(p.stem for p in (REPO / "scripts").glob("*.py"))
 
 
 def test_flags_and_positionals_become_keys():
-    from stylenat.cli import LIST, SWITCH, TEXT, VALUE, ConfigError, translate_argv
+    from stylenat.cli import LIST, SWITCH, TEXT, VALUE, ConfigError, flag_aliases, translate_argv
 
     flags = {
         "--out": ("out", VALUE),
@@ -161,6 +161,10 @@ def test_flags_and_positionals_become_keys():
     with pytest.raises(ConfigError, match="--out needs a value"):
         translate_argv(["--out", "--x"], (), flags)
     assert translate_argv(["--unknown", "a"], ("src",), flags) == ["--unknown", "src=a"]
+    assert flag_aliases(values=("max_images",), switches=("dry_run",), prefix="na.") == {
+        "--max-images": ("na.max_images", VALUE),
+        "--dry-run": ("na.dry_run", SWITCH),
+    }
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
