@@ -27,7 +27,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# The whole CUDA side on a machine with one GPU (README, "Checking the CUDA side"); GPU_CHECK_ARGS=--dry-run lists it.
+# The whole CUDA side on a machine with one GPU (docs/performance.md, "Checking the CUDA side"); GPU_CHECK_ARGS=--dry-run lists it.
 gpu-check: setup
 	PYTHON=$(BIN)/python bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 

@@ -13,10 +13,11 @@ Hydra override syntax; keys are documented in configs/evaluate.yaml."""
 
 def evaluate(cfg) -> None:
     from stylenat.distributed import env_rank
-    from stylenat.evaluation import run_evaluate
+    from stylenat.evaluation import parse_evaluate_config, run_evaluate
 
+    config = parse_evaluate_config(cfg)  # every key checked before a network is loaded
     cli.setup_logging(env_rank())
-    run_evaluate(cfg)
+    run_evaluate(config)
 
 
 @cli.user_errors_to_exit

@@ -11,10 +11,11 @@ Hydra override syntax; keys are documented in configs/generate.yaml."""
 
 
 def generate(cfg) -> None:
-    from stylenat.sampling import run_generate
+    from stylenat.sampling import parse_generate_config, run_generate
 
+    config = parse_generate_config(cfg)  # every key checked before a network is loaded
     cli.setup_logging()
-    run_generate(cfg)
+    run_generate(config)
 
 
 @cli.user_errors_to_exit

@@ -10,11 +10,8 @@ stylenat.attention_maps.run_attention_maps.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from stylenat import cli  # noqa: E402
+from stylenat import cli
 
 USAGE = """\
 usage: python scripts/attention_maps.py checkpoint=<snapshot> queries=[[y,x],...] [seeds=[0]] [outdir=DIR]

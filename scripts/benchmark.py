@@ -11,7 +11,7 @@ per image as the output resolution grows at a fixed channel recipe, with the sha
 channels_last and the fused fast path, against the pipelines from PNG files and from generated-like
 tensors, with the ratios pipeline / network), ``viewer`` (the browser viewer's server time per image and per
 attention click, ``stylenat.viewer.bench``).
-Add a mode by writing ``bench_<mode>(args)`` and registering its parser in ``build_parser``. The
+Add a mode by writing ``bench_<mode>(args)``, its keys in configs/benchmark.yaml and its entry in ``MODES``. The
 measuring itself is the library's: timers, memory, FLOPs and the fresh-process runner in
 ``stylenat.perf``, the benchmark records and figures in ``stylenat.bench`` (``na``, ``generator``, ``inception``).
 
@@ -22,23 +22,22 @@ measuring itself is the library's: timers, memory, FLOPs and the fresh-process r
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from stylenat import cli, perf
+from stylenat.bench import na as na_bench
+from stylenat.cli import tune_cpu_allocator
+from stylenat.ops.precision import DTYPE_CHOICES
+from stylenat.perf import gemm_split  # noqa: F401  (the tests time through the script)
 
-from stylenat import perf  # noqa: E402
-from stylenat.bench import na as na_bench  # noqa: E402
-from stylenat.cli import tune_cpu_allocator  # noqa: E402
-from stylenat.ops.precision import DTYPE_CHOICES  # noqa: E402
-from stylenat.perf import gemm_split  # noqa: E402, F401  (the tests time through the script)
+REPO = Path(__file__).resolve().parents[1]
 
 _allocator_tuned = False  # set by main(); the measuring children tune the same way
 
@@ -320,9 +319,9 @@ def bench_viewer(args) -> None:
 
 
 def _inception_measure(args) -> dict:
-    from stylenat.bench.inception import inception_pipeline_figures
     from stylenat.metrics.inception import build_inception
     from stylenat.metrics.inception_weights import load_inception
+    from stylenat.bench.inception import inception_pipeline_figures
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -347,141 +346,153 @@ def bench_inception(args) -> None:
         emit(record)
 
 
-def _dilation_arg(value: str) -> str:
-    if value != "split" and not (value.isdigit() and int(value) >= 1):
-        raise argparse.ArgumentTypeError(f"--dilation must be a positive integer or 'split', got {value!r}")
+# ----------------------------------------------------------------------------------------------------
+# command line: configs/benchmark.yaml, the mode positional and each mode's flags as keys of its section
+# ----------------------------------------------------------------------------------------------------
+
+USAGE = """\
+usage: python scripts/benchmark.py {na,train-step,generator,scaling,viewer,inception} [--device cpu]
+                                   [--threads N] [mode flags ...] [key=value ...] [--cfg] [--help]
+
+  na          neighborhood attention op vs the naive gather oracle
+              [--res --batch --heads --dim --kernel --dilation N|split --reps --dtype ... --backend
+               --no-rpb --no-oracle --oracle-max-gb]
+  train-step  one training step (G + D + bCR + lazy R1): sec/kimg, peak memory
+              [--models ... --batch --reps --warmup --amp false bf16]
+  generator   G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)
+              [--model --batch N ... --reps --warmup --dtype ... --no-tf32 --compile]
+  scaling     generator ms, peak memory and GFLOP per image against resolution
+              [--model --resolutions ... --batch --reps --warmup --in-process]
+  viewer      the viewer's server ms per image and per attention click
+              [--models ... --dtype ... --reps --warmup --no-attention]
+  inception   Inception feature extraction img/s: network alone vs the pipelines around it
+              [--n --res --batch --net-batch --protocol --reps --weights --random-weights --in-process]
+A flag is its mode's key with '-' for '_' (--oracle-max-gb: na.oracle_max_gb); several values (...) are
+measured side by side. Keys, defaults and meanings are documented in configs/benchmark.yaml."""
+
+# mode -> (bench function, {key: type}): int / float / str / ints / strs (lists) / switch
+INT, FLOAT, STR, INTS, STRS, SWITCH = "int", "float", "str", "ints", "strs", "switch"
+MODES = {
+    "na": (bench_na, dict(res=INT, batch=INT, heads=INT, dim=INT, kernel=INT, dilation=STR, reps=INT,
+                          dtype=STRS, backend=STR, no_rpb=SWITCH, no_oracle=SWITCH, oracle_max_gb=FLOAT)),
+    "train-step": (bench_train_step, dict(models=STRS, batch=INT, reps=INT, warmup=INT, amp=STRS)),
+    "generator": (bench_generator, dict(model=STR, batch=INTS, reps=INT, warmup=INT, dtype=STRS,
+                                        no_tf32=SWITCH, compile=SWITCH)),
+    "scaling": (bench_scaling, dict(model=STR, resolutions=INTS, batch=INT, reps=INT, warmup=INT,
+                                    in_process=SWITCH)),
+    "viewer": (bench_viewer, dict(models=STRS, dtype=STRS, reps=INT, warmup=INT, no_attention=SWITCH)),
+    "inception": (bench_inception, dict(n=INT, res=INT, batch=INT, net_batch=INT, protocol=STR, reps=INT,
+                                        weights=STR, random_weights=SWITCH, in_process=SWITCH)),
+}
+_FLAG_KIND = {INT: cli.VALUE, FLOAT: cli.VALUE, STR: cli.VALUE, INTS: cli.LIST, STRS: cli.LIST, SWITCH: cli.SWITCH}
+# (mode, key) -> the values it accepts; keys that must be >= 1
+CHOICES = {
+    ("na", "dtype"): sorted(na_bench.DTYPES),
+    ("na", "backend"): ("auto", "torch", "natten", "flex"),
+    ("train-step", "models"): sorted(TRAIN_STEP_MODELS),
+    ("train-step", "amp"): ("false", "bf16"),
+    ("generator", "dtype"): DTYPE_CHOICES,
+    ("viewer", "dtype"): DTYPE_CHOICES,
+    ("inception", "protocol"): ("stylegan", "pytorch_fid"),
+}
+POSITIVE = {("viewer", "reps"), *(("inception", k) for k in ("n", "res", "batch", "net_batch", "reps"))}
+
+
+def _section(mode: str) -> str:
+    return mode.replace("-", "_")
+
+
+def _mode_of(argv: list[str]) -> str | None:
+    """The mode: the first bare word, or mode=... (None when neither is there)."""
+    for arg in argv:
+        if arg.startswith("mode="):
+            return arg.partition("=")[2]
+        if not arg.startswith("-") and "=" not in arg:
+            return arg
+    return None
+
+
+def _flags(mode: str | None) -> dict:
+    flags = {"--device": ("device", cli.VALUE), "--threads": ("threads", cli.VALUE)}
+    if mode in MODES:
+        for key, kind in MODES[mode][1].items():
+            flags[f"--{key.replace('_', '-')}"] = (f"{_section(mode)}.{key}", _FLAG_KIND[kind])
+    return flags
+
+
+def _typed(mode: str, key: str, kind: str, value):
+    """One key's value checked against its type (and choices / positivity): one line naming the key."""
+    name = f"{_section(mode)}.{key}"
+
+    def scalar(v, t):
+        if t == STR:
+            return "false" if v is False else "true" if v is True else str(v)
+        ok = isinstance(v, int) and not isinstance(v, bool) if t == INT else isinstance(v, (int, float))
+        if not ok or isinstance(v, bool):
+            raise cli.ConfigError(f"{name} must be {'an integer' if t == INT else 'a number'}, got {v!r}")
+        return float(v) if t == FLOAT else v
+
+    if value is None:
+        return None
+    if kind == SWITCH:
+        if not isinstance(value, bool):
+            raise cli.ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind in (INTS, STRS):
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise cli.ConfigError(f"{name} needs at least one value")
+        value = [scalar(v, INT if kind == INTS else STR) for v in values]
+    else:
+        value = scalar(value, kind)
+    allowed = CHOICES.get((mode, key))
+    for v in value if isinstance(value, list) else [value]:
+        if allowed is not None and v not in allowed:
+            raise cli.ConfigError(f"{name} must be one of {' | '.join(allowed)}, got {v!r}")
+        if (mode, key) in POSITIVE and v < 1:
+            raise cli.ConfigError(f"{name} must be a positive integer, got {v!r}")
     return value
 
 
-def _positive_int(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return int(value)
+def parse_args(cfg) -> SimpleNamespace:
+    """The composed config -> the arguments of one mode: mode, device, threads and its section's keys."""
+    from omegaconf import OmegaConf
 
-
-def _mode(modes, name: str, bench, help: str) -> argparse.ArgumentParser:
-    """A subcommand running ``bench(args)``, with the options every mode has (--device, --threads)."""
-    mode = modes.add_parser(name, help=help)
-    mode.add_argument("--device", default="cpu")
-    mode.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    mode.set_defaults(func=bench)
-    return mode
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    modes = parser.add_subparsers(dest="mode", required=True)
-
-    na = _mode(modes, "na", bench_na, "neighborhood attention op vs the naive gather oracle")
-    na.add_argument("--res", type=int, default=64)
-    na.add_argument("--batch", type=int, default=4)
-    na.add_argument("--heads", type=int, default=8)
-    na.add_argument("--dim", type=int, default=32)
-    na.add_argument("--kernel", type=int, default=7)
-    na.add_argument("--dilation", type=_dilation_arg, default="split", help="int or 'split'")
-    na.add_argument("--reps", type=int, default=5)
-    na.add_argument("--dtype", nargs="+", choices=sorted(na_bench.DTYPES), default=["float32"], help=SIDE_BY_SIDE)
-    na.add_argument("--backend", choices=("auto", "torch", "natten", "flex"), default="auto")
-    na.add_argument("--no-rpb", action="store_true", help="no relative position bias (lets natten run)")
-    na.add_argument("--no-oracle", action="store_true")
-    na.add_argument("--oracle-max-gb", type=float, default=6.0)
-
-    ts = _mode(
-        modes,
-        "train-step",
-        bench_train_step,
-        "one training step (G + D + bCR + lazy R1): sec/kimg, peak memory",
-    )
-    ts.add_argument(
-        "--models", nargs="+", choices=sorted(TRAIN_STEP_MODELS), default=["tiny", "stylenat_256"]
-    )
-    ts.add_argument("--batch", type=int, default=2)
-    ts.add_argument("--reps", type=int, default=3)
-    ts.add_argument("--warmup", type=int, default=1)
-    ts.add_argument("--amp", nargs="+", choices=("false", "bf16"), default=["false"], help=SIDE_BY_SIDE)
-
-    gen = _mode(
-        modes,
-        "generator",
-        bench_generator,
-        "G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)",
-    )
-    gen.add_argument("--model", default="stylenat_256", help="a configs/model name")
-    gen.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    gen.add_argument("--reps", type=int, default=5, help="timed calls (the reference protocol uses 500)")
-    gen.add_argument("--warmup", type=int, default=1, help="untimed calls (the reference protocol uses 10)")
-    gen.add_argument(
-        "--dtype", nargs="+", choices=DTYPE_CHOICES, default=["fp32"], help=SIDE_BY_SIDE + ", round-robin"
-    )
-    gen.add_argument("--no-tf32", action="store_true")
-    gen.add_argument(
-        "--compile",
-        action="store_true",
-        help="also time torch.compile(G): first-call (compile) time and steady-state speed-up over eager",
-    )
-
-    sc = _mode(
-        modes, "scaling", bench_scaling, "generator ms, peak memory and GFLOP per image against resolution"
-    )
-    sc.add_argument(
-        "--model", default="stylenat_256", help="a configs/model name; its resolution is replaced"
-    )
-    sc.add_argument(
-        "--resolutions",
-        type=int,
-        nargs="+",
-        default=None,
-        help="output sizes (default 32 64 128 256, plus 1024 on CUDA)",
-    )
-    sc.add_argument("--batch", type=int, default=4)
-    sc.add_argument("--reps", type=int, default=3)
-    sc.add_argument("--warmup", type=int, default=1, help="untimed calls (at least one)")
-    sc.add_argument(
-        "--in-process",
-        action="store_true",
-        help="CPU: no fresh process per resolution (max RSS then accumulates)",
-    )
-
-    vw = _mode(modes, "viewer", bench_viewer, "the viewer's server ms per image and per attention click")
-    vw.add_argument("--models", nargs="+", default=["tiny", "stylenat_256"], help="configs/model names")
-    vw.add_argument("--dtype", nargs="+", choices=DTYPE_CHOICES, default=None, help="default: fp32 (+ bf16 if native)")
-    vw.add_argument("--reps", type=_positive_int, default=5, help="timed images (median reported)")
-    vw.add_argument("--warmup", type=int, default=1, help="untimed images first")
-    vw.add_argument("--no-attention", action="store_true", help="skip the attention-click figure")
-
-    inc = _mode(
-        modes,
-        "inception",
-        bench_inception,
-        "Inception feature extraction img/s: network alone vs the pipelines around it",
-    )
-    inc.add_argument("--n", type=_positive_int, default=64, help="images in each pipeline figure")
-    inc.add_argument("--res", type=_positive_int, default=32, help="resolution of the images (upsampled)")
-    inc.add_argument("--batch", type=_positive_int, default=32, help="pipeline batch (compute_ref_stats')")
-    inc.add_argument("--net-batch", type=_positive_int, default=16, help="batch of the network-alone figures")
-    inc.add_argument("--protocol", choices=("stylegan", "pytorch_fid"), default="stylegan")
-    inc.add_argument("--reps", type=_positive_int, default=3, help="timed rounds (median reported)")
-    inc.add_argument("--weights", default=None, help="Inception weights file (default: the usual search)")
-    inc.add_argument("--random-weights", action="store_true", help="seeded random weights (same speed)")
-    inc.add_argument("--in-process", action="store_true", help="CPU: measure in this process")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    global _allocator_tuned
-    _allocator_tuned = tune_cpu_allocator()  # as the entry points do (STYLENAT_MALLOC_TUNING=0: glibc's)
-    if args.mode == "scaling":
+    c = OmegaConf.to_container(cfg, resolve=True)
+    mode = c["mode"]
+    if mode not in MODES:
+        raise cli.ConfigError(f"mode must be one of {' | '.join(MODES)}, got {mode!r}")
+    func, kinds = MODES[mode]
+    section = c[_section(mode)]
+    args = SimpleNamespace(mode=mode, func=func, device=str(c["device"]))
+    args.threads = _typed(mode, "threads", INT, c["threads"])
+    for key, kind in kinds.items():
+        setattr(args, key, _typed(mode, key, kind, section[key]))
+    if mode == "na" and args.dilation != "split" and not (args.dilation.isdigit() and int(args.dilation) >= 1):
+        raise cli.ConfigError(f"na.dilation must be a positive integer or 'split', got {args.dilation!r}")
+    if mode == "scaling":
         args.resolutions_default = args.resolutions is None
         if args.resolutions is None:
             args.resolutions = [32, 64, 128, 256]
         bad = [r for r in args.resolutions if r < 8 or r & (r - 1)]
         if bad:
-            build_parser().error(f"--resolutions must be powers of two >= 8, got {bad}")
+            raise cli.ConfigError(f"scaling.resolutions must be powers of two >= 8, got {bad}")
+    return args
+
+
+def _run(cfg) -> None:
+    args = parse_args(cfg)
+    global _allocator_tuned
+    _allocator_tuned = tune_cpu_allocator()  # as the entry points do (STYLENAT_MALLOC_TUNING=0: glibc's)
     args.func(args)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The mode first (a bare word or mode=), then its flags translated to keys of its section."""
+    argv = sys.argv[1:] if argv is None else argv
+    argv = cli.translate_argv(argv, positional=("mode",), flags=_flags(_mode_of(argv)))
+    return cli.user_errors_to_exit(cli.main_with_config)(argv, USAGE, "benchmark", _run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,14 +15,14 @@ pytorch_fid, unless --subset says otherwise). --features also stores the feature
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from stylenat.cli import tune_cpu_allocator
+from stylenat import cli
 from stylenat.data import uint8_batches
 from stylenat.metrics import (
     PROTOCOLS,
@@ -33,34 +33,35 @@ from stylenat.metrics import (
     select_indices,
 )
 
+USAGE = """\
+usage: python scripts/compute_ref_stats.py DATA OUT.npz --protocol {stylegan,pytorch_fid} [--max-images N]
+           [--subset {first,random}] [--seed S] [--features] [--weights PATH] [--batch B] [--device cpu]
+           [--resolution R] [--quiet] [key=value ...] [--cfg] [--help]
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data", help="image folder, zip archive or LMDB directory")
-    p.add_argument("out", help="output .npz")
-    p.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
-    p.add_argument("--max-images", type=int, default=None, help="use exactly N images (default: all)")
-    p.add_argument(
-        "--subset",
-        choices=["first", "random"],
-        default=None,
-        help="which N images with --max-images (default: first for stylegan, random for pytorch_fid)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random subset")
-    p.add_argument("--features", action="store_true", help="also store the features (for KID)")
-    p.add_argument("--weights", default=None, help="Inception weights file (default: the usual search)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--resolution", type=int, default=None, help="read at R like training (default: as stored)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+Writes OUT.npz: the Inception statistics of DATA under the protocol, with their provenance. Keys and their
+flag aliases are documented in configs/compute_ref_stats.yaml."""
+
+FLAGS = cli.flag_aliases(
+    values=("protocol", "max_images", "subset", "seed", "weights", "batch", "device", "resolution"),
+    switches=("features", "quiet"),
+)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    tune_cpu_allocator()  # as the other entry points do: large activations reuse memory, no page faults
+@cli.user_errors_to_exit
+def main(argv: list[str] | None = None) -> int:
+    argv = cli.translate_argv(sys.argv[1:] if argv is None else argv, positional=("data", "out"), flags=FLAGS)
+    return cli.main_with_config(argv, USAGE, "compute_ref_stats", compute)
+
+
+def compute(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    args = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
+    args.data, args.out = str(args.data), str(args.out)
+    if args.protocol not in PROTOCOLS:
+        raise cli.ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {args.protocol!r}")
+    if args.subset not in (None, "first", "random"):
+        raise cli.ConfigError(f"subset must be first or random, got {args.subset!r}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     if out.suffix != ".npz":
@@ -92,7 +93,6 @@ def main(argv=None) -> int:
         f"wrote {out}: {stats.num_images} images of {args.data}, protocol {stats.protocol}, "
         f"weights sha256 {stats.weights_sha256[:16]}"
     )
-    return 0
 
 
 if __name__ == "__main__":

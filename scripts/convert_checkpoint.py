@@ -8,21 +8,33 @@ The snapshot holds the reference `g_ema` weights under our names, the inferred m
 `stylenat.load_generator(DST)`; `G(z)` returns images in [-1, 1].
 """
 
-from __future__ import annotations
-
-import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from stylenat import cli
+
+USAGE = """\
+usage: python scripts/convert_checkpoint.py SRC DST [--dilations 1 1 1,2 1,4 ...] [--w-avg-samples N] [--seed S]
+                                            [--training-state] [--overwrite] [key=value ...] [--cfg] [--help]
+
+Writes DST, an inference snapshot of the reference g_ema (and with --training-state DST.train.pt, the G, D and
+G_ema weights to fine-tune from with train.py init=...). Keys and their flag aliases are documented in
+configs/convert_checkpoint.yaml."""
+
+FLAGS = cli.flag_aliases(
+    values=("w_avg_samples", "seed"), switches=("training_state", "overwrite"), texts=("dilations",)
+)
 
 
-def parse_dilations(items):
+def parse_dilations(text):
     """`1 1 1,2 1,4` (one comma group per stage, 4x4 first) or one JSON list `[[1],[1],[1,2]]`."""
-    if items is None:
+    if text is None:
         return None
-    text = " ".join(items).strip()
+    if not isinstance(text, str):  # a list given as a key (dilations=[[1],[1],[1,2]])
+        text = json.dumps(text)
+    text = text.strip()
     try:
         if text.startswith("["):
             value = json.loads(text)
@@ -38,27 +50,17 @@ def parse_dilations(items):
     return value
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="reference checkpoint (.pt): legacy g/d/g_ema or newer state_dicts layout")
-    p.add_argument("dst", help="output snapshot (.pt)")
-    p.add_argument(
-        "--dilations",
-        nargs="+",
-        default=None,
-        help="per-stage dilations, 4x4 first (default: the paper rule [1],[1],[1,2],[1,4],...)",
-    )
-    p.add_argument("--w-avg-samples", type=int, default=10_000, help="z samples for w_avg (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the w_avg samples (default 0)")
-    p.add_argument(
-        "--training-state",
-        action="store_true",
-        help="also convert G, D and G_ema to DST with '.train' before the suffix, to fine-tune from with "
-        "`train.py init=DST.train.pt` (weights only: optimizer states and counters are not carried over; "
-        "init also takes the official file directly)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    args = p.parse_args(argv)
+@cli.user_errors_to_exit
+def main(argv: list[str] | None = None) -> int:
+    argv = cli.translate_argv(sys.argv[1:] if argv is None else argv, positional=("src", "dst"), flags=FLAGS)
+    return cli.main_with_config(argv, USAGE, "convert_checkpoint", convert)
+
+
+def convert(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    args = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
+    args.src, args.dst = str(args.src), str(args.dst)
     if args.w_avg_samples < 0:
         raise SystemExit("error: --w-avg-samples must be >= 0")
     dilations = parse_dilations(args.dilations)
@@ -104,4 +106,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from stylenat import cli  # noqa: E402
+from stylenat import cli
 
 USAGE = """\
 usage: python scripts/evaluate_run.py RUN_DIR [metrics=[fid1k,...]] [key=value ...] [--help]
@@ -48,13 +45,9 @@ def evaluate(cfg) -> None:
 
 @cli.user_errors_to_exit
 def main(argv: list[str] | None = None) -> int:
-    """RUN_DIR is positional; everything else is the common command line (stylenat.cli)."""
-    argv = sys.argv[1:] if argv is None else argv
-    positional = [a for a in argv if not a.startswith("-") and "=" not in a]
-    if len(positional) > 1:
-        raise cli.ConfigError(f"one RUN_DIR expected, got {len(positional)}: {' '.join(positional)}")
-    rest = [a for a in argv if a not in positional] + ([f"run_dir={positional[0]}"] if positional else [])
-    return cli.main_with_config(rest, USAGE, "evaluate_run", evaluate)
+    """RUN_DIR is positional (key run_dir); everything else is the common command line (stylenat.cli)."""
+    argv = cli.translate_argv(sys.argv[1:] if argv is None else argv, positional=("run_dir",))
+    return cli.main_with_config(argv, USAGE, "evaluate_run", evaluate)
 
 
 if __name__ == "__main__":

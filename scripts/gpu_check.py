@@ -18,7 +18,6 @@ x its largest magnitude. Each record carries the worst ratio |got - want| / (ato
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,9 +27,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from stylenat import cli
+
+REPO = Path(__file__).resolve().parents[1]  # train.py, benchmark.py and configs/ of this checkout
 
 # Per dtype: (output tolerance, gradient tolerance), rtol = atol (see the module docstring).
 TOLERANCES = {"float32": (1e-4, 1e-4), "bfloat16": (3e-2, 5e-2)}
@@ -409,45 +410,76 @@ def stage_throughput(args) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    stages = parser.add_subparsers(dest="stage", required=True)
-    for name, func, help_text in (
-        ("info", stage_info, "versions, GPU, NATTEN and flex availability"),
-        ("tests", stage_tests, "every gpu-marked test"),
-        ("parity", stage_parity, "NA natten/flex vs the torch backend, forward and backward"),
-        ("train", stage_train, f"{TRAIN_STEPS} training steps of the 256 model at batch {TRAIN_BATCH}"),
-        ("throughput", stage_throughput, "generator images/s, the reference protocol"),
-    ):
-        sub = stages.add_parser(name, help=help_text)
-        sub.add_argument("--dry-run", action="store_true", help="list what would run; no CUDA needed")
-        sub.set_defaults(func=func)
-        if name == "parity":
-            sub.add_argument("--sizes", type=int, nargs="+", default=list(PARITY_SIZES))
-            sub.add_argument("--backends", nargs="+", choices=("natten", "flex"), default=["natten", "flex"])
-        if name == "train":
-            sub.add_argument(
-                "--variants", nargs="+", choices=tuple(TRAIN_VARIANTS), default=list(TRAIN_VARIANTS)
-            )
-            sub.add_argument(
-                "--compile",
-                choices=("true", "false"),
-                default=None,
-                help="train.compile (default: the recipe's); the first step's time includes every compile",
-            )
-        if name == "throughput":
-            sub.add_argument(
-                "--dtypes", nargs="+", choices=THROUGHPUT_DTYPES, default=list(THROUGHPUT_DTYPES)
-            )
-    return parser
+USAGE = """\
+usage: python scripts/gpu_check.py {info,tests,parity,train,throughput} [--dry-run]
+           [--sizes N ...] [--backends natten|flex ...]          (parity)
+           [--variants fp32_tf32|bf16 ...] [--compile true|false] (train)
+           [--dtypes float32|bfloat16 ...]                       (throughput)
+           [key=value ...] [--cfg] [--help]
+
+  info        versions, GPU, NATTEN and flex availability
+  tests       every gpu-marked test
+  parity      NA natten/flex vs the torch backend, forward and backward
+  train       training steps of the 256 model at batch 4: fp32+TF32 and bf16
+  throughput  generator images/s, the reference protocol
+Keys and their flag aliases are documented in configs/gpu_check.yaml."""
+
+STAGES = {
+    "info": stage_info,
+    "tests": stage_tests,
+    "parity": stage_parity,
+    "train": stage_train,
+    "throughput": stage_throughput,
+}
+FLAGS = cli.flag_aliases(
+    values=("compile",), switches=("dry_run",), lists=("sizes", "backends", "variants", "dtypes")
+)
 
 
+def _choices(key: str, values, allowed) -> list:
+    values = list(values)
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise cli.ConfigError(f"{key} must be a non-empty list of {' | '.join(map(str, allowed))}, got {values}")
+    return values
+
+
+def parse_args(cfg) -> SimpleNamespace:
+    """The composed config -> the stages' arguments (the script's defaults where a key is null)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    if c["stage"] not in STAGES:
+        raise cli.ConfigError(f"stage must be one of {' | '.join(STAGES)}, got {c['stage']!r}")
+    sizes = list(PARITY_SIZES) if c["sizes"] is None else c["sizes"]
+    if not sizes or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes):
+        raise cli.ConfigError(f"sizes must be a list of positive integers, got {sizes}")
+    if c["compile"] not in (None, True, False):
+        raise cli.ConfigError(f"compile must be true or false, got {c['compile']!r}")
+    return SimpleNamespace(
+        stage=c["stage"],
+        func=STAGES[c["stage"]],
+        dry_run=bool(c["dry_run"]),
+        sizes=sizes,
+        backends=_choices("backends", c["backends"] or ["natten", "flex"], ("natten", "flex")),
+        variants=_choices("variants", c["variants"] or list(TRAIN_VARIANTS), tuple(TRAIN_VARIANTS)),
+        compile=c["compile"],
+        dtypes=_choices("dtypes", c["dtypes"] or list(THROUGHPUT_DTYPES), THROUGHPUT_DTYPES),
+    )
+
+
+@cli.user_errors_to_exit
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "compile", None) is not None:
-        args.compile = args.compile == "true"
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return args.func(args)
+    argv = cli.translate_argv(sys.argv[1:] if argv is None else argv, positional=("stage",), flags=FLAGS)
+    status = []
+
+    def work(cfg) -> None:
+        args = parse_args(cfg)
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        status.append(args.func(args))
+
+    rc = cli.main_with_config(argv, USAGE, "gpu_check", work)
+    return status[0] if status else rc
 
 
 if __name__ == "__main__":

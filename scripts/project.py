@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from stylenat import cli  # noqa: E402
+from stylenat import cli
 
 USAGE = """\
 usage: python scripts/project.py checkpoint=<snapshot> target=<image> [outdir=projection] [steps=1000]
@@ -28,15 +26,15 @@ features (offline). Keys (Hydra override syntax) are documented in configs/proje
 
 
 def project(cfg) -> None:
-    from stylenat.projection import run_projection
+    from stylenat.projection import parse_project_config, run_projection
     from stylenat.training.config import resolve_config
 
-    cfg = resolve_config(cfg)
+    config = parse_project_config(resolve_config(cfg))
     cli.setup_logging(0)
-    record = run_projection(cfg)
+    record = run_projection(config)
     final = {"perceptual_distance": record["perceptual_distance"], **record["distances"]}
     print(json.dumps(final))
-    print(f"wrote {Path(cfg['outdir']) / 'projected_w.npz'}")
+    print(f"wrote {Path(config.outdir) / 'projected_w.npz'}")
 
 
 @cli.user_errors_to_exit

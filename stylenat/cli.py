@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -177,3 +178,85 @@ def main_with_config(
         raise ConfigError(f"{missing[0]} is required: pass {missing[0]}=<value> (see --help)")
     work(cfg)
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Flags and positionals users already type, translated to keys (the scripts' older command lines)
+# ----------------------------------------------------------------------------------------------------
+
+SWITCH, VALUE, LIST, TEXT = "switch", "value", "list", "text"
+_PLAIN = re.compile(r"[\w./+\-:@]*")
+
+
+def _override_value(text: str) -> str:
+    """A value as Hydra's override grammar reads it: plain words as they are, anything else quoted."""
+    if _PLAIN.fullmatch(text) and not text.startswith("-"):
+        return text
+    if re.fullmatch(r"-?\d+(\.\d+)?(e-?\d+)?", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def flag_aliases(values=(), switches=(), lists=(), texts=(), prefix: str = "") -> dict:
+    """``--key-name`` -> ``(prefix + key, kind)`` for translate_argv, '-' in the flag for '_' in the key."""
+    kinds = ((values, VALUE), (switches, SWITCH), (lists, LIST), (texts, TEXT))
+    return {f"--{key.replace('_', '-')}": (prefix + key, kind) for keys, kind in kinds for key in keys}
+
+
+def translate_argv(argv: list[str], positional=(), flags: dict | None = None) -> list[str]:
+    """``argv`` with positionals and flags turned into ``key=value`` overrides.
+
+    ``positional``: the keys the bare words (no ``=``, no leading ``-``) fill, in order. ``flags``: ``--flag``
+    -> ``(key, kind)``, kind ``SWITCH`` (``key=true``), ``VALUE`` (the next word), ``LIST`` (the words up to
+    the next flag or ``key=value``, as a list) or ``TEXT`` (those words joined by spaces, as one string); ``--flag=value``
+    also works. ``--help``, ``--cfg`` and unknown flags pass through (main_with_config reports the latter).
+    """
+    flags = flags or {}
+    out, bare, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        name, eq, inline = arg.partition("=")
+        if arg.startswith("--") and name in flags:
+            key, kind = flags[name]
+            if kind == SWITCH:
+                if eq:
+                    raise ConfigError(f"{name} takes no value (got {arg})")
+                out.append(f"{key}=true")
+                continue
+            words = [inline] if eq else []
+            if not eq:
+                while (
+                    i < len(argv)
+                    and "=" not in argv[i]
+                    and not (argv[i].startswith("-") and not _is_number(argv[i]))
+                ):
+                    words.append(argv[i])
+                    i += 1
+                    if kind == VALUE:
+                        break
+            if not words:
+                raise ConfigError(f"{name} needs a value (see --help)")
+            if kind == LIST:
+                out.append(f"{key}=[{','.join(_override_value(w) for w in words)}]")
+            elif kind == TEXT:
+                out.append(f"{key}={_override_value(' '.join(words))}")
+            else:
+                out.append(f"{key}={_override_value(words[0])}")
+        elif not arg.startswith("-") and "=" not in arg and positional:
+            bare.append(arg)
+        else:
+            out.append(arg)
+    if len(bare) > len(positional):
+        names = " ".join(k.upper() for k in positional)
+        expected = f"one {names}" if len(positional) == 1 else names
+        raise ConfigError(f"{expected} expected, got {len(bare)}: {' '.join(bare)}")
+    return out + [f"{key}={_override_value(word)}" for key, word in zip(positional, bare)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -3,6 +3,7 @@
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stylenat.ops.precision import dtype_name
@@ -112,13 +113,67 @@ def run_metrics(cfg, G, device, rank=0):
     return results
 
 
+@dataclass(frozen=True)
+class ThroughputSettings:
+    batch: int = 1
+    warmup: int = 10
+    reps: int = 500
+    tf32: bool = True
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """evaluate.py's keys (configs/evaluate.yaml), typed and checked; ``dataset`` is the composed group."""
+
+    checkpoint: object
+    metrics: list = field(default_factory=lambda: ["fid50k_full"])
+    ref_stats: str | None = None
+    dataset: dict | None = None
+    num_gen: int | None = None
+    truncation_psi: float = 1.0
+    class_idx: int | None = None
+    class_name: str | None = None
+    batch: int = 32
+    seed_start: int = 0
+    real_seed: int = 0
+    inception_weights: str | None = None
+    vgg16_weights: str | None = None
+    allow_mismatch: bool = False
+    results: str | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    mode: str = "metrics"
+    throughput: ThroughputSettings = ThroughputSettings()
+
+    def get(self, name: str, default=None):
+        """Mapping-style access, as run_metrics reads a plain config too."""
+        return getattr(self, name, default)
+
+
+def parse_evaluate_config(cfg) -> EvaluateConfig:
+    """The composed evaluate config -> EvaluateConfig; one line naming the key on a bad value."""
+    from stylenat.config_checks import ConfigError, typed
+
+    if isinstance(cfg, EvaluateConfig):
+        return cfg
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for group in ("model", "train", "discriminator", "logger"):  # composed only as dataset configs pick them
+        plain.pop(group, None)
+    config = typed(EvaluateConfig, plain)
+    if config.mode not in ("metrics", "throughput"):
+        raise ConfigError(f"mode must be metrics or throughput, got {config.mode!r}")
+    return config
+
+
 def run_evaluate(cfg):
     """Single process, or one shard of seeds per process under torchrun (features gathered on rank 0)."""
     from stylenat import distributed
     from stylenat.reference import load_generator
 
-    if cfg.mode not in ("metrics", "throughput"):
-        raise ValueError(f"unknown mode {cfg.mode!r}; expected metrics or throughput")
+    cfg = parse_evaluate_config(cfg)
     env = distributed.init(cfg.device)
     device = env.device
     try:

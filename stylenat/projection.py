@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -341,25 +341,60 @@ def write_outputs(outdir, projection: Projection, target: torch.Tensor, record: 
     return record
 
 
-def run_projection(cfg: dict) -> dict:
-    """scripts/project.py's body (``cfg`` as configs/project.yaml, resolved): the record it writes."""
+def _options(self) -> ProjectionOptions:
+    """The optimisation's options (``gif_every`` becomes ``frame_every`` with ``gif``)."""
+    keys = {f.name for f in fields(ProjectionOptions)} - {"frame_every"}
+    frame_every = self.gif_every if self.gif else 0
+    return ProjectionOptions(**{k: getattr(self, k) for k in keys}, frame_every=frame_every)
+
+
+# scripts/project.py's keys (configs/project.yaml), typed and checked: the photo, the outputs and the distance
+# networks around ProjectionOptions' own keys (the same names and defaults).
+ProjectConfig = make_dataclass(
+    "ProjectConfig",
+    [
+        ("checkpoint", "object"),
+        ("target", "object"),
+        ("outdir", "object", field(default="projection")),
+        ("allow_upscale", "bool", field(default=False)),
+        *((f.name, f.type, field(default=f.default)) for f in fields(ProjectionOptions) if f.name != "frame_every"),
+        ("vgg16", "str | None", field(default=None)),
+        ("inception_weights", "str | None", field(default=None)),
+        ("gif", "bool", field(default=False)),
+        ("gif_every", "int", field(default=10)),
+        ("device", "str", field(default="auto")),
+    ],
+    frozen=True,
+    namespace={"options": _options},
+)
+ProjectConfig.__module__ = __name__
+
+
+def parse_project_config(cfg) -> ProjectConfig:
+    """The composed (or plain) project config -> ProjectConfig; one line naming the key on a bad value."""
+    from stylenat.config_checks import typed
+
+    return cfg if isinstance(cfg, ProjectConfig) else typed(ProjectConfig, dict(cfg))
+
+
+def run_projection(cfg) -> dict:
+    """scripts/project.py's body (``cfg``: configs/project.yaml's keys, or a ProjectConfig): the record it
+    writes."""
     from stylenat.distributed import resolve_device
     from stylenat.reference import load_generator
 
-    device = resolve_device(cfg["device"])
-    G = load_generator(cfg["checkpoint"], device=device)
-    target = load_target(cfg["target"], G.resolution, cfg["allow_upscale"])
-    keys = {f.name for f in fields(ProjectionOptions)} - {"frame_every"}
-    options = ProjectionOptions(
-        **{k: cfg[k] for k in keys}, frame_every=cfg["gif_every"] if cfg["gif"] else 0
-    )
+    cfg = parse_project_config(cfg)
+    device = resolve_device(cfg.device)
+    G = load_generator(cfg.checkpoint, device=device)
+    target = load_target(cfg.target, G.resolution, cfg.allow_upscale)
+    options = cfg.options()
     distance = None
     if options.perceptual_weight > 0:
-        distance = build_distance(cfg["vgg16"], cfg["inception_weights"], device)
+        distance = build_distance(cfg.vgg16, cfg.inception_weights, device)
     projection = project(G, target, options, distance)
     record = {
-        "checkpoint": str(cfg["checkpoint"]),
-        "target": str(cfg["target"]),
+        "checkpoint": str(cfg.checkpoint),
+        "target": str(cfg.target),
         "resolution": G.resolution,
         "space": "w_plus" if options.w_plus else "w",
         "perceptual_distance": distance.name if distance is not None else None,
@@ -368,4 +403,4 @@ def run_projection(cfg: dict) -> dict:
         "distances": projection.distances,
         "losses": projection.losses,
     }
-    return write_outputs(cfg["outdir"], projection, target, record, cfg["gif"])
+    return write_outputs(cfg.outdir, projection, target, record, cfg.gif)

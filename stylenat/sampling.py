@@ -7,6 +7,7 @@ data set's labels instead (``seeded_images_fn(label_pool=...)``).
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -236,22 +237,67 @@ def render_projected_w(G, path, outdir, device="cpu") -> list[Path]:
     return [Path(outdir) / name for name in names]
 
 
+@dataclass(frozen=True)
+class MixingSettings:
+    enabled: bool = False
+    row_seeds: object = (85, 100, 75)
+    col_seeds: object = (55, 821, 1789, 293)
+    crossover: int = 4
+
+
+@dataclass(frozen=True)
+class InterpolationSettings:
+    enabled: bool = False
+    steps: int = 8
+    gif: bool = True
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """generate.py's keys (configs/generate.yaml), typed and checked."""
+
+    checkpoint: object
+    seeds: object = "0-15"
+    projected_w: str | None = None
+    outdir: str = "generated"
+    truncation_psi: float = 1.0
+    truncation_cutoff: int | None = None
+    class_idx: int | None = None
+    class_name: str | None = None
+    grid: bool = True
+    per_seed: bool = True
+    grid_cols: int | None = None
+    batch: int = 16
+    device: str = "auto"
+    dtype: str = "fp32"
+    mixing: MixingSettings = MixingSettings()
+    interpolation: InterpolationSettings = InterpolationSettings()
+
+
+def parse_generate_config(cfg) -> GenerateConfig:
+    """The composed generate config -> GenerateConfig; one line naming the key on a bad value."""
+    from stylenat.config_checks import typed
+
+    return cfg if isinstance(cfg, GenerateConfig) else typed(GenerateConfig, cfg)
+
+
 def run_generate(cfg):
     """generate.py's body: per-seed PNGs, a grid, and optional mixing/interpolation figures."""
     from stylenat.distributed import resolve_device
     from stylenat.reference import load_generator
 
+    cfg = parse_generate_config(cfg)
     device = resolve_device(cfg.device)
-    G = load_generator(cfg.checkpoint, device=device, dtype=cfg.get("dtype", "fp32"))
+    G = load_generator(cfg.checkpoint, device=device, dtype=cfg.dtype)
     outdir = Path(cfg.outdir)
-    if cfg.get("projected_w"):
+    if cfg.projected_w:
         if cfg.mixing.enabled or cfg.interpolation.enabled:
             raise ValueError("projected_w renders saved ws only: turn mixing and interpolation off")
         outdir.mkdir(parents=True, exist_ok=True)
         render_projected_w(G, cfg.projected_w, outdir, device)
         return outdir
     seeds = parse_seeds(cfg.seeds)
-    class_idx = resolve_class(G, cfg.get("class_idx"), cfg.get("class_name"))
+    class_idx = resolve_class(G, cfg.class_idx, cfg.class_name)
     class_onehot(G, class_idx, 1, device)  # a missing or foreign class fails before outdir is made
     outdir.mkdir(parents=True, exist_ok=True)
     images = to_uint8(

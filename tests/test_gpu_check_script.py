@@ -97,4 +97,18 @@ def test_parity_criterion_is_assert_close():
     assert err == pytest.approx(2e-4, rel=1e-3) and ratio == pytest.approx(2e-4 / (1e-4 + 2e-4), rel=1e-3)
     ratio, _ = gpu_check._excess(want + 3e-4, want, 1e-4)
     assert ratio > 1  # 3e-4 > 1e-4 + 1e-4 * |0|
-    assert gpu_check.TOLERANCES == {"float32": (1e-4, 1e-4), "bfloat16": (3e-2, 5e-2)}
+    # The verdict (worst ratio <= 1) is assert_close's with rtol = atol = the tolerance, for every tolerance
+    # the stage uses, on errors around each one; every dtype the stage runs has its tolerances.
+    gen = torch.Generator().manual_seed(0)
+    for tol in {t for pair in gpu_check.TOLERANCES.values() for t in pair}:
+        for scale in (0.3, 1.0, 3.0):
+            want = torch.randn(512, generator=gen)
+            got = want + torch.randn(512, generator=gen) * tol * scale
+            ratio, _ = gpu_check._excess(got, want, tol)
+            try:
+                torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+                close = True
+            except AssertionError:
+                close = False
+            assert (ratio <= 1) == close, (tol, scale, ratio)
+    assert {dtype for dtype, _ in gpu_check.PARITY_DTYPES} <= set(gpu_check.TOLERANCES)

@@ -15,18 +15,9 @@ from stylenat.snapshot import (
     read_checkpoint,
     save_snapshot,
 )
+from tests.tiny import TINY_G8
 
-TINY = dict(
-    resolution=8,
-    z_dim=8,
-    w_dim=8,
-    n_mlp=1,
-    channels=[16, 16],
-    min_heads=2,
-    head_channels=8,
-    kernels=[[3], [3]],
-    dilations=[[1], [1]],
-)
+TINY = TINY_G8
 
 
 @pytest.fixture(scope="module")

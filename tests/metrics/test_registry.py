@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import socket
 
 import numpy as np
@@ -30,11 +31,14 @@ def _real_batches(n=48, shift=0.0, seed=100):
 
 
 def test_every_named_metric_has_a_registered_kind_and_is_found_by_name():
-    """Behaviour, not a copy of the table: each name resolves to its spec, and its kind has a function."""
+    """Behaviour, not a copy of the table: each name resolves to its spec, says what it computes (its kind,
+    then the number of generated images: 50k, 1k, 500), and its kind has a function."""
     assert {"fid50k_full", "fid50k", "kid50k_full", "pr50k3_full"} <= set(METRICS)
     for name, spec in METRICS.items():
-        assert get_metric(name) is spec and spec.name == name
-        assert spec.kind in METRIC_KINDS and spec.num_gen >= 2
+        kind, count = re.match(r"([a-z]+?)(\d+k?)", name).groups()
+        assert get_metric(name) is spec and spec.name == name and spec.kind == kind, name
+        assert spec.num_gen == (int(count[:-1]) * 1000 if count.endswith("k") else int(count)), name
+        assert spec.kind in METRIC_KINDS
         assert METRIC_KINDS[spec.kind].features == (spec.kind in ("kid", "pr"))
     full, paper = get_metric("fid50k_full"), get_metric("fid50k")
     assert (full.kind, full.num_gen, full.protocol, full.max_real) == ("fid", 50000, "stylegan", None)

@@ -3,6 +3,7 @@ model config, both output normalisations, truncation and style mixing, and a con
 the cached bf16 weights follow the weights; the errors and the fallback of the dtype dispatcher."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 import stylenat
 from stylenat.models.build import build_generator
 from stylenat.ops import buffers, precision
-from tests.test_convert import TINY, make_reference_g
+from tests.reference_model import TINY, make_reference_g
 
 # The issue's accuracy target: relative L2 error of bf16 images against fp32 on the same latents.
 TOLERANCE = 2e-2
@@ -24,9 +25,7 @@ def model_config(name, **overrides):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tests.test_convert import ROOT
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs" / "model"), version_base=None):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "configs" / "model"), version_base=None):
         cfg = OmegaConf.to_container(compose(config_name=name), resolve=True)
     return {**cfg, **overrides}
 

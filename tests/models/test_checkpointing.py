@@ -3,7 +3,7 @@ maths."""
 
 import torch
 
-from tests.models.test_generator import tiny
+from tests.tiny import tiny_g32 as tiny
 
 
 def _loss_and_grads(checkpoint_blocks: bool):

@@ -10,7 +10,7 @@ from stylenat.models import fused
 from stylenat.models.layers import AdaptiveInstanceNorm
 from stylenat.ops import buffers
 from tests.fakes import fake_cuda
-from tests.models.test_generator import tiny
+from tests.tiny import tiny_g32 as tiny
 
 
 def test_fast_path_only_on_the_cpu():

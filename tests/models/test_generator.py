@@ -6,24 +6,8 @@ import torch
 from stylenat.models.build import build_generator
 from stylenat.models.generator import Generator, GeneratorConfig, paper_channels
 from stylenat.ops.upfirdn import upfirdn2d
-
-TINY = dict(
-    resolution=32,
-    z_dim=32,
-    w_dim=32,
-    n_mlp=2,
-    channels=[64, 64, 32, 32],
-    min_heads=4,
-    kernels=[[3], [5], [5], [3]],
-    dilations=[[1], [1], [1, 2], [1, 4]],
-    output_normalization="minus_one_one",
-)
-
-
-def tiny(*, na_backend="auto", checkpoint_blocks=False, **overrides):
-    """The TINY generator (config overrides as keywords), seeded."""
-    torch.manual_seed(0)
-    return build_generator({**TINY, **overrides}, na_backend=na_backend, checkpoint_blocks=checkpoint_blocks)
+from tests.tiny import TINY_G32 as TINY
+from tests.tiny import tiny_g32 as tiny
 
 
 def count(module):

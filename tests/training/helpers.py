@@ -63,3 +63,20 @@ def run_train(
     else:
         cmd = [PYTHON, str(REPO / "train.py"), *args]
     return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def max_diff(a, b, path="") -> float:
+    """The largest absolute difference between two nested states (tensors, dicts, lists); other leaves equal."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert a.shape == b.shape, path
+        return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        return max([max_diff(a[k], b[k], f"{path}.{k}") for k in a] or [0.0])
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        return max([max_diff(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))] or [0.0])
+    assert a == b, f"{path}: {a!r} != {b!r}"
+    return 0.0

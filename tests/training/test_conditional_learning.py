@@ -20,7 +20,7 @@ import stylenat
 from stylenat.cli import compose_config
 from stylenat.training import run, step
 from tests.training.helpers import CONFIG_DIR
-from tests.training.test_learning import CPU, LEARNING
+from tests.training.runs import CPU, LEARNING
 
 CLASS_COLOURS = [(230, 200, 30), (25, 55, 225)]  # yellow (class 0) and its complement, blue (class 1)
 STEPS = (

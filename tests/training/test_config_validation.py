@@ -9,7 +9,6 @@ import dataclasses
 import pytest
 import torch
 
-import train
 from stylenat.cli import compose_config, default_config_dir
 from stylenat.distributed import DistEnv
 from stylenat.models.discriminator import check_discriminator_config
@@ -20,29 +19,6 @@ from tests.training.helpers import TINY, run_train
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 FOLDER = ["dataset=folder", "dataset.resolution=16", *TINY[2:]]
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """Run train.py's main in-process; returns (exit code, stderr lines). Never trains."""
-    monkeypatch.delenv("STYLENAT_DEBUG", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-
-    def no_training(cfg):
-        raise AssertionError("the config passed validation and training started")
-
-    monkeypatch.setattr(training_run, "train", no_training)
-    monkeypatch.setattr("stylenat.cli.setup_logging", lambda rank=0: None)
-    run = tmp_path / "run"
-
-    def call(*args):
-        with pytest.raises(SystemExit) as info:
-            train.main([f"run_dir={run}", *args])
-        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-        assert not run.exists()
-        return info.value.code, lines
-
-    return call
 
 
 BAD = [

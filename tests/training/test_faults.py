@@ -8,7 +8,6 @@ that no state is lost and no step is counted twice.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import random
@@ -20,38 +19,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylenat.cli import compose_config
 from stylenat.distributed import DistEnv
-from stylenat.training import guard, step
+from stylenat.training import guard
 from stylenat.training.checkpoint import ResumeError, find_latest_state, list_artifacts, load_resume_state
 from stylenat.training.guard import CheckpointWriteError, DivergenceError
 from stylenat.training.run import Trainer, prepare_run
-from tests.training.helpers import CONFIG_DIR, PYTHON, REPO, TINY, steps_kimg
+from tests.training.helpers import PYTHON, REPO, TINY, steps_kimg
+from tests.training.runs import EVERY_STEP
+from tests.training.runs import FAULT_BATCH as BATCH
+from tests.training.runs import fault_config as _config
+from tests.training.runs import fault_records as _records
+from tests.training.runs import fault_train as _train
+from tests.training.runs import poison as _poison
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 RUNNER = Path(__file__).with_name("fault_runner.py")
-BATCH = 4
-# A state and a log record after every step: every kill lands next to a save.
-EVERY_STEP = [f"train.state_every_kimg={BATCH / 1000}", f"train.log_every_kimg={BATCH / 1000}"]
-
-
-def _config(run_dir, steps, *extra):
-    return compose_config(
-        CONFIG_DIR,
-        [*TINY, *EVERY_STEP, f"run_dir={run_dir}", f"train.total_kimg={steps_kimg(steps)}", *extra],
-    )
-
-
-def _train(run_dir, steps, *extra) -> Trainer:
-    trainer = Trainer(prepare_run(_config(run_dir, steps, *extra), CPU))
-    trainer.fit()
-    return trainer
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-
-
 def _tick_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in _records(run_dir) if "event" not in r and "metric" not in r]
 
@@ -264,27 +246,6 @@ def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch)
 
 
 # --------------------------------------------------------------------------------------- divergence
-
-
-def _poison(monkeypatch, at_steps: set[int], where: str, retries_too: bool = False) -> None:
-    """Make the G step of the given steps produce a NaN weight or a NaN loss (the first attempt only,
-    unless ``retries_too``)."""
-    real_g_step = step.GanStep.g_step
-    real_loss = step.g_nonsaturating_loss
-    poisoned: set[int] = set()
-
-    def g_step(self):
-        bad = self.index in at_steps and (retries_too or self.index not in poisoned)
-        poisoned.add(self.index)
-        if bad and where == "loss":
-            monkeypatch.setattr(step, "g_nonsaturating_loss", lambda logits: real_loss(logits) * float("nan"))
-        real_g_step(self)
-        monkeypatch.setattr(step, "g_nonsaturating_loss", real_loss)
-        if bad and where == "weight":
-            with torch.no_grad():
-                next(self.G.parameters()).view(-1)[0] = float("inf")
-
-    monkeypatch.setattr(step.GanStep, "g_step", g_step)
 
 
 @pytest.mark.slow

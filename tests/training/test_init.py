@@ -22,11 +22,9 @@ from stylenat.reference import reference_checkpoint
 from stylenat.training.checkpoint import ResumeError, find_latest_state, list_artifacts, load_state
 from stylenat.training.config import parse_config
 from stylenat.training.run import Trainer, prepare_run
-from tests.test_convert import ROOT, make_reference_g, small_reference_d
-from tests.test_convert import TINY as REFERENCE_TINY
-from tests.training.helpers import CONFIG_DIR, TINY, steps_kimg
-from tests.training.test_config_validation import cli  # noqa: F401  (train.py's main in process)
-from tests.training.test_resume import _max_diff
+from tests.reference_model import TINY as REFERENCE_TINY
+from tests.reference_model import make_reference_g, small_reference_d
+from tests.training.helpers import CONFIG_DIR, REPO, TINY, max_diff, steps_kimg
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 # TINY without its model keys: with init the model comes from the file
@@ -74,7 +72,7 @@ def official(tmp_path_factory):
     no_d = root / "official-g-only.pt"
     atomic_save(reference_checkpoint(g_ema, "legacy"), no_d)
     spec = importlib.util.spec_from_file_location(
-        "convert_script", ROOT / "scripts" / "convert_checkpoint.py"
+        "convert_script", REPO / "scripts" / "convert_checkpoint.py"
     )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -130,7 +128,7 @@ def test_resumed_fine_tune_equals_uninterrupted_and_the_state_wins(source_run, t
     assert "a training state wins over init=" in caplog.text
     assert resumed.counters.step == full.counters.step == 4
     for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
-        diff = _max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict())
+        diff = max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict())
         assert diff == 0.0, name
     other = _compose(tmp_path / "split", 5, *[o for o in init if not o.startswith("train.freeze_d")])
     with pytest.raises(ResumeError, match=r"train.freeze_d differs \(checkpoint 1, config 0\)"):

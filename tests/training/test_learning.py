@@ -14,41 +14,12 @@ import torch
 from PIL import Image
 
 from stylenat.cli import compose_config
-from stylenat.distributed import DistEnv
 from stylenat.training import run, step
 from tests.training.helpers import CONFIG_DIR
+from tests.training.runs import CPU, LEARNING
 
-CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 COLOURS = [(230, 200, 30)]  # one flat yellow: (0.80, 0.57, -0.76) in [-1, 1], far from an untrained G's greys
 STEPS = 30
-
-# A 16x16 StyleNAT (MHSA-RPB at 4x4, NA at 8x8, dilated Hydra-NA at 16x16) and a small D, tuned to move fast.
-LEARNING = [
-    "dataset.resolution=16",
-    "dataset.xflip=false",
-    "model.resolution=16",
-    "model.channels=[32,32,32]",
-    "model.min_heads=2",
-    "model.z_dim=16",
-    "model.w_dim=16",
-    "model.n_mlp=2",
-    "model.kernels=[[3],[3],[3]]",
-    "model.dilations=[[1],[1],[1,2]]",
-    "discriminator.channel_max=32",
-    "train.batch=8",
-    "train.batch_per_gpu=null",
-    "train.workers=0",
-    "train.d_lr=0.005",
-    "train.ttur_ratio=1.0",
-    "train.r1_gamma=0.01",
-    "train.bcr_real=0",
-    "train.bcr_fake=0",
-    "train.augment=none",
-    "train.ema_decay=null",
-    "train.ema_halflife_kimg=0.02",
-    "train.nonfinite=off",
-    "logger.progress=false",
-]
 
 
 @pytest.fixture(scope="module")

@@ -6,44 +6,12 @@ import torch
 from stylenat.cli import compose_config
 from stylenat.distributed import DistEnv
 from stylenat.training.checkpoint import ResumeError, find_latest_state, load_state
-from stylenat.training.run import Trainer, prepare_run
-from tests.training.helpers import CONFIG_DIR, TINY, steps_kimg
+from stylenat.training.run import prepare_run
+from tests.training.helpers import CONFIG_DIR, TINY, max_diff
+from tests.training.runs import RESUME_EXTRA as EXTRA
+from tests.training.runs import resume_train as _train
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-# Exercise every source of per-step randomness and schedule: R1 every 2 steps, style mixing, bCR,
-# halflife EMA, lr decay inside the run, gradient accumulation (2 micro-batches of 2).
-EXTRA = [
-    "train.r1_every=2",
-    "train.style_mixing=0.5",
-    "train.ema_decay=null",
-    "train.ema_halflife_kimg=0.01",
-    "train.lr_decay_start_kimg=0.008",
-    "train.lr_decay_end_kimg=0.028",
-    "train.batch_per_gpu=2",
-]
-
-
-def _train(run_dir, steps, *extra):
-    cfg = compose_config(
-        CONFIG_DIR, [*TINY, *EXTRA, f"run_dir={run_dir}", f"train.total_kimg={steps_kimg(steps)}", *extra]
-    )
-    trainer = Trainer(prepare_run(cfg, CPU))
-    trainer.fit()
-    return trainer
-
-
-def _max_diff(a, b, path="") -> float:
-    if isinstance(a, torch.Tensor):
-        assert a.shape == b.shape, path
-        return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        return max([_max_diff(a[k], b[k], f"{path}.{k}") for k in a] or [0.0])
-    if isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        return max([_max_diff(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))] or [0.0])
-    assert a == b, f"{path}: {a!r} != {b!r}"
-    return 0.0
 
 
 @pytest.mark.slow
@@ -54,13 +22,13 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert resumed.counters.step == full.counters.step == 5
     assert resumed.counters.images_seen == full.counters.images_seen == 20
     diffs = {
-        name: _max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict())
+        name: max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict())
         for name in ("G", "D", "G_ema", "opt_G", "opt_D")
     }
     assert all(d == 0.0 for d in diffs.values()), diffs
     # and the states on disk say the same
     a, b = load_state(find_latest_state(tmp_path / "full")), load_state(find_latest_state(tmp_path / "split"))
-    assert _max_diff({k: a[k] for k in ("G", "D", "G_ema")}, {k: b[k] for k in ("G", "D", "G_ema")}) == 0.0
+    assert max_diff({k: a[k] for k in ("G", "D", "G_ema")}, {k: b[k] for k in ("G", "D", "G_ema")}) == 0.0
     assert a["counters"] == b["counters"] == {"step": 5, "images_seen": 20, "skipped_images": 0}
     assert a["lr"] == b["lr"] and a["sampler"] == {"position": 20}
 
@@ -86,7 +54,7 @@ def test_resume_with_ada_equals_uninterrupted(tmp_path):
     assert resumed.gan.ada_sums.tolist() == full.gan.ada_sums.tolist()
     for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
         assert (
-            _max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict()) == 0.0
+            max_diff(getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict()) == 0.0
         ), name
     a, b = load_state(find_latest_state(tmp_path / "full")), load_state(find_latest_state(tmp_path / "split"))
     assert a["augment"] == b["augment"] and a["augment"]["p"] == full.gan.augment.p
