@@ -319,9 +319,9 @@ def bench_viewer(args) -> None:
 
 
 def _inception_measure(args) -> dict:
+    from stylenat.bench.inception import inception_pipeline_figures
     from stylenat.metrics.inception import build_inception
     from stylenat.metrics.inception_weights import load_inception
-    from stylenat.bench.inception import inception_pipeline_figures
 
     if args.threads:
         torch.set_num_threads(args.threads)
