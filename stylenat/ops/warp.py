@@ -13,6 +13,7 @@ an axis of length ``L`` sits at ``i - (L - 1) / 2``), one per image.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -119,13 +120,22 @@ def _scale(sx: float, sy: float) -> torch.Tensor:
     return torch.diag(torch.tensor([sx, sy, 1.0], dtype=torch.float64))
 
 
+@functools.lru_cache(maxsize=8)
+def _filter_taps(taps: tuple[float, ...]) -> tuple[list[float], list[float]]:
+    """(upsampling taps with gain 2, downsampling taps flipped for a correlation) of ``taps`` normalised to
+    sum 1: built once per filter, not on every augmented batch."""
+    t = torch.tensor(taps, dtype=torch.float64)
+    t = t / t.sum()
+    return (t * 2).tolist(), t.flip(0).tolist()
+
+
 def resample_2x(x: torch.Tensor, m: torch.Tensor, taps=SYM6) -> torch.Tensor:
     """ADA's filtered resampling of ``x`` (NCHW) through the maps ``m`` ([n, 3, 3] CPU, output -> input,
     centred pixel coordinates); same output size. Padding sizes come from ``m`` on the host (no device sync)."""
     n, c, h, w = x.shape
-    taps = torch.tensor(taps, dtype=torch.float64)
-    taps = taps / taps.sum()
-    support = taps.numel() // 4  # the filter's reach, in input pixels, on each side
+    up_taps, down_taps = _filter_taps(tuple(taps))
+    fw = len(up_taps)
+    support = fw // 4  # the filter's reach, in input pixels, on each side
     m = m.to(torch.float64)
 
     # Reflect-pad far enough that every output pixel (and the filter around it) samples the padded image.
@@ -141,8 +151,7 @@ def resample_2x(x: torch.Tensor, m: torch.Tensor, taps=SYM6) -> torch.Tensor:
     m = _translate((mx0 - mx1) / 2, (my0 - my1) / 2) @ m
 
     # Upsample 2x (gain 2 per axis keeps the DC level), in coordinates of the 2x grid.
-    fw = taps.numel()
-    x = _fir_separable(x, (taps * 2).tolist(), up=2, down=1, pad=((fw + 1) // 2, (fw - 2) // 2))
+    x = _fir_separable(x, up_taps, up=2, down=1, pad=((fw + 1) // 2, (fw - 2) // 2))
     m = _scale(2, 2) @ m @ _scale(0.5, 0.5)
     m = _translate(-0.5, -0.5) @ m @ _translate(0.5, 0.5)
 
@@ -155,4 +164,4 @@ def resample_2x(x: torch.Tensor, m: torch.Tensor, taps=SYM6) -> torch.Tensor:
 
     # Downsample 2x with the same filter as a correlation, cropping the extension.
     pad = (-2 * support + (fw - 1) // 2, -2 * support + (fw - 2) // 2)
-    return _fir_separable(x, taps.flip(0).tolist(), up=1, down=2, pad=pad)
+    return _fir_separable(x, down_taps, up=1, down=2, pad=pad)

@@ -238,12 +238,6 @@ def ada_geometric_matrices(
     return blit, g
 
 
-def ada_geometric_matrix(n: int, size: int, p: float, ops: Sequence[str], generator) -> torch.Tensor:
-    """The whole geometric map per image, blit @ general (see :func:`ada_geometric_matrices`)."""
-    blit, g = ada_geometric_matrices(n, size, p, ops, generator)
-    return blit @ g
-
-
 _LUMA = torch.tensor([1.0, 1.0, 1.0, 0.0]) / math.sqrt(3)
 
 

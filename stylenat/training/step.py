@@ -76,11 +76,9 @@ def freeze_d_blocks(D: nn.Module, count: int) -> list[nn.Parameter]:
     """FreezeD: D's first ``count`` blocks (``D.blocks()``, from the image side) lose their gradients and
     go to eval mode (a spectral norm keeps its power-iteration vectors), so they stay bit-identical.
     Returns the parameters that still train: the only ones D's optimizer holds (no state for the rest)."""
-    frozen = {id(p) for block in D.blocks()[:count] for module in block for p in module.parameters()}
-    for block in D.blocks()[:count]:
-        for module in block:
-            module.requires_grad_(False).eval()
-    return [p for p in D.parameters() if id(p) not in frozen]
+    frozen = [module.requires_grad_(False).eval() for block in D.blocks()[:count] for module in block]
+    frozen_ids = {id(p) for module in frozen for p in module.parameters()}
+    return [p for p in D.parameters() if id(p) not in frozen_ids]
 
 
 def _no_report(name: str, value) -> None:
