@@ -54,13 +54,14 @@ def run_metrics(cfg, G, device, rank=0):
         if spec.kind == "ppl":  # PPL: fp32 only, and G itself (no real data, no truncation)
             check_ppl_dtype(spec.name, cfg.get("dtype", "fp32"))
     class_idx = resolve_class(G, cfg.get("class_idx"), cfg.get("class_name"))
+    draws_labels = bool(G.c_dim) and class_idx is None  # a conditional G with no class: the data's labels
     # real data for the feature metrics, and for the labels a conditional G draws when no class is given
-    needs_real = any(spec.kind != "ppl" for spec in specs) or (G.c_dim and class_idx is None)
+    needs_real = any(spec.kind != "ppl" for spec in specs) or draws_labels
     real = _real_source(cfg) if needs_real else {}
     needs_inception = any(spec.network == "inception" for spec in specs)
     extractor = load_inception(cfg.inception_weights, device=device) if needs_inception else None
 
-    pool = data_label_pool(G, real.get("real_data")) if G.c_dim and class_idx is None else None
+    pool = data_label_pool(G, real.get("real_data")) if draws_labels else None
     generator_fn = seeded_images_fn(G, device, cfg.truncation_psi, class_idx=class_idx, label_pool=pool)
     labels_fn = seeded_labels_fn(G, device, class_idx=class_idx, label_pool=pool)
 

@@ -12,6 +12,7 @@ in Z (norm-preserving, as perceptual path length samples Z).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -213,11 +214,6 @@ def run_video(cfg) -> Path:
         cfg.truncation_psi, cfg.truncation_cutoff, cfg.class_idx, device,
     )
     first = next(frames)  # every argument is checked here, before the output file is opened
-    path = write_video(_chain(first, frames), cfg.output, cfg.fps, fmt)
+    path = write_video(itertools.chain([first], frames), cfg.output, cfg.fps, fmt)
     logger.info("wrote %s", path)
     return path
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest

@@ -101,6 +101,7 @@ def evaluate_run(
         dev = resolve_device(str(device))
         extractor = registry.load_inception(inception_weights, device=dev)
         sink = JsonlSink(log_path)
+        pool = None
         try:
             for images, path, missing in todo:
                 snapshot = read_checkpoint(path)
@@ -108,7 +109,8 @@ def evaluate_run(
                     raise CheckpointError(f"{path} is not a stylenat inference snapshot")
                 G = generator_from_snapshot(snapshot, source=str(path)).eval().requires_grad_(False).to(dev)
                 meta = snapshot.get("meta") or {}
-                pool = data_label_pool(G, real) if G.c_dim else None  # as the loop: the data's labels
+                if G.c_dim and pool is None:  # as the loop: the data's labels, read once for the run
+                    pool = data_label_pool(G, real)
                 for name in missing:
                     result = registry.compute_metric(
                         name,

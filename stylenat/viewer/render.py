@@ -263,12 +263,9 @@ class Renderer:
         z = seed_latents(seeds, G.z_dim, self.device)
         condition = video.class_condition(G, p.class_idx, len(seeds), self.device)
         ws = G.mapping(z, truncation_psi=p.psi, truncation_cutoff=p.cutoff, **condition)
-        if p.mix_seed is not None:
-            ws = ws[:1].clone()
-            ws[:, p.mix_from : p.mix_to] = G.mapping(
-                z[1:], truncation_psi=p.psi, truncation_cutoff=p.cutoff,
-                **video.class_condition(G, p.class_idx, 1, self.device),
-            )[:, p.mix_from : p.mix_to]
+        if p.mix_seed is not None:  # row 1 is mix_seed's ws: its layers [mix_from, mix_to) go into row 0
+            mixed, ws = ws[1:], ws[:1].clone()
+            ws[:, p.mix_from : p.mix_to] = mixed[:, p.mix_from : p.mix_to]
         return ws
 
     @torch.no_grad()
