@@ -140,7 +140,7 @@ class Artefacts:
                     "step": self.counters.step,
                     "run_dir": str(self.run_dir),
                     "init": self.config.resolved.get("init"),  # the pretrained weights' path and sha256
-                    **self._class_meta(),
+                    **self.config.class_meta(),
                 },
             )
         except OSError as err:
@@ -148,13 +148,6 @@ class Artefacts:
                 f"{err.strerror or err}; earlier snapshots and states are intact: free space in {self.run_dir} and resume"
             ) from None
         log.info("saved %s", path.name)
-
-    def _class_meta(self) -> dict:
-        """A conditional run's snapshot meta: the class names (from the data), so samplers can name them."""
-        if not self.gan.c_dim:
-            return {}
-        names = self.config.data.class_names
-        return {"class_names": list(names) if names is not None else None}
 
     def save_state(self) -> Path | None:
         """Collective: every rank contributes its RNG states; rank 0 writes and prunes. A failed write

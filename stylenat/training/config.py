@@ -94,6 +94,13 @@ class TrainingConfig:
             resolved["train"][key] = getattr(train, key)
         return replace(self, train=train, resolved=resolved)
 
+    def class_meta(self) -> dict:
+        """What a conditional run's states and snapshots carry of its classes ({} when unconditional)."""
+        if not self.model.c_dim:
+            return {}
+        names = self.data.class_names
+        return {"class_names": None if names is None else list(names)}
+
     def with_labels(self, c_dim: int, class_names) -> TrainingConfig:
         """The config of a class-conditional run: ``model.c_dim`` (also in ``resolved``, so a resume checks
         it) and the class names, both from the data set."""

@@ -97,7 +97,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "model_config": self.gan.G.model_config,
             "config": self.config.resolved,
-            **({"class_names": _names(self.config.data.class_names)} if self.gan.c_dim else {}),
+            **self.config.class_meta(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -237,10 +237,6 @@ class Trainer:
             f"saved {path.name if path else 'the state'} from before that step: resume it with a lower "
             "learning rate, or with train.nonfinite=rollback to skip such batches"
         )
-
-
-def _names(class_names) -> list[str] | None:
-    return None if class_names is None else list(class_names)
 
 
 def train(config) -> Path:
