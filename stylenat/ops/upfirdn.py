@@ -65,13 +65,12 @@ def upfirdn2d(
     kernel = kernel.to(device=x.device, dtype=x.dtype)
     kh, kw = kernel.shape
 
-    # Every channel is filtered independently: fold channels into the batch.
-    out = x.reshape(n * c, 1, h, w)
+    out = x
     if up > 1:
         # Zero insertion: each sample is followed by up - 1 zeros (trailing zeros kept, as the reference).
-        out = out.reshape(n * c, 1, h, 1, w, 1)
+        out = out.reshape(n, c, h, 1, w, 1)
         out = F.pad(out, (0, up - 1, 0, 0, 0, up - 1))
-        out = out.reshape(n * c, 1, h * up, w * up)
+        out = out.reshape(n, c, h * up, w * up)
 
     out = F.pad(out, (max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)))
     if min(px0, px1, py0, py1) < 0:
@@ -82,10 +81,12 @@ def upfirdn2d(
             max(-px0, 0) : out.shape[3] - max(-px1, 0),
         ]
 
-    weight = torch.flip(kernel, (0, 1)).reshape(1, 1, kh, kw)
+    # Every channel is filtered independently: a depthwise convolution (groups = channels). Folding the
+    # channels into the batch instead (one 1-channel conv) gives the same sums but a ~20x slower backward
+    # on the CPU (oneDNN's single-channel path), which was the discriminators' largest cost in training.
+    weight = torch.flip(kernel, (0, 1)).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
     # A strided convolution equals "convolve then keep every down-th sample".
-    out = F.conv2d(out, weight, stride=down)
-    return out.reshape(n, c, out.shape[2], out.shape[3])
+    return F.conv2d(out, weight, stride=down, groups=c)
 
 
 def upsample2d(x: torch.Tensor, kernel, factor: int = 2) -> torch.Tensor:
