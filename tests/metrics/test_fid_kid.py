@@ -5,7 +5,6 @@ import warnings
 import numpy as np
 import pytest
 
-from stylenat.metrics import fid as fid_mod
 from stylenat.metrics import frechet_distance, frechet_distance_from_features, kernel_inception_distance
 
 
@@ -54,22 +53,31 @@ def test_fid_from_features_is_exact(n1, n2):
     )
 
 
-def test_fid_singular_fallback_and_imaginary_error(monkeypatch):
-    x, y = _features(100, 16, 5), _features(100, 16, 6)
+def test_fid_of_singular_covariances_is_exact():
+    # Fewer samples than dimensions (fid500 against the 100 demo faces): both covariances are singular.
+    # The eigendecomposition route matches the exact small-set formula; scipy's sqrtm of the product
+    # (pytorch-fid's route) is off by far more.
+    import scipy.linalg
+
+    x, y = _features(40, 256, 7), _features(100, 256, 8, shift=0.2)
     (m1, s1), (m2, s2) = _stats(x), _stats(y)
-    expected = frechet_distance(m1, s1, m2, s2)
-    real_sqrtm, calls = fid_mod._sqrtm, []
+    exact = frechet_distance_from_features(x, y)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(exact, rel=1e-11)
+    assert frechet_distance(m2, s2, m1, s1) == pytest.approx(exact, rel=1e-11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scipy_trace = np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+    scipy_fid = ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * scipy_trace
+    assert abs(scipy_fid - exact) > 100 * abs(frechet_distance(m1, s1, m2, s2) - exact)
 
-    def flaky(a):  # first call "fails" (non-finite), as for a singular product
-        calls.append(1)
-        return np.full_like(a, np.nan) if len(calls) == 1 else real_sqrtm(a)
 
-    monkeypatch.setattr(fid_mod, "_sqrtm", flaky)
-    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-4)  # with eps * I added
-    assert len(calls) == 2
-    monkeypatch.setattr(fid_mod, "_sqrtm", real_sqrtm)
-    with pytest.raises(ValueError, match="imaginary component"):
+def test_fid_rejects_bad_covariances():
+    with pytest.raises(ValueError, match="second covariance is not positive semi-definite"):
         frechet_distance(np.zeros(4), np.eye(4), np.zeros(4), -np.eye(4))
+    with pytest.raises(ValueError, match="first covariance is not positive semi-definite"):
+        frechet_distance(np.zeros(4), -np.eye(4), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="non-finite"):
+        frechet_distance(np.zeros(4), np.full((4, 4), np.nan), np.zeros(4), np.eye(4))
     with pytest.raises(ValueError, match="feature dimensions differ: 4 vs 5"):
         frechet_distance(np.zeros(4), np.eye(4), np.zeros(5), np.eye(5))
 
