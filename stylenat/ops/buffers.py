@@ -111,15 +111,6 @@ def cast_weight(param: Tensor, dtype: torch.dtype) -> Tensor:
     return cast
 
 
-def forget_casts(params) -> None:
-    """Drop the cached casts of ``params``: for writers that change a parameter in place without moving its
-    version counter (torch's fused Adam kernels do not bump it, so the stamp alone would serve stale
-    weights to the next reduced-precision forward)."""
-    for param in params:
-        for dtype in (torch.bfloat16, torch.float16):
-            _casts.pop((id(param), dtype), None)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Chunks
 # ----------------------------------------------------------------------------------------------------
