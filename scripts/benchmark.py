@@ -167,6 +167,10 @@ def _train_step_measure(args, model: str) -> dict:
     opts = trainer.opts
     step_s = med["d"] + med["g"] + (med["r1"] / opts.r1_every if opts.r1_gamma > 0 else 0.0)
     cuda = device.type == "cuda"
+    profile = {}
+    if args.profile > 0:  # whole steps (gan.run: D, lazy R1 on its steps, G, EMA), R1 where the recipe has it
+        steps = iter(range(1, 10**9))
+        profile = {"profile_steps": args.profile, "profile": perf.top_ops(lambda: gan.run(next(steps), batch), args.profile)}
     return {
         "mode": "train-step",
         "model": model,
@@ -185,6 +189,7 @@ def _train_step_measure(args, model: str) -> dict:
         "peak_mem_mb": round(perf.peak_memory_mb(device), 1),
         "peak_mem_kind": "cuda_max_allocated" if cuda else "cpu_max_rss_process",
         "rss_before_build_mb": None if cuda else round(rss_before, 1),
+        **profile,
     }
 
 
@@ -358,7 +363,7 @@ usage: python scripts/benchmark.py {na,train-step,generator,scaling,viewer,incep
               [--res --batch --heads --dim --kernel --dilation N|split --reps --dtype ... --backend
                --no-rpb --no-oracle --oracle-max-gb]
   train-step  one training step (G + D + bCR + lazy R1): sec/kimg, peak memory
-              [--models ... --batch --reps --warmup --amp false bf16]
+              [--models ... --batch --reps --warmup --amp false bf16 --profile STEPS]
   generator   G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)
               [--model --batch N ... --reps --warmup --dtype ... --no-tf32 --compile]
   scaling     generator ms, peak memory and GFLOP per image against resolution
@@ -375,7 +380,7 @@ INT, FLOAT, STR, INTS, STRS, SWITCH = "int", "float", "str", "ints", "strs", "sw
 MODES = {
     "na": (bench_na, dict(res=INT, batch=INT, heads=INT, dim=INT, kernel=INT, dilation=STR, reps=INT,
                           dtype=STRS, backend=STR, no_rpb=SWITCH, no_oracle=SWITCH, oracle_max_gb=FLOAT)),
-    "train-step": (bench_train_step, dict(models=STRS, batch=INT, reps=INT, warmup=INT, amp=STRS)),
+    "train-step": (bench_train_step, dict(models=STRS, batch=INT, reps=INT, warmup=INT, amp=STRS, profile=INT)),
     "generator": (bench_generator, dict(model=STR, batch=INTS, reps=INT, warmup=INT, dtype=STRS,
                                         no_tf32=SWITCH, compile=SWITCH)),
     "scaling": (bench_scaling, dict(model=STR, resolutions=INTS, batch=INT, reps=INT, warmup=INT,

@@ -172,6 +172,32 @@ def measured_sgemm_gflops(size: int = 2048, reps: int = 5) -> float:
 # Running a measurement: report its failure, or run it in a fresh process
 
 
+def top_ops(fn: Callable[[], object], reps: int, limit: int = 12) -> dict:
+    """Where ``reps`` calls of ``fn`` spend their time, by torch.profiler's CPU op events: the ``limit`` ops
+    with the most self time, each with its self ms and calls per call of fn and its share of all ops'
+    self time (the profiler's own overhead inflates the many small ops a little)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+    events = list(prof.key_averages())
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:limit]
+    return {
+        "self_ms_per_call": round(total / 1e3 / reps, 1),
+        "ops": [
+            {
+                "op": e.key,
+                "self_ms": round(e.self_cpu_time_total / 1e3 / reps, 2),
+                "calls": round(e.count / reps, 1),
+                "share": round(e.self_cpu_time_total / total, 3),
+            }
+            for e in top
+        ],
+    }
+
+
 def error_text(err: Exception, limit: int = 500) -> str:
     return f"{type(err).__name__}: {err}"[:limit]
 

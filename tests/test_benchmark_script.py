@@ -185,3 +185,21 @@ def test_generator_mode_with_the_flex_backend(bench, capsys, monkeypatch):
     (record,) = _lines(capsys)
     assert record["mode"] == "generator" and "error" not in record
     assert record["gemm_s_per_batch"] > 0 and 0 < record["gemm_share"] <= 1
+
+
+def test_train_step_times_each_part_and_profiles_whole_steps(bench):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(device="cpu", threads=None, batch=2, reps=1, warmup=0, amp="false", profile=2)
+    record = bench._train_step_measure(args, "tiny")
+    assert record["model"] == "tiny" and record["batch"] == 2 and record["resolution"] == 32
+    assert all(record[f"{part}_step_s"] > 0 for part in ("d", "r1", "g"))
+    assert record["sec_per_kimg"] == pytest.approx(record["step_s_amortized"] / 2 * 1000, rel=0.01)
+    profile = record["profile"]
+    assert record["profile_steps"] == 2 and profile["self_ms_per_call"] > 0
+    ops = profile["ops"]
+    assert 0 < len(ops) <= 12 and sum(op["share"] for op in ops) <= 1.0
+    assert [op["self_ms"] for op in ops] == sorted((op["self_ms"] for op in ops), reverse=True)
+    names = {op["op"] for op in ops}
+    assert names & {"aten::mm", "aten::addmm", "aten::bmm"}  # the products are among the top ops
+    json.dumps(record)  # one JSON line

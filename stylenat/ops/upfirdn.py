@@ -81,12 +81,19 @@ def upfirdn2d(
             max(-px0, 0) : out.shape[3] - max(-px1, 0),
         ]
 
-    # Every channel is filtered independently: a depthwise convolution (groups = channels). Folding the
-    # channels into the batch instead (one 1-channel conv) gives the same sums but a ~20x slower backward
-    # on the CPU (oneDNN's single-channel path), which was the discriminators' largest cost in training.
-    weight = torch.flip(kernel, (0, 1)).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
-    # A strided convolution equals "convolve then keep every down-th sample".
-    return F.conv2d(out, weight, stride=down, groups=c)
+    weight = torch.flip(kernel, (0, 1)).reshape(1, 1, kh, kw)
+    if down > 1:
+        # A strided convolution equals "convolve then keep every down-th sample". Channels folded into the
+        # batch (one single-channel conv): the formulation training always used here, kept for the strided
+        # calls (the discriminators' RGB downsampling, 3 channels: cheap either way) because oneDNN's
+        # depthwise strided backward rounds differently, and runs would stop reproducing earlier ones.
+        out = F.conv2d(out.reshape(n * c, 1, *out.shape[2:]), weight, stride=down)
+        return out.reshape(n, c, out.shape[2], out.shape[3])
+    # Every channel filtered independently: a depthwise convolution (groups = channels). The same sums as
+    # the folded form (bit-identical at the tiny model's shapes), but oneDNN's backward of a single-channel
+    # conv over batch x channels planes took 12.1 ms for a [8, 64, 17, 17] blur against 0.55 ms depthwise:
+    # it was the largest op of the tiny model's training step (docs/performance.md).
+    return F.conv2d(out, weight.expand(c, 1, kh, kw), groups=c)
 
 
 def upsample2d(x: torch.Tensor, kernel, factor: int = 2) -> torch.Tensor:
