@@ -23,6 +23,7 @@ measuring itself is the library's: timers, memory, FLOPs and the fresh-process r
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import statistics
 import sys
@@ -168,9 +169,10 @@ def _train_step_measure(args, model: str) -> dict:
     step_s = med["d"] + med["g"] + (med["r1"] / opts.r1_every if opts.r1_gamma > 0 else 0.0)
     cuda = device.type == "cuda"
     profile = {}
-    if args.profile > 0:  # whole steps (gan.run: D, lazy R1 on its steps, G, EMA), R1 where the recipe has it
-        steps = iter(range(1, 10**9))
-        profile = {"profile_steps": args.profile, "profile": perf.top_ops(lambda: gan.run(next(steps), batch), args.profile)}
+    if args.profile > 0:  # whole steps (gan.run: D, lazy R1 on its steps, G, EMA)
+        steps = itertools.count(1)
+        top = perf.top_ops(lambda: gan.run(next(steps), batch), args.profile)
+        profile = {"profile_steps": args.profile, "profile": top}
     return {
         "mode": "train-step",
         "model": model,

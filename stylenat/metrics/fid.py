@@ -1,5 +1,5 @@
-"""Fréchet distance between two Gaussians (FID): pytorch-fid's formula, its matrix square root's trace
-computed exactly and ~15x faster (see _trace_sqrt_product)."""
+"""Fréchet distance between two Gaussians (FID): pytorch-fid's formula, the trace of its matrix square root
+computed exactly as a nuclear norm (see _trace_sqrt_product)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     dropped), ``sigma1 sigma2`` has the squared singular values of ``R1^T R2`` as its eigenvalues, so the
     trace is that matrix's nuclear norm. Exact for PSD matrices, singular ones included (fewer samples than
     dimensions, as fid500 against the 100 demo faces), where pytorch-fid's ``scipy.linalg.sqrtm`` of the
-    non-symmetric product loses ~1e-7 of the value; and ~1.5 s at D = 2048 on 2 cores against its 13.5 s.
+    non-symmetric product loses ~1e-7 of the value; and 1.9 s at D = 2048 on 2 cores against its 15.7 s.
     A matrix that is not PSD within rounding raises instead of returning a number.
     """
-    product = _psd_root(sigma1, "first").T @ _psd_root(sigma2, "second")
-    return float(np.linalg.svd(product, compute_uv=False).sum())
+    return _nuclear_norm(_psd_root(sigma1, "first"), _psd_root(sigma2, "second"))
+
+
+def _nuclear_norm(root1: np.ndarray, root2: np.ndarray) -> float:
+    """``Tr sqrtm(S1 S2)`` for ``S = R R^T`` given the roots [D, r]: the sum of R1^T R2's singular values."""
+    return float(np.linalg.svd(root1.T @ root2, compute_uv=False).sum())
 
 
 def _psd_root(sigma: np.ndarray, which: str) -> np.ndarray:
@@ -71,6 +75,6 @@ def frechet_distance_from_features(x, y, ddof: int = 1) -> float:
     mx, my = x.mean(0), y.mean(0)
     a = (x - mx) / np.sqrt(len(x) - ddof)
     b = (y - my) / np.sqrt(len(y) - ddof)
-    nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    nuclear = _nuclear_norm(a.T, b.T)
     diff = mx - my
     return float(diff.dot(diff) + np.sum(a * a) + np.sum(b * b) - 2 * nuclear)

@@ -129,7 +129,7 @@ class GanStep:
         self.G_fwd = torch.compile(self.G.synthesis) if opts.compile else self.G.synthesis
         # The D step's no-grad fakes: on the CPU always the eager synthesis, whose fused inference kernels
         # beat a compiled graph (traced, their shape-dependent chunk loops recompiled past dynamo's limit
-        # and ran slower: docs/performance.md, "torch.compile on the CPU").
+        # and ran slower: docs/performance.md, "The training step of small models on the CPU").
         self.G_fakes = self.G.synthesis if device.type == "cpu" else self.G_fwd
         self.D_fwd = self.D
         self.augment = build_augment(opts, config.model.output_normalization)

@@ -176,4 +176,3 @@ def test_benchmark_na_measures_the_dtypes_side_by_side():
     assert all("error" not in r and r["median_ms"] > 0 for r in passes)
     assert summary["dtype"] == "bfloat16" and summary["speedup_vs"] == "float32" and summary["res"] == 16
     assert summary["speedup_fwd"] > 0 and summary["speedup_fwd+bwd"] > 0
-
