@@ -95,3 +95,26 @@ def test_metric_hook_logs_each_metric(tmp_path, monkeypatch):
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["kimg"] for r in records if r.get("metric") == "fid1k"] == [0.008, 0.012]
     assert all(r["fid1k"] == 12.5 for r in records if "metric" in r)
+
+
+@pytest.mark.slow
+def test_cpu_adam_runs_foreach_and_rounds_like_the_per_tensor_loop(tmp_path, monkeypatch):
+    """The CPU optimizers take Adam's foreach form for speed; it must round exactly like the per-tensor
+    loop (torch's CPU default, what earlier runs used), or old runs would stop reproducing."""
+    foreach = _train(tmp_path / "foreach", 3)
+    assert foreach.gan.opt_G.defaults["foreach"] is True and foreach.gan.opt_D.defaults["foreach"] is True
+
+    adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *args, foreach=None, **kw: adam(*args, foreach=False, **kw))
+    loop = _train(tmp_path / "loop", 3)
+    assert loop.gan.opt_G.defaults["foreach"] is False
+    assert foreach.gan.opt_G.state  # the optimizers really stepped
+    diffs = {
+        name: max_diff(getattr(foreach.gan, name).state_dict(), getattr(loop.gan, name).state_dict())
+        for name in ("G", "D", "G_ema")
+    }
+    for name in ("opt_G", "opt_D"):  # Adam's moments and steps (the param groups differ in the flag)
+        diffs[name] = max_diff(
+            getattr(foreach.gan, name).state_dict()["state"], getattr(loop.gan, name).state_dict()["state"]
+        )
+    assert all(d == 0.0 for d in diffs.values()), diffs
