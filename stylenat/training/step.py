@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable
 
 import torch
@@ -37,6 +38,8 @@ from stylenat.training.augment import AdaptiveAugment, build_augment, diff_augme
 from stylenat.training.config import TrainingConfig
 from stylenat.training.ema import ema_beta, make_ema, update_ema
 from stylenat.training.losses import bcr_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+
+log = logging.getLogger(__name__)
 
 
 class StepRandom:
@@ -70,6 +73,31 @@ def build_networks(config: TrainingConfig) -> tuple[nn.Module, nn.Module]:
         c_dim=config.model.c_dim,
     )
     return G, D
+
+
+def cpp_compiler_missing() -> str | None:
+    """Why torch.compile cannot build CPU code here (inductor compiles C++), or None when it can."""
+    try:
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError as err:
+        return f"torch.compile's CPU backend is unavailable ({err})"
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return "no C++ compiler found (inductor compiles the CPU graphs with g++ or $CXX)"
+    return None
+
+
+def compile_or_eager(fn: Callable, device: torch.device) -> Callable:
+    """``torch.compile(fn)``; on a CPU without a C++ compiler ``fn`` itself and one warning, instead of an
+    error from deep inside the first compiled call."""
+    if device.type == "cpu":
+        missing = cpp_compiler_missing()
+        if missing is not None:
+            log.warning("train.compile=true: %s; training runs eagerly", missing)
+            return fn
+    return torch.compile(fn)
 
 
 def freeze_d_blocks(D: nn.Module, count: int) -> list[nn.Parameter]:
@@ -127,7 +155,7 @@ class GanStep:
         # train.compile compiles G's synthesis (most of the cost). D stays eager: compiled graphs save the
         # legacy spectral norm's in-place-updated weight_u for backward, which breaks the D step's several
         # forwards before one backward; R1's double backward is not supported by torch.compile either.
-        self.G_fwd = torch.compile(self.G.synthesis) if opts.compile else self.G.synthesis
+        self.G_fwd = compile_or_eager(self.G.synthesis, device) if opts.compile else self.G.synthesis
         # The D step's no-grad fakes: on the CPU always the eager synthesis, whose fused inference kernels
         # beat a compiled graph (traced, their shape-dependent chunk loops recompiled past dynamo's limit
         # and ran slower: docs/performance.md, "The training step of small models on the CPU").
