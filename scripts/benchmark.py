@@ -3,7 +3,8 @@
     python scripts/benchmark.py na --res 64 --batch 4 --heads 8 --dim 32 --kernel 7 --dilation split
 
 Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), ``train-step`` (one
-training step of the tiny and the 256 model: sec/kimg and peak memory), ``generator`` (sampling
+training step of the tiny and the 256 model: sec/kimg and peak memory; ``--profile N`` its top ops,
+``--blocks`` G's blocks by part), ``generator`` (sampling
 images/s, FLOPs per image and the fraction of the CPU's FLOP bound; ``--compile`` adds torch.compile's
 compile time and steady-state speed-up over eager), ``scaling`` (generator time, peak memory and FLOPs
 per image as the output resolution grows at a fixed channel recipe, with the share of time in na2d),
@@ -173,6 +174,10 @@ def _train_step_measure(args, model: str) -> dict:
         steps = itertools.count(1)
         top = perf.top_ops(lambda: gan.run(next(steps), batch), args.profile)
         profile = {"profile_steps": args.profile, "profile": top}
+    if args.blocks:  # G's first block per stage, whole and by part, forward+backward at this batch
+        from stylenat.bench.blocks import block_parts
+
+        profile["blocks"] = block_parts(gan.G, args.batch, args.reps, device, warmup=max(1, args.warmup))
     return {
         "mode": "train-step",
         "model": model,
@@ -382,7 +387,8 @@ INT, FLOAT, STR, INTS, STRS, SWITCH = "int", "float", "str", "ints", "strs", "sw
 MODES = {
     "na": (bench_na, dict(res=INT, batch=INT, heads=INT, dim=INT, kernel=INT, dilation=STR, reps=INT,
                           dtype=STRS, backend=STR, no_rpb=SWITCH, no_oracle=SWITCH, oracle_max_gb=FLOAT)),
-    "train-step": (bench_train_step, dict(models=STRS, batch=INT, reps=INT, warmup=INT, amp=STRS, profile=INT)),
+    "train-step": (bench_train_step, dict(models=STRS, batch=INT, reps=INT, warmup=INT, amp=STRS, profile=INT,
+                                          blocks=SWITCH)),
     "generator": (bench_generator, dict(model=STR, batch=INTS, reps=INT, warmup=INT, dtype=STRS,
                                         no_tf32=SWITCH, compile=SWITCH)),
     "scaling": (bench_scaling, dict(model=STR, resolutions=INTS, batch=INT, reps=INT, warmup=INT,

@@ -190,8 +190,9 @@ def test_generator_mode_with_the_flex_backend(bench, capsys, monkeypatch):
 def test_train_step_times_each_part_and_profiles_whole_steps(bench):
     from types import SimpleNamespace
 
-    args = SimpleNamespace(device="cpu", threads=None, batch=2, reps=1, warmup=0, amp="false", profile=2)
+    args = SimpleNamespace(device="cpu", threads=None, batch=2, reps=1, warmup=0, amp="false", profile=2, blocks=False)
     record = bench._train_step_measure(args, "tiny")
+    assert "blocks" not in record
     assert record["model"] == "tiny" and record["batch"] == 2 and record["resolution"] == 32
     assert all(record[f"{part}_step_s"] > 0 for part in ("d", "r1", "g"))
     assert record["sec_per_kimg"] == pytest.approx(record["step_s_amortized"] / 2 * 1000, rel=0.01)
@@ -203,3 +204,17 @@ def test_train_step_times_each_part_and_profiles_whole_steps(bench):
     names = {op["op"] for op in ops}
     assert names & {"aten::mm", "aten::addmm", "aten::bmm"}  # the products are among the top ops
     json.dumps(record)  # one JSON line
+
+
+def test_train_step_blocks_time_every_stage_by_part(bench):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(device="cpu", threads=None, batch=2, reps=1, warmup=0, amp="false", profile=0, blocks=True)
+    blocks = bench._train_step_measure(args, "tiny")["blocks"]
+    assert [b["stage"] for b in blocks] == [4, 8, 16, 32]  # the tiny model's stages
+    assert [b["channels"] for b in blocks] == [128, 128, 64, 64] and all(b["heads"] == 4 for b in blocks)
+    assert [b["attention_with_projections"] for b in blocks] == [True, False, False, False]  # 4x4: MHSA
+    for b in blocks:
+        assert all(b[f"{part}_ms"] > 0 for part in ("adain", "qkv", "attention", "mlp", "block"))
+    big, small = blocks[-1], blocks[1]  # the same block at 16x the tokens (half the channels) costs more
+    assert big["attention_ms"] > small["attention_ms"] and big["block_ms"] > small["block_ms"]
