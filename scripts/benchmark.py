@@ -169,15 +169,15 @@ def _train_step_measure(args, model: str) -> dict:
     opts = trainer.opts
     step_s = med["d"] + med["g"] + (med["r1"] / opts.r1_every if opts.r1_gamma > 0 else 0.0)
     cuda = device.type == "cuda"
-    profile = {}
+    extras = {}  # --profile's top ops, --blocks' parts
     if args.profile > 0:  # whole steps (gan.run: D, lazy R1 on its steps, G, EMA)
         steps = itertools.count(1)
         top = perf.top_ops(lambda: gan.run(next(steps), batch), args.profile)
-        profile = {"profile_steps": args.profile, "profile": top}
+        extras = {"profile_steps": args.profile, "profile": top}
     if args.blocks:  # G's first block per stage, whole and by part, forward+backward at this batch
         from stylenat.bench.blocks import block_parts
 
-        profile["blocks"] = block_parts(gan.G, args.batch, args.reps, device, warmup=max(1, args.warmup))
+        extras["blocks"] = block_parts(gan.G, args.batch, args.reps, device, warmup=max(1, args.warmup))
     return {
         "mode": "train-step",
         "model": model,
@@ -196,7 +196,7 @@ def _train_step_measure(args, model: str) -> dict:
         "peak_mem_mb": round(perf.peak_memory_mb(device), 1),
         "peak_mem_kind": "cuda_max_allocated" if cuda else "cpu_max_rss_process",
         "rss_before_build_mb": None if cuda else round(rss_before, 1),
-        **profile,
+        **extras,
     }
 
 
