@@ -173,7 +173,7 @@ def _train_step_measure(args, model: str) -> dict:
     if args.profile > 0:  # whole steps (gan.run: D, lazy R1 on its steps, G, EMA)
         steps = itertools.count(1)
         top = perf.top_ops(lambda: gan.run(next(steps), batch), args.profile)
-        extras = {"profile_steps": args.profile, "profile": top}
+        extras.update(profile_steps=args.profile, profile=top)
     if args.blocks:  # G's first block per stage, whole and by part, forward+backward at this batch
         from stylenat.bench.blocks import block_parts
 
@@ -370,7 +370,7 @@ usage: python scripts/benchmark.py {na,train-step,generator,scaling,viewer,incep
               [--res --batch --heads --dim --kernel --dilation N|split --reps --dtype ... --backend
                --no-rpb --no-oracle --oracle-max-gb]
   train-step  one training step (G + D + bCR + lazy R1): sec/kimg, peak memory
-              [--models ... --batch --reps --warmup --amp false bf16 --profile STEPS]
+              [--models ... --batch --reps --warmup --amp false bf16 --profile STEPS --blocks]
   generator   G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)
               [--model --batch N ... --reps --warmup --dtype ... --no-tf32 --compile]
   scaling     generator ms, peak memory and GFLOP per image against resolution
