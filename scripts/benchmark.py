@@ -149,6 +149,7 @@ def _train_step_measure(args, model: str) -> dict:
         f"train.batch_per_gpu={args.batch}",
         f"train.amp={args.amp}",
         "logger.progress=false",
+        *([] if args.reuse_fakes in (None, "null") else [f"train.reuse_fakes={args.reuse_fakes}"]),
     ]
     cfg = compose_config(REPO / "configs", overrides)
     rss_before = perf.max_rss_mb()
@@ -162,7 +163,9 @@ def _train_step_measure(args, model: str) -> dict:
 
     trainer = Trainer(prepare_run(cfg, env, with_data=False), stream=reals())
     batch, gan = [trainer.next_reals()], trainer.gan
-    parts = {"d": lambda: gan.d_step(batch), "r1": lambda: gan.r1_step(batch), "g": gan.g_step}
+    # train.reuse_fakes: the step's one G forward is in the G part; D trains on fakes drawn once here
+    fakes = [(f.detach(), c) for f, c in gan.g_fakes()] if gan.opts.reuse_fakes else None
+    parts = {"d": lambda: gan.d_step(batch, None, fakes), "r1": lambda: gan.r1_step(batch), "g": gan.g_step}
     perf.reset_peak_memory(device)
     times = {name: perf.time_call(fn, device, args.reps, warmup=args.warmup) for name, fn in parts.items()}
     med = {name: statistics.median(t) / 1e3 for name, t in times.items()}
@@ -186,6 +189,7 @@ def _train_step_measure(args, model: str) -> dict:
         "resolution": res,
         "batch": args.batch,
         "amp": args.amp,
+        "reuse_fakes": gan.opts.reuse_fakes,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "reps": args.reps,
@@ -370,7 +374,8 @@ usage: python scripts/benchmark.py {na,train-step,generator,scaling,viewer,incep
               [--res --batch --heads --dim --kernel --dilation N|split --reps --dtype ... --backend
                --no-rpb --no-oracle --oracle-max-gb]
   train-step  one training step (G + D + bCR + lazy R1): sec/kimg, peak memory
-              [--models ... --batch --reps --warmup --amp false bf16 --profile STEPS --blocks]
+              [--models ... --batch --reps --warmup --amp false bf16 --profile STEPS --blocks
+               --reuse-fakes true|false]
   generator   G(z) sampling images/s (reference protocol on GPU: batch 1, 10+500)
               [--model --batch N ... --reps --warmup --dtype ... --no-tf32 --compile]
   scaling     generator ms, peak memory and GFLOP per image against resolution
@@ -388,7 +393,7 @@ MODES = {
     "na": (bench_na, dict(res=INT, batch=INT, heads=INT, dim=INT, kernel=INT, dilation=STR, reps=INT,
                           dtype=STRS, backend=STR, no_rpb=SWITCH, no_oracle=SWITCH, oracle_max_gb=FLOAT)),
     "train-step": (bench_train_step, dict(models=STRS, batch=INT, reps=INT, warmup=INT, amp=STRS, profile=INT,
-                                          blocks=SWITCH)),
+                                          blocks=SWITCH, reuse_fakes=STR)),
     "generator": (bench_generator, dict(model=STR, batch=INTS, reps=INT, warmup=INT, dtype=STRS,
                                         no_tf32=SWITCH, compile=SWITCH)),
     "scaling": (bench_scaling, dict(model=STR, resolutions=INTS, batch=INT, reps=INT, warmup=INT,

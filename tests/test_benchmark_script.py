@@ -187,11 +187,16 @@ def test_generator_mode_with_the_flex_backend(bench, capsys, monkeypatch):
     assert record["gemm_s_per_batch"] > 0 and 0 < record["gemm_share"] <= 1
 
 
-def test_train_step_times_each_part_and_profiles_whole_steps(bench):
+def _step_args(**overrides):
+    """train-step's arguments at their smallest (configs/benchmark.yaml's keys)."""
     from types import SimpleNamespace
 
-    args = SimpleNamespace(device="cpu", threads=None, batch=2, reps=1, warmup=0, amp="false", profile=2, blocks=False)
-    record = bench._train_step_measure(args, "tiny")
+    defaults = dict(device="cpu", threads=None, batch=2, reps=1, warmup=0, amp="false", profile=0)
+    return SimpleNamespace(**{**defaults, "blocks": False, "reuse_fakes": None, **overrides})
+
+
+def test_train_step_times_each_part_and_profiles_whole_steps(bench):
+    record = bench._train_step_measure(_step_args(profile=2), "tiny")
     assert "blocks" not in record
     assert record["model"] == "tiny" and record["batch"] == 2 and record["resolution"] == 32
     assert all(record[f"{part}_step_s"] > 0 for part in ("d", "r1", "g"))
@@ -207,10 +212,7 @@ def test_train_step_times_each_part_and_profiles_whole_steps(bench):
 
 
 def test_train_step_blocks_time_every_stage_by_part(bench):
-    from types import SimpleNamespace
-
-    args = SimpleNamespace(device="cpu", threads=None, batch=2, reps=1, warmup=0, amp="false", profile=0, blocks=True)
-    blocks = bench._train_step_measure(args, "tiny")["blocks"]
+    blocks = bench._train_step_measure(_step_args(blocks=True), "tiny")["blocks"]
     assert [b["stage"] for b in blocks] == [4, 8, 16, 32]  # the tiny model's stages
     assert [b["channels"] for b in blocks] == [128, 128, 64, 64] and all(b["heads"] == 4 for b in blocks)
     assert [b["attention_with_projections"] for b in blocks] == [True, False, False, False]  # 4x4: MHSA
@@ -218,3 +220,17 @@ def test_train_step_blocks_time_every_stage_by_part(bench):
         assert all(b[f"{part}_ms"] > 0 for part in ("adain", "qkv", "attention", "mlp", "block"))
     big, small = blocks[-1], blocks[1]  # the same block at 16x the tokens (half the channels) costs more
     assert big["attention_ms"] > small["attention_ms"] and big["block_ms"] > small["block_ms"]
+
+
+@pytest.mark.parametrize("reuse", ["true", "false"])
+def test_train_step_follows_reuse_fakes(bench, monkeypatch, reuse):
+    """--reuse-fakes overrides the recipe; with it the D part trains on fakes drawn once, outside it."""
+    from stylenat.training.step import GanStep
+
+    draws = []
+    g_fakes = GanStep.g_fakes
+    monkeypatch.setattr(GanStep, "g_fakes", lambda self: draws.append(1) or g_fakes(self))
+    record = bench._train_step_measure(_step_args(reps=2, reuse_fakes=reuse), "tiny")
+    assert record["reuse_fakes"] is (reuse == "true")
+    assert all(record[f"{part}_step_s"] > 0 for part in ("d", "r1", "g"))
+    assert len(draws) == (1 if reuse == "true" else 0)  # not once per timed D step

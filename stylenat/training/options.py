@@ -61,6 +61,7 @@ class TrainOptions:
     d_clip_grad: float | None
     g_clip_grad: float | None
     style_mixing: float
+    reuse_fakes: bool
     w_avg_beta: float
     ema_decay: float | None
     ema_halflife_kimg: float | None
@@ -219,6 +220,7 @@ class TrainOptions:
         need(self.amp in AMP_MODES, "amp", "expected false or bf16")
         need(isinstance(self.tf32, bool), "tf32", "expected true or false")
         need(isinstance(self.compile, bool), "compile", "expected true or false")
+        need(isinstance(self.reuse_fakes, bool), "reuse_fakes", "expected true or false")
         need(isinstance(self.checkpoint_blocks, bool), "checkpoint_blocks", "expected true or false")
         integer("workers", 0)
         for key in (

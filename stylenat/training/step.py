@@ -7,7 +7,9 @@ each on one screen.
   ``train.augment`` (ADA / DiffAugment).
 - R1: every ``r1_every`` steps, the lazy gradient penalty on the same reals (fp32); its real logits count
   towards ADA's r_t too, as in StyleGAN2-ADA.
-- G: non-saturating loss on fresh fakes (style mixing), updating the running w_avg.
+- G: non-saturating loss on fresh fakes (style mixing), updating the running w_avg. With
+  ``train.reuse_fakes`` G draws its fakes first and the D step trains on them, detached (one G forward a
+  step instead of two; every micro-batch's graph is held through the D step).
 - EMA: G_ema follows G.
 
 Each process works on ``batch_per_gpu`` images per pass and accumulates micro-batches until the step has
@@ -172,26 +174,38 @@ class GanStep:
         indices), then the G_ema update."""
         self.index = index
         labels = self.real_labels(labels)
-        self.d_step(reals, labels)
+        fakes = self.g_fakes() if self.opts.reuse_fakes else None
+        self.d_step(reals, labels, fakes)
         if self.opts.r1_gamma > 0 and index % self.opts.r1_every == 0:
             self.r1_step(reals, labels)
-        self.g_step()
+        self.g_step(fakes)
         dist.sync_buffers(self.G)
         update_ema(self.G_ema, self.G, self.ema_beta)
         if self.augment is not None:
             self.report("augment_p", self.augment.p)
 
-    def d_step(self, reals: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> None:
+    def d_step(
+        self,
+        reals: list[torch.Tensor],
+        labels: list[torch.Tensor] | None = None,
+        fakes: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    ) -> None:
         """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks.
-        ``labels``: the reals' one-hot labels (conditional)."""
+        ``labels``: the reals' one-hot labels (conditional); ``fakes``: the G step's (image, label) per
+        micro-batch (``train.reuse_fakes``), else D draws its own."""
         opts, step = self.opts, self.index
-        self.G.requires_grad_(False)
+        if fakes is None:
+            self.G.requires_grad_(False)
         self._d_requires_grad(True)
         for r, real in enumerate(reals):
-            z, g = self._latents(r, "d_latent")
-            c_fake, c_real = self.fake_labels(r, "d_latent"), None if labels is None else labels[r]
-            with torch.no_grad(), self._fakes_precision():
-                fake = self.G_fakes(self._mapping(z, g, update_w_avg=False, c=c_fake))
+            c_real = None if labels is None else labels[r]
+            if fakes is None:
+                z, g = self._latents(r, "d_latent")
+                c_fake = self.fake_labels(r, "d_latent")
+                with torch.no_grad(), self._fakes_precision():
+                    fake = self.G_fakes(self._mapping(z, g, update_w_avg=False, c=c_fake))
+            else:
+                fake, c_fake = fakes[r][0].detach(), fakes[r][1]
             with self._autocast():
                 fake = self._augmented(fake, r, "augment_fake")
                 real = self._augmented(real, r, "augment_real")
@@ -228,16 +242,25 @@ class GanStep:
             self._count_signs(real_logits)
         self._optimizer_step(self.D, self.opt_D, None)
 
-    def g_step(self) -> None:
-        """Non-saturating G loss on fresh fakes; updates the running w_avg."""
+    def g_fake(self, r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Micro-batch ``r`` of the G step's fakes and their labels, with G's graph (updates w_avg)."""
         self.G.requires_grad_(True)
+        z, g = self._latents(r, "g_latent")
+        c = self.fake_labels(r, "g_latent")
+        with self._autocast():
+            return self.G_fwd(self._mapping(z, g, update_w_avg=True, c=c)), c
+
+    def g_fakes(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Every micro-batch's ``g_fake``, drawn before the D step (``train.reuse_fakes``)."""
+        return [self.g_fake(r) for r in range(self.rounds)]
+
+    def g_step(self, fakes: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> None:
+        """Non-saturating G loss on fresh fakes (drawn one micro-batch at a time), or on ``fakes``."""
         self._d_requires_grad(False)
         for r in range(self.rounds):
-            z, g = self._latents(r, "g_latent")
-            c = self.fake_labels(r, "g_latent")
+            fake, c = self.g_fake(r) if fakes is None else fakes[r]
             with self._autocast():
-                ws = self._mapping(z, g, update_w_avg=True, c=c)
-                loss = g_nonsaturating_loss(self._d(self._augmented(self.G_fwd(ws), r, "augment_g"), c))
+                loss = g_nonsaturating_loss(self._d(self._augmented(fake, r, "augment_g"), c))
             (loss / self.rounds).backward()
             self.report("g_loss", loss)
         self._optimizer_step(self.G, self.opt_G, self.opts.g_clip_grad)

@@ -33,10 +33,10 @@ if FAULT == "slow_save":
 elif FAULT == "raise_rank1":
     _g_step = GanStep.g_step
 
-    def failing_g_step(self):
+    def failing_g_step(self, fakes=None):
         if self.random.rank == 1 and self.index == 1:
             raise RuntimeError("injected fault in the G step")
-        return _g_step(self)
+        return _g_step(self, fakes)
 
     GanStep.g_step = failing_g_step
 

@@ -41,8 +41,10 @@ LEARNING = [
     "model.kernels=[[3],[3],[3]]",
     "model.dilations=[[1],[1],[1,2]]",
     "discriminator.channel_max=32",
+    "discriminator.sn=true",
     "train.batch=8",
     "train.batch_per_gpu=null",
+    "train.reuse_fakes=false",  # the paper's step; test_learning.py also runs the demo's reuse
     "train.workers=0",
     "train.d_lr=0.005",
     "train.ttur_ratio=1.0",
@@ -94,12 +96,12 @@ def poison(monkeypatch, at_steps: set[int], where: str, retries_too: bool = Fals
     real_loss = step.g_nonsaturating_loss
     poisoned: set[int] = set()
 
-    def g_step(self):
+    def g_step(self, fakes=None):
         bad = self.index in at_steps and (retries_too or self.index not in poisoned)
         poisoned.add(self.index)
         if bad and where == "loss":
             monkeypatch.setattr(step, "g_nonsaturating_loss", lambda logits: real_loss(logits) * float("nan"))
-        real_g_step(self)
+        real_g_step(self, fakes)
         monkeypatch.setattr(step, "g_nonsaturating_loss", real_loss)
         if bad and where == "weight":
             with torch.no_grad():

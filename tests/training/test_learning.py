@@ -43,9 +43,11 @@ def colour_distance(G) -> float:
     return torch.cdist(colours, data_colours()).min(1).values.mean().item()
 
 
-def train_distances(folder, tmp_path) -> tuple[float, float]:
+def train_distances(folder, tmp_path, *extra: str) -> tuple[float, float]:
     """G_ema's colour distance from the data before and after STEPS steps of the real loop."""
-    cfg = compose_config(CONFIG_DIR, [*LEARNING, f"dataset.path={folder}", f"run_dir={tmp_path / 'run'}"])
+    cfg = compose_config(
+        CONFIG_DIR, [*LEARNING, f"dataset.path={folder}", f"run_dir={tmp_path / 'run'}", *extra]
+    )
     trainer = run.Trainer(run.prepare_run(cfg, CPU))
     before = colour_distance(trainer.gan.G_ema)
     for _ in range(STEPS):
@@ -58,8 +60,10 @@ def learns(before: float, after: float) -> bool:
     return after < 0.4 * before
 
 
-def test_the_loop_learns_a_flat_colour(flat_colours, tmp_path):
-    before, after = train_distances(flat_colours, tmp_path)
+@pytest.mark.parametrize("reuse_fakes", ["false", "true"])
+def test_the_loop_learns_a_flat_colour(flat_colours, tmp_path, reuse_fakes):
+    """The paper's step and the demo's (the D step on the G step's fakes) both learn."""
+    before, after = train_distances(flat_colours, tmp_path, f"train.reuse_fakes={reuse_fakes}")
     assert before > 0.5  # the untrained G is far from the data
     assert learns(before, after), (before, after)
 
