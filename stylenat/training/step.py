@@ -43,6 +43,9 @@ from stylenat.training.losses import bcr_loss, d_logistic_loss, g_nonsaturating_
 
 log = logging.getLogger(__name__)
 
+# The G step's fakes and their one-hot labels (None when unconditional), one pair per micro-batch.
+Fakes = list[tuple[torch.Tensor, torch.Tensor | None]]
+
 
 class StepRandom:
     """Per-step CPU generators: a pure function of (seed, step, rank, micro-batch, purpose)."""
@@ -188,7 +191,7 @@ class GanStep:
         self,
         reals: list[torch.Tensor],
         labels: list[torch.Tensor] | None = None,
-        fakes: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+        fakes: Fakes | None = None,
     ) -> None:
         """Logistic loss on reals and fakes plus bCR; gradients averaged over micro-batches and ranks.
         ``labels``: the reals' one-hot labels (conditional); ``fakes``: the G step's (image, label) per
@@ -250,11 +253,11 @@ class GanStep:
         with self._autocast():
             return self.G_fwd(self._mapping(z, g, update_w_avg=True, c=c)), c
 
-    def g_fakes(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def g_fakes(self) -> Fakes:
         """Every micro-batch's ``g_fake``, drawn before the D step (``train.reuse_fakes``)."""
         return [self.g_fake(r) for r in range(self.rounds)]
 
-    def g_step(self, fakes: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> None:
+    def g_step(self, fakes: Fakes | None = None) -> None:
         """Non-saturating G loss on fresh fakes (drawn one micro-batch at a time), or on ``fakes``."""
         self._d_requires_grad(False)
         for r in range(self.rounds):
