@@ -266,6 +266,8 @@ def train_overrides(run_dir: str, variant: str, compile: bool | None, device: st
         f"model={TRAIN_MODEL}",
         f"dataset.resolution={model_config(TRAIN_MODEL)['resolution']}",
         "discriminator.channel_max=null",  # the reference D (the demo caps it for the tiny model)
+        "discriminator.sn=true",  # with its spectral norm (the demo drops it)
+        "train.reuse_fakes=false",  # the paper's step (the demo's reuses G's fakes)
         f"train.batch={batch}",
         "train.batch_per_gpu=null",
         f"train.total_kimg={steps * batch / 1000:.3f}",

@@ -9,7 +9,7 @@ each on one screen.
   towards ADA's r_t too, as in StyleGAN2-ADA.
 - G: non-saturating loss on fresh fakes (style mixing), updating the running w_avg. With
   ``train.reuse_fakes`` G draws its fakes first and the D step trains on them, detached (one G forward a
-  step instead of two; every micro-batch's graph is held through the D step).
+  step instead of two; every micro-batch's graph is held through the D and R1 steps).
 - EMA: G_ema follows G.
 
 Each process works on ``batch_per_gpu`` images per pass and accumulates micro-batches until the step has

@@ -25,6 +25,8 @@ RESUME_EXTRA = [
     "train.lr_decay_start_kimg=0.008",
     "train.lr_decay_end_kimg=0.028",
     "train.batch_per_gpu=2",
+    "train.bcr_real=1",
+    "train.bcr_fake=1",
 ]
 
 # The learning tests' recipe (tests/training/test_learning.py, test_conditional_learning.py):

@@ -24,6 +24,7 @@ FOLDER = ["dataset=folder", "dataset.resolution=16", *TINY[2:]]
 BAD = [
     # train: types and ranges
     (["train.batch=abc"], "train.batch='abc': expected an integer >= 1"),
+    (["train.reuse_fakes=yes"], "train.reuse_fakes='yes': expected true or false"),
     (["train.batch=0"], "train.batch=0: expected an integer >= 1"),
     (["train.batch=2.5"], "train.batch=2.5: expected an integer >= 1"),
     (

@@ -249,10 +249,12 @@ def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["weight", "loss"])
-def test_nonfinite_step_is_rolled_back_and_its_batch_skipped(tmp_path, monkeypatch, where):
+@pytest.mark.parametrize(
+    "where, extra", [("weight", ()), ("loss", ()), ("loss", ("train.reuse_fakes=true",))]
+)
+def test_nonfinite_step_is_rolled_back_and_its_batch_skipped(tmp_path, monkeypatch, where, extra):
     _poison(monkeypatch, {2}, where)
-    trainer = _train(tmp_path / "run", 4)
+    trainer = _train(tmp_path / "run", 4, *extra)
     assert (
         trainer.counters.step == 4
         and trainer.counters.images_seen == 16
