@@ -9,9 +9,17 @@ from tests.training.helpers import TINY, run_train, steps_kimg
 
 
 @pytest.mark.slow
-def test_two_processes_stay_in_sync_and_resume_single_process(tmp_path):
+@pytest.mark.parametrize("reuse_fakes", ["false", "true"])
+def test_two_processes_stay_in_sync_and_resume_single_process(tmp_path, reuse_fakes):
     run = tmp_path / "run"
-    common = [*TINY, f"run_dir={run}", "train.sync_check=true", "train.r1_every=2", "train.style_mixing=0.5"]
+    common = [
+        *TINY,
+        f"run_dir={run}",
+        "train.sync_check=true",
+        "train.r1_every=2",
+        "train.style_mixing=0.5",
+        f"train.reuse_fakes={reuse_fakes}",  # the paper's step, and the demo's
+    ]
     proc = run_train([*common, f"train.total_kimg={steps_kimg(4)}"], torchrun=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from stylenat.cli import compose_config
+from stylenat.ops.precision import cpu_bf16_supported
 from stylenat.training.config import parse_config
 from stylenat.training.step import GanStep
 from tests.training.helpers import CONFIG_DIR, TINY, max_diff
@@ -83,12 +84,23 @@ def test_reuse_fakes_trains_d_on_the_g_steps_fakes(batch_per_gpu, classes):
 
 
 @pytest.mark.slow
-def test_reuse_fakes_resumes_bit_for_bit(tmp_path):
-    """With two micro-batches (every graph held through the D and R1 steps), style mixing, R1 and bCR."""
-    full = resume_train(tmp_path / "full", 4, "train.reuse_fakes=true")
-    resume_train(tmp_path / "split", 2, "train.reuse_fakes=true")
-    resumed = resume_train(tmp_path / "split", 4, "train.reuse_fakes=true")
-    assert full.gan.rounds == 2 and full.gan.opts.reuse_fakes
+@pytest.mark.parametrize(
+    "amp",
+    [
+        "false",
+        pytest.param(
+            "bf16", marks=pytest.mark.skipif(not cpu_bf16_supported(), reason="no native bf16 on this CPU")
+        ),
+    ],
+)
+def test_reuse_fakes_resumes_bit_for_bit(tmp_path, amp):
+    """With two micro-batches (every graph held through the D and R1 steps), style mixing, R1 and bCR; in
+    fp32 and in bf16 (the fakes drawn under autocast)."""
+    extra = ("train.reuse_fakes=true", f"train.amp={amp}")
+    full = resume_train(tmp_path / "full", 4, *extra)
+    resume_train(tmp_path / "split", 2, *extra)
+    resumed = resume_train(tmp_path / "split", 4, *extra)
+    assert full.gan.rounds == 2 and full.gan.opts.reuse_fakes and full.gan.opts.bcr_real > 0
     for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
         a, b = getattr(full.gan, name).state_dict(), getattr(resumed.gan, name).state_dict()
         assert max_diff(a, b) == 0.0, name
