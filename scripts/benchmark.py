@@ -165,18 +165,14 @@ def _train_step_measure(args, model: str) -> dict:
     batch, gan = [trainer.next_reals()], trainer.gan
     # train.reuse_fakes: the step's one G forward is timed in the G part; the D and R1 parts run on fakes
     # drawn once here, whose graph is held through them as in a step (peak memory)
-    held = {"fakes": gan.g_fakes() if gan.opts.reuse_fakes else None}
-    parts = {
-        "d": lambda: gan.d_step(batch, None, held["fakes"]),
-        "r1": lambda: gan.r1_step(batch),
-        "g": gan.g_step,
-    }
+    fakes = gan.g_fakes() if gan.opts.reuse_fakes else None
     perf.reset_peak_memory(device)
-    times = {}
-    for name, fn in parts.items():
-        times[name] = perf.time_call(fn, device, args.reps, warmup=args.warmup)
-        if name == "r1":
-            held["fakes"] = None
+    times = {
+        name: perf.time_call(fn, device, args.reps, warmup=args.warmup)
+        for name, fn in (("d", lambda: gan.d_step(batch, None, fakes)), ("r1", lambda: gan.r1_step(batch)))
+    }
+    fakes = None  # released: the G part draws its own
+    times["g"] = perf.time_call(gan.g_step, device, args.reps, warmup=args.warmup)
     med = {name: statistics.median(t) / 1e3 for name, t in times.items()}
     opts = trainer.opts
     step_s = med["d"] + med["g"] + (med["r1"] / opts.r1_every if opts.r1_gamma > 0 else 0.0)

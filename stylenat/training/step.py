@@ -246,8 +246,8 @@ class GanStep:
         self._optimizer_step(self.D, self.opt_D, None)
 
     def g_fake(self, r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Micro-batch ``r`` of the G step's fakes and their labels, with G's graph (updates w_avg)."""
-        self.G.requires_grad_(True)
+        """Micro-batch ``r`` of the G step's fakes and their labels, with G's graph (updates w_avg; the
+        callers switch G's gradients on)."""
         z, g = self._latents(r, "g_latent")
         c = self.fake_labels(r, "g_latent")
         with self._autocast():
@@ -255,10 +255,12 @@ class GanStep:
 
     def g_fakes(self) -> Fakes:
         """Every micro-batch's ``g_fake``, drawn before the D step (``train.reuse_fakes``)."""
+        self.G.requires_grad_(True)
         return [self.g_fake(r) for r in range(self.rounds)]
 
     def g_step(self, fakes: Fakes | None = None) -> None:
         """Non-saturating G loss on fresh fakes (drawn one micro-batch at a time), or on ``fakes``."""
+        self.G.requires_grad_(True)
         self._d_requires_grad(False)
         for r in range(self.rounds):
             fake, c = self.g_fake(r) if fakes is None else fakes[r]

@@ -8,12 +8,10 @@ import torch
 from torch._inductor import cpp_builder, exc
 
 from stylenat.cli import compose_config
-from stylenat.distributed import DistEnv
 from stylenat.training import step
 from stylenat.training.run import Trainer, prepare_run
 from tests.training.helpers import CONFIG_DIR, TINY
-
-CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+from tests.training.runs import CPU
 
 
 def _compiler(monkeypatch, name: str | None) -> None:
