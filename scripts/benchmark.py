@@ -3,7 +3,7 @@
     python scripts/benchmark.py na --res 64 --batch 4 --heads 8 --dim 32 --kernel 7 --dilation split
 
 Modes: ``na`` (the neighborhood-attention op against the naive gather oracle), ``train-step`` (one
-training step of the tiny and the 256 model: sec/kimg and peak memory; ``--profile N`` its top ops,
+training step of the tiny and the 256 model: sec/kimg and peak memory; ``--profile N`` its top ops and the products against the rest,
 ``--blocks`` G's blocks by part), ``generator`` (sampling
 images/s, FLOPs per image and the fraction of the CPU's FLOP bound; ``--compile`` adds torch.compile's
 compile time and steady-state speed-up over eager), ``scaling`` (generator time, peak memory and FLOPs

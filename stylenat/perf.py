@@ -172,18 +172,29 @@ def measured_sgemm_gflops(size: int = 2048, reps: int = 5) -> float:
 # Running a measurement: report its failure, or run it in a fresh process
 
 
+# Matrix products whose FLOPs torch.profiler counts in forward and backward alike (a convolution's are counted
+# for its forward only, so convolutions are not among them).
+PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
 def top_ops(fn: Callable[[], object], reps: int, limit: int = 12) -> dict:
     """Where ``reps`` calls of ``fn`` spend their time, by torch.profiler's CPU op events: the ``limit`` ops
     with the most self time, each with its self ms and calls per call of fn and its share of all ops'
-    self time (the profiler's own overhead inflates the many small ops a little)."""
+    self time (the profiler's own overhead inflates the many small ops a little); and the matrix products
+    (``PRODUCT_OPS``) apart from the rest: their ms, GFLOP and rate, against this machine's sgemm rate
+    measured right after. That split says how far fusing the other ops could take ``fn``: not below the
+    products' own time."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for _ in range(reps):
             fn()
     events = list(prof.key_averages())
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:limit]
+    products = [e for e in events if e.key in PRODUCT_OPS]
+    product_us = sum(e.self_cpu_time_total for e in products)
+    product_flop = sum(e.flops for e in products)
     return {
         "self_ms_per_call": round(total / 1e3 / reps, 1),
         "ops": [
@@ -195,6 +206,14 @@ def top_ops(fn: Callable[[], object], reps: int, limit: int = 12) -> dict:
             }
             for e in top
         ],
+        "products": {
+            "self_ms": round(product_us / 1e3 / reps, 1),
+            "gflop": round(product_flop / 1e9 / reps, 3),
+            "gflop_per_s": round(product_flop / 1e3 / product_us, 1) if product_us else None,
+            "share": round(product_us / total, 3) if total else None,
+        },
+        "other_self_ms": round((total - product_us) / 1e3 / reps, 1),
+        "sgemm_gflop_per_s": round(measured_sgemm_gflops(), 1),
     }
 
 

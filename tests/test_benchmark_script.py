@@ -114,6 +114,30 @@ def test_gemm_split_times_matrix_products_only(bench):
     assert 0 < share <= got / (products_ms + 20)  # the call, sleep included, is the denominator
 
 
+def test_top_ops_splits_the_products_from_the_rest():
+    """The products' FLOPs are counted exactly (forward and backward), the other ops' time kept apart."""
+    from stylenat import perf
+
+    a = torch.randn(512, 256, requires_grad=True)
+    b = torch.randn(256, 384, requires_grad=True)
+    q = torch.randn(16, 128, 64, requires_grad=True)
+
+    def fn():
+        y = (a @ b).exp().sum() + torch.bmm(q, q.transpose(1, 2)).tanh().sum()
+        y.backward()
+
+    record = perf.top_ops(fn, reps=2)
+    products = record["products"]
+    mm_flop = 3 * 2 * 512 * 256 * 384  # forward, and a gradient for each operand
+    bmm_flop = 3 * 2 * 16 * 128 * 128 * 64
+    assert products["gflop"] == pytest.approx((mm_flop + bmm_flop) / 1e9, rel=0.005)  # 0.403
+    total = record["self_ms_per_call"]
+    assert products["self_ms"] + record["other_self_ms"] == pytest.approx(total, abs=0.2)
+    assert record["other_self_ms"] > 0  # exp, tanh, sums and their gradients
+    assert 0 < products["share"] < 1 and products["gflop_per_s"] > 0
+    assert record["sgemm_gflop_per_s"] > 0
+
+
 def test_na_records_carry_the_gemm_share():
     import platform
     import subprocess
@@ -208,6 +232,7 @@ def test_train_step_times_each_part_and_profiles_whole_steps(bench):
     assert [op["self_ms"] for op in ops] == sorted((op["self_ms"] for op in ops), reverse=True)
     names = {op["op"] for op in ops}
     assert names & {"aten::mm", "aten::addmm", "aten::bmm"}  # the products are among the top ops
+    assert 0 < profile["products"]["self_ms"] < profile["self_ms_per_call"]
     json.dumps(record)  # one JSON line
 
 
