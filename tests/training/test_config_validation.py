@@ -7,17 +7,15 @@ itself replaced by a failure so that a config that wrongly passes cannot start a
 import dataclasses
 
 import pytest
-import torch
 
 from stylenat.cli import compose_config, default_config_dir
-from stylenat.distributed import DistEnv
 from stylenat.models.discriminator import check_discriminator_config
 from stylenat.models.generator import GeneratorConfig
 from stylenat.training import run as training_run
 from stylenat.training.config import env_world_size, parse_config
 from tests.training.helpers import TINY, run_train
+from tests.training.runs import CPU
 
-CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 FOLDER = ["dataset=folder", "dataset.resolution=16", *TINY[2:]]
 
 

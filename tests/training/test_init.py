@@ -16,7 +16,6 @@ from PIL import Image
 
 from stylenat import load_generator
 from stylenat.cli import compose_config
-from stylenat.distributed import DistEnv
 from stylenat.files import atomic_save, sha256_file
 from stylenat.reference import reference_checkpoint
 from stylenat.training.checkpoint import ResumeError, find_latest_state, list_artifacts, load_state
@@ -25,8 +24,8 @@ from stylenat.training.run import Trainer, prepare_run
 from tests.reference_model import TINY as REFERENCE_TINY
 from tests.reference_model import make_reference_g, small_reference_d
 from tests.training.helpers import CONFIG_DIR, REPO, TINY, max_diff, steps_kimg
+from tests.training.runs import CPU
 
-CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 # TINY without its model keys: with init the model comes from the file
 RUN = [o for o in TINY if not o.startswith("model.")]
 MODEL = [o for o in TINY if o.startswith("model.")]

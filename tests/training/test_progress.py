@@ -5,18 +5,15 @@ import sys
 import warnings
 
 import pytest
-import torch
 from tqdm import TqdmWarning
 
 from stylenat.cli import compose_config, console_above_progress
-from stylenat.distributed import DistEnv
 from stylenat.training.config import resolve_config
 from stylenat.training.options import TrainOptions
 from stylenat.training.run import Trainer, prepare_run
 from stylenat.training.sinks import Progress, file_log_handler
 from tests.training.helpers import CONFIG_DIR, TINY
-
-CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+from tests.training.runs import CPU
 
 
 def options(*overrides) -> TrainOptions:
